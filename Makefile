@@ -1,0 +1,28 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   create .venv if missing, install genad, find defects in examples/ (no API key)
+#   make test   same set-up, then the whole test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.genad-installed
+
+.PHONY: demo test install clean bench
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: an unpinned torch pulls a several-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[all,test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/genad detect examples/magnetic_tile/test --normal examples/magnetic_tile/normal --out demo-out
+
+test: $(STAMP)
+	bash scripts/ensure-chromium.sh
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) demo-out

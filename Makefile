@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/genad detect examples/magnetic_tile/test --normal examples/magnetic_tile/normal --out demo-out
+	$(VENV)/bin/genad detect examples/magnetic_tile/test --normal examples/magnetic_tile/train/good --out demo-out
 
 test: $(STAMP)
 	bash scripts/ensure-chromium.sh

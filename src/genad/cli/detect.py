@@ -1,0 +1,280 @@
+"""`genad detect`: find anomalies in files or folders, print a table, write a report."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+
+from genad import registry
+from genad.cli.app import app
+from genad.detector import Detector
+from genad.errors import GenadError
+from genad.types import ImageSample, PointCloudSample, Result, Sample, TimeSeriesSample, VideoSample
+
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+def parse_params(items: list[str] | None) -> dict[str, Any]:
+    """["shots=4", "backbone=lite1", "x=null"] -> {"shots": 4, "backbone": "lite1", "x": None}.
+    Values are read as JSON when they parse (numbers, true/false, null, lists), else as text."""
+    params: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not _KEY.match(key):
+            raise GenadError(f"bad --param {item!r}: write key=value, e.g. --param grid=32")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        params[key.replace("-", "_")] = value
+    return params
+
+
+def _safe_name(sample_id: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", sample_id.replace("/", "__")).strip("._")
+    return name[:150] or "sample"
+
+
+def _pick_detector(name: str | None, modality: str, params: dict[str, Any]) -> Detector:
+    if name is None:
+        name = registry.DEFAULT_BY_MODALITY.get(modality, registry.DEFAULT_DETECTOR)
+        try:
+            registry.get(name)
+        except (GenadError, ModuleNotFoundError):
+            if modality != "image":
+                raise
+            typer.secho(f"note: detector {name!r} is not installed; using 'baseline'", err=True)
+            name = "baseline"
+    det = registry.create(name, **params)
+    if modality not in det.modalities:
+        raise GenadError(
+            f"detector {name!r} reads {', '.join(det.modalities)}, not {modality}: "
+            f"pick another with --detector (see `genad detectors`)"
+        )
+    return det
+
+
+def _batches(det: Detector, samples: list[Sample]) -> list[list[Sample]]:
+    bs = getattr(det, "batch_size", None)
+    if bs is None:
+        # e.g. zero-shot mutual scoring compares the inputs with one another: all at once.
+        return [samples]
+    return [samples[i : i + int(bs)] for i in range(0, len(samples), max(1, int(bs)))]
+
+
+def _apply_threshold(r: Result, threshold: float | None) -> None:
+    if threshold is not None and r.score is not None:
+        r.threshold = threshold
+        r.decision = r.score > threshold
+
+
+class _Writer:
+    """Writes results.jsonl line by line, overlay PNGs, and keeps what index.html needs."""
+
+    def __init__(self, out: Path | None) -> None:
+        self.out = out
+        self.rows: list[Any] = []
+        self._fh = None
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "overlays").mkdir(exist_ok=True)
+            self._fh = (out / "results.jsonl").open("w", encoding="utf-8")
+
+    def add(self, sample: Sample, r: Result) -> None:
+        if self.out is None or self._fh is None:
+            return
+        from genad.report.detect_index import IndexRow, thumbnail_data_url
+
+        link = thumb = None
+        if isinstance(sample, ImageSample) and r.error is None:
+            try:
+                image = sample.load()
+                shown = image
+                if r.anomaly_map is not None and r.anomaly_map.ndim == 2:
+                    from PIL import Image
+
+                    from genad.report.overlay import overlay, threshold_scale
+
+                    # One colour scale for all: red means above the detector's threshold.
+                    vmin, vmax = threshold_scale(r.anomaly_map, r.threshold)
+                    shown = overlay(image, r.anomaly_map, alpha=0.45, vmin=vmin, vmax=vmax, regions=r.regions)
+                    link = f"overlays/{_safe_name(sample.id)}.png"
+                    Image.fromarray(shown).save(self.out / link)
+                thumb = thumbnail_data_url(shown)
+            except GenadError as e:  # e.g. the image vanished since scoring
+                r.error = r.error or str(e)
+        elif r.error is None:
+            link, thumb = self._picture(sample, r)
+        rec = {"id": sample.id, **r.to_dict(), "overlay": link}
+        rec.pop("sample_id", None)
+        self._fh.write(json.dumps(rec) + "\n")
+        self._fh.flush()
+        truth = None
+        if sample.truth is not None and sample.truth.label is not None:
+            truth = sample.truth.defect_type or ("anomalous" if sample.truth.label else "normal")
+        self.rows.append(IndexRow(r, thumb, link, truth))
+
+    def _picture(self, sample: Sample, r: Result) -> tuple[str | None, str | None]:
+        """A chart (series), coloured views (point cloud) or the most anomalous frame (video).
+        The pictures come from the modality packages; a failure there only costs the picture."""
+        from genad.report.detect_index import thumbnail_data_url
+
+        assert self.out is not None
+        link = f"overlays/{_safe_name(sample.id)}.png"
+        try:
+            if isinstance(sample, TimeSeriesSample):
+                from genad.modalities.timeseries.render import plot_result
+
+                plot_result(sample, r, self.out / link)
+                from genad.io.images import read_image
+
+                return link, thumbnail_data_url(read_image(self.out / link), side=360)
+            picture = None
+            if isinstance(sample, PointCloudSample) and r.anomaly_map is not None and len(r.anomaly_map) == len(sample.points):
+                from genad.modalities.pointcloud.render import colorize_points, render_views
+
+                views = render_views(sample.points, n_views=3, size=224)
+                picture = np.concatenate(colorize_points(views, r.anomaly_map), axis=1)
+            elif isinstance(sample, VideoSample) and sample.frames is not None and len(sample.frames):
+                k = int(np.argmax(r.anomaly_map)) if r.anomaly_map is not None and len(r.anomaly_map) == len(sample.frames) else 0
+                picture = sample.frames[k]
+            if picture is None:
+                return None, None
+            from PIL import Image
+
+            Image.fromarray(picture).save(self.out / link)
+            return link, thumbnail_data_url(picture)
+        except Exception as e:  # noqa: BLE001 - the picture is a convenience
+            r.extra["picture_error"] = f"{type(e).__name__}: {e}"
+            return None, None
+
+    def close(self, meta: str) -> Path | None:
+        if self.out is None or self._fh is None:
+            return None
+        from genad.report.detect_index import write_detect_index
+
+        self._fh.close()
+        return write_detect_index(self.out, self.rows, meta=meta)
+
+
+def _print_table(pairs: list[tuple[Sample, Result]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_lines=False)
+    table.add_column("input", overflow="fold")
+    table.add_column("score", justify="right")
+    table.add_column("decision")
+    table.add_column("regions / explanation", overflow="fold")
+    for s, r in pairs:
+        if r.error:
+            table.add_row(s.id, "", "[red]failed[/red]", f"[red]{r.error}[/red]")
+            continue
+        decision = "?" if r.decision is None else ("[bold red]anomalous[/]" if r.decision else "[green]normal[/]")
+        note = r.explanation or ""
+        if r.regions:
+            shown = r.regions[:2]
+            boxes = "; ".join(
+                f"#{g.index or k} {g.score:.3g}" + (f" at {tuple(int(v) for v in g.box)}" if g.box else "")
+                for k, g in enumerate(shown, 1)
+            )
+            more = f" (+{len(r.regions) - len(shown)} more)" if len(r.regions) > len(shown) else ""
+            note = f"{boxes}{more}  {note}".strip()
+        if r.ranges:
+            note = (", ".join(f"[{a},{b})" for a, b in r.ranges) + "  " + note).strip()
+        table.add_row(s.id, f"{r.score:.4g}" if r.score is not None else "", decision, note[:300])
+    Console().print(table)
+
+
+@app.command("detect")
+def detect(
+    paths: list[Path] = typer.Argument(..., help="Files or folders to inspect (folders are searched recursively).", show_default=False),
+    normal: list[Path] = typer.Option(
+        None, "--normal", "-n", show_default=False,
+        help="Normal reference examples (folder or files; repeatable). With them the detector is few-shot; without, zero-shot (inputs are compared with one another).",
+    ),
+    detector: str = typer.Option(None, "--detector", "-d", show_default=False, help="Detector name (see `genad detectors`). Default: 'embedded' for images, the modality's default otherwise."),
+    out: Path = typer.Option(None, "--out", "-o", show_default=False, help="Folder for heatmap overlays, results.jsonl and index.html."),
+    modality: str = typer.Option(None, "--modality", "-m", show_default=False, help="image | timeseries | pointcloud | video: overrides the guess from file suffixes."),
+    threshold: float = typer.Option(None, "--threshold", "-t", show_default=False, help="Call a sample anomalous when its score is above this (default: the detector's own threshold)."),
+    param: list[str] = typer.Option(None, "--param", "-p", show_default=False, help="Detector option as key=value (repeatable), e.g. --param grid=32."),
+    recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Search sub-folders."),
+) -> None:
+    """Find anomalies in images (or series, point clouds, videos) and say where they are.
+
+    Examples:
+
+      genad detect examples/magnetic_tile/test --normal examples/magnetic_tile/train/good --out demo-out
+
+      genad detect photos/ --detector baseline          (zero-shot: needs 3+ images)
+
+      genad detect sensor.csv --modality timeseries
+
+    Scores: higher = more anomalous. With --out you get overlays/*.png (heatmap over the image, regions boxed and numbered), results.jsonl (one line per input, written as it goes) and index.html (open it in a browser).
+    """
+    params = parse_params(param)
+    from genad.io import load_inputs
+
+    samples = load_inputs(paths, modality=modality, recursive=recursive)
+    if out is not None:
+        # A report written inside an input folder must not be read back as input next time.
+        out_abs = out.resolve()
+        samples = [s for s in samples if s.path is None or out_abs not in s.path.resolve().parents]
+        if not samples:
+            raise GenadError(f"the only inputs found are inside --out {out}: choose another output folder")
+    refs: list[Sample] = load_inputs(normal, modality=modality, recursive=recursive) if normal else []
+
+    groups: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        groups[s.modality].append(s)
+    if detector is not None and len(groups) > 1:
+        raise GenadError(
+            f"the inputs mix {', '.join(sorted(groups))}; one --detector cannot read them all: run them separately"
+        )
+
+    writer = _Writer(out)
+    pairs: list[tuple[Sample, Result]] = []
+    names: list[str] = []
+    t0 = time.perf_counter()
+    try:
+        for mod, group in groups.items():
+            det = _pick_detector(detector, mod, params)
+            names.append(det.name)
+            group_refs = [r for r in refs if r.modality == mod]
+            if refs and not group_refs:
+                raise GenadError(f"the --normal examples are not {mod} files like the inputs: give matching references")
+            if group_refs:
+                det.fit(group_refs)
+            elif not det.zero_shot:
+                raise GenadError(f"detector {det.name!r} needs normal examples: add --normal DIR")
+            for batch in _batches(det, group):
+                results = det.predict(batch)
+                for s, r in zip(batch, results):
+                    _apply_threshold(r, threshold)
+                    writer.add(s, r)
+                    pairs.append((s, r))
+    finally:
+        meta = f"detector: {', '.join(names) or '?'}; {'few-shot, ' + str(len(refs)) + ' normal examples' if refs else 'zero-shot'}"
+        index = writer.close(meta)
+
+    order = {s.id: i for i, s in enumerate(samples)}
+    pairs.sort(key=lambda p: order[p[0].id])
+    _print_table(pairs)
+    n_bad = sum(1 for _, r in pairs if r.decision)
+    n_err = sum(1 for _, r in pairs if r.error)
+    typer.echo(
+        f"{len(pairs)} inputs, {n_bad} anomalous" + (f", {n_err} failed" if n_err else "")
+        + f" ({time.perf_counter() - t0:.1f} s)"
+    )
+    if index is not None:
+        typer.echo(f"report: {index}")
+    if pairs and n_err == len(pairs):
+        raise typer.Exit(1)

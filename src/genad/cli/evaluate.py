@@ -1,0 +1,120 @@
+"""`genad eval`: the benchmark protocol on an MVTec-style folder, with a JSON summary."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from genad.cli.app import app
+from genad.cli.detect import parse_params
+from genad.errors import GenadError
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+
+
+def print_summary(s: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    head = (
+        f"{s['detector']} on {s['data_dir']}: {s['n_images']} images"
+        f" ({s['n_anomalous']} anomalous), {s['shots']}-shot, seed {s['seed']}"
+        + (f", {s['n_failed']} FAILED" if s["n_failed"] else "")
+    )
+    console.print(head)
+    main = Table(show_header=True)
+    for k in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "aupro"):
+        main.add_column(k, justify="right")
+    main.add_row(*(_fmt(s.get(k)) for k in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "aupro")))
+    console.print(main)
+    per = Table("defect type", "n", "image_auroc", "pixel_auroc", "aupro", "mean score")
+    for t, e in s.get("per_type", {}).items():
+        per.add_row(t, str(e["n"]), _fmt(e["image_auroc"]), _fmt(e["pixel_auroc"]), _fmt(e["aupro"]), _fmt(e["mean_score"]))
+    console.print(per)
+    ips = s.get("images_per_second")
+    console.print(
+        f"{s['seconds']:.1f} s" + (f", {ips:.2f} images/s" if ips else "")
+        + f", peak memory {s['peak_rss_mb']:.0f} MB"
+        + (f", {s['n_resumed']} resumed" if s.get("n_resumed") else "")
+    )
+    if s.get("usage"):
+        u = s["usage"]
+        console.print(
+            f"LMM: {u['calls']} calls ({u['cached_calls']} cached), {u['prompt_tokens']}+{u['completion_tokens']} tokens, ~${u['cost_usd']:.4f}"
+        )
+    for f in s.get("failed", [])[:5]:
+        console.print(f"[red]failed[/red] {f['id']}: {f['error']}")
+
+
+@app.command("eval")
+def evaluate(
+    data_dir: Path = typer.Argument(..., help="An MVTec-style folder: test/good, test/<defect>, optional train/good and ground_truth/<defect>/<name>_mask.png.", show_default=False),
+    detector: str = typer.Option("embedded", "--detector", "-d", help="Detector name (see `genad detectors`)."),
+    shots: int = typer.Option(0, "--shots", "-k", help="Normal references per run (0 = zero-shot). Drawn from train/good, or from test/good (and then not scored) when there is no train split."),
+    seed: int = typer.Option(0, "--seed", help="Seed for drawing references and the --limit subsample."),
+    limit: int = typer.Option(None, "--limit", "-l", show_default=False, help="Score only N test images (stratified by defect type)."),
+    json_out: Path = typer.Option(None, "--json", show_default=False, help="Write the summary JSON to this file."),
+    run_dir: Path = typer.Option(None, "--run-dir", show_default=False, help="Keep results.jsonl, maps/ and summary.json here (needed for --resume)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --run-dir: score only what is missing or failed."),
+    report: Path = typer.Option(None, "--report", show_default=False, help="Write an HTML report (index.html) to this folder."),
+    param: list[str] = typer.Option(None, "--param", "-p", show_default=False, help="Detector option as key=value (repeatable)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Benchmark a detector on a labelled dataset and print image/pixel AUROC, AP, F1-max, AUPRO.
+
+    Examples:
+
+      genad eval data/magnetic_tile -d baseline --limit 100 --json mt.json
+
+      genad eval /data/mvtec/bottle --shots 4 --seed 1 --report bottle-report
+
+      genad eval /data/mvtec/bottle --detector lmm --run-dir runs/lmm --resume
+
+    The data folder is MVTec-AD style (MVTec AD, VisA, MPDD, BTAD, magnetic tile). Results are written as they come (results.jsonl in --run-dir), so an interrupted run continues with --resume and paid LMM calls are never repeated.
+    """
+    if resume and run_dir is None:
+        raise GenadError("--resume needs --run-dir: the folder of the run to continue")
+    params = parse_params(param)
+    from genad.evaluate import run_benchmark
+
+    temp = run_dir is None
+    if run_dir is None:
+        # Results always go to disk, so that an interrupted run can still be resumed.
+        import tempfile
+
+        run_dir = Path(tempfile.mkdtemp(prefix="genad-run-"))
+    try:
+        run = run_benchmark(
+            data_dir, detector=detector, detector_params=params, shots=shots, seed=seed, limit=limit,
+            run_dir=run_dir, resume=resume, progress=not quiet,
+        )
+    except KeyboardInterrupt:
+        typer.echo(f"to continue: genad eval {data_dir} ... --run-dir {run_dir} --resume", err=True)
+        raise
+    except GenadError:
+        if temp:
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    print_summary(run.summary)
+    typer.echo(f"run dir: {run.run_dir}")
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(run.summary, indent=2), encoding="utf-8")
+        typer.echo(f"summary: {json_out}")
+    if report is not None:
+        if importlib.util.find_spec("genad.report.eval_report") is None:
+            raise GenadError("the HTML report is not part of this install: drop --report")
+        from genad.report.eval_report import write_eval_report
+
+        typer.echo(f"report: {write_eval_report(report, run)}")
+    if run.summary["n_images"] and run.summary["n_failed"] == run.summary["n_images"]:
+        raise typer.Exit(1)

@@ -1,0 +1,203 @@
+"""A sanity baseline: per-position colour statistics, no backbone.
+
+This is NOT the product; it exists so that the whole path (loading, scoring, maps, metrics,
+reports) runs end to end in a second with nothing to download, and to give every real
+detector a floor to beat. How it works:
+
+* every image is resized to a fixed `grid` x `grid`, lightly blurred, and standardised per
+  channel (its own mean and std), so global brightness changes do not read as defects;
+* few-shot (`fit`): the per-position mean and spread of the normal references;
+  zero-shot (no `fit`): the per-position median and MAD of the batch being scored;
+* a position's distance is |pixel - centre| / spread in units of the spread, taking the best
+  match within +-`shift` cells so that small misalignments are forgiven;
+* the image score is the map's maximum; the map is resized back to the image's resolution.
+
+The threshold comes from the references (the highest leave-one-out score) when there are at
+least two, from the batch (median + 3 MAD) in zero-shot mode, else `default_threshold`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from genad.detector import Detector
+from genad.errors import GenadError
+from genad.report.overlay import resize_map
+from genad.types import ImageSample, Region, Result, Sample
+
+
+class BaselineDetector(Detector):
+    """Per-position colour statistics vs normal references (or the batch median)."""
+
+    modalities = ("image",)
+    zero_shot = True
+    batch_size = None
+
+    def __init__(
+        self,
+        grid: int = 64,
+        shift: int = 1,
+        blur: float = 1.0,
+        threshold: float | None = None,
+        default_threshold: float = 6.0,
+        max_regions: int = 3,
+    ) -> None:
+        if int(grid) < 8:
+            raise GenadError(f"grid must be at least 8, got {grid}")
+        if int(shift) < 0 or float(blur) < 0:
+            raise GenadError("shift and blur must be >= 0")
+        super().__init__(
+            grid=int(grid), shift=int(shift), blur=float(blur), threshold=threshold,
+            default_threshold=float(default_threshold), max_regions=int(max_regions),
+        )
+        self.grid, self.shift, self.blur = int(grid), int(shift), float(blur)
+        self.threshold = None if threshold is None else float(threshold)
+        self.default_threshold = float(default_threshold)
+        self.max_regions = int(max_regions)
+        self.center_: np.ndarray | None = None
+        self.spread_: np.ndarray | None = None
+        self.threshold_: float | None = None
+
+    # -- features -------------------------------------------------------------------------
+    def _features(self, image: np.ndarray) -> np.ndarray:
+        im = Image.fromarray(image).resize((self.grid, self.grid), Image.Resampling.BILINEAR)
+        a = np.asarray(im, dtype=np.float32) / 255.0
+        if self.blur > 0:
+            a = ndimage.gaussian_filter(a, sigma=(self.blur, self.blur, 0))
+        mean = a.mean(axis=(0, 1), keepdims=True)
+        std = a.std(axis=(0, 1), keepdims=True)
+        return (a - mean) / np.maximum(std, 1e-3)
+
+    def _load_all(self, samples: Sequence[Sample]) -> tuple[list[tuple[int, int] | None], list[np.ndarray | None], list[str | None]]:
+        # Only each image's size is kept, not its pixels: a zero-shot batch can be large.
+        shapes: list[tuple[int, int] | None] = []
+        feats: list[np.ndarray | None] = []
+        errors: list[str | None] = []
+        for s in samples:
+            try:
+                if not isinstance(s, ImageSample):
+                    raise GenadError(f"the baseline reads images only, got a {s.modality} sample")
+                img = s.load()
+                shapes.append(img.shape[:2])
+                feats.append(self._features(img))
+                errors.append(None)
+            except GenadError as e:
+                shapes.append(None)
+                feats.append(None)
+                errors.append(str(e))
+        return shapes, feats, errors
+
+    # -- statistics -----------------------------------------------------------------------
+    @staticmethod
+    def _floor(spread: np.ndarray) -> np.ndarray:
+        # A spread of ~0 (one reference, a flat area) would make any change infinite.
+        floor = max(float(np.median(spread)), 0.1)
+        return np.sqrt(spread**2 + floor**2).astype(np.float32)
+
+    def _distance(self, x: np.ndarray, center: np.ndarray, spread: np.ndarray) -> np.ndarray:
+        """x (N,G,G,3), center (G,G,3), spread (G,G) -> distance maps (N,G,G)."""
+        s = self.shift
+        cpad = np.pad(center, ((s, s), (s, s), (0, 0)), mode="edge")
+        spad = np.pad(spread, ((s, s), (s, s)), mode="edge")
+        g = self.grid
+        best = np.full(x.shape[:3], np.inf, np.float32)
+        for dy in range(2 * s + 1):
+            for dx in range(2 * s + 1):
+                c = cpad[dy : dy + g, dx : dx + g]
+                sp = spad[dy : dy + g, dx : dx + g]
+                d = np.sqrt(((x - c) ** 2).mean(axis=-1)) / sp
+                np.minimum(best, d, out=best)
+        return best
+
+    def _stats(self, feats: np.ndarray, robust: bool) -> tuple[np.ndarray, np.ndarray]:
+        if robust:
+            center = np.median(feats, axis=0)
+            spread = 1.4826 * np.median(np.abs(feats - center), axis=0)
+        else:
+            center = feats.mean(axis=0)
+            spread = feats.std(axis=0)
+        spread = np.sqrt((spread**2).mean(axis=-1))  # one spread per position
+        return center.astype(np.float32), self._floor(spread)
+
+    # -- the contract ---------------------------------------------------------------------
+    def fit(self, normal_samples: Sequence[Sample]) -> BaselineDetector:
+        _, feats, errors = self._load_all(normal_samples)
+        good = [f for f in feats if f is not None]
+        if not good:
+            bad = next((e for e in errors if e), "no samples given")
+            raise GenadError(f"no usable normal reference: {bad}")
+        stack = np.stack(good)
+        self.center_, self.spread_ = self._stats(stack, robust=False)
+        self.threshold_ = None
+        if len(good) >= 2:
+            # Leave-one-out: how far does each normal image sit from the others?
+            loo = []
+            for i in range(len(good)):
+                rest = np.delete(stack, i, axis=0)
+                c, sp = self._stats(rest, robust=False)
+                loo.append(float(self._distance(stack[i : i + 1], c, sp).max()))
+            self.threshold_ = max(loo)
+        self.fitted_ = True
+        return self
+
+    def predict(self, samples: Sequence[Sample]) -> list[Result]:
+        t0 = time.perf_counter()
+        shapes, feats, errors = self._load_all(samples)
+        ok = [i for i, f in enumerate(feats) if f is not None]
+        results = [Result(s.id, error=errors[i]) for i, s in enumerate(samples)]
+        if not ok:
+            return results
+        x = np.stack([feats[i] for i in ok])
+        if self.fitted_ and self.center_ is not None:
+            center, spread = self.center_, self.spread_
+            threshold = self.threshold if self.threshold is not None else (self.threshold_ or self.default_threshold)
+        else:
+            if len(ok) < 3:
+                raise GenadError(
+                    "zero-shot needs at least 3 images to compare; give normal references "
+                    "(--normal DIR) for few-shot"
+                )
+            center, spread = self._stats(x, robust=True)
+            threshold = self.threshold
+        maps = self._distance(x, center, spread)
+        scores = maps.reshape(len(ok), -1).max(axis=1)
+        if threshold is None:  # zero-shot: an outlier among the batch's own scores
+            med = float(np.median(scores))
+            threshold = med + 3.0 * 1.4826 * float(np.median(np.abs(scores - med))) + 1e-6
+        per_sample = (time.perf_counter() - t0) / len(samples)
+        for j, i in enumerate(ok):
+            shape = shapes[i]
+            assert shape is not None
+            amap = resize_map(maps[j], shape)
+            score = float(scores[j])
+            results[i] = Result(
+                samples[i].id,
+                score=score,
+                decision=score > threshold,
+                anomaly_map=amap,
+                regions=self._regions(amap, threshold) if score > threshold else [],
+                threshold=float(threshold),
+                timings={"seconds": per_sample},
+            )
+        return results
+
+    def _regions(self, amap: np.ndarray, threshold: float) -> list[Region]:
+        """Connected areas above the threshold, strongest first, numbered 1..n."""
+        labels, n = ndimage.label(amap > threshold)
+        if n == 0:
+            return []
+        idx = np.arange(1, n + 1)
+        peaks = ndimage.maximum(amap, labels, idx)
+        slices = ndimage.find_objects(labels)
+        order = np.argsort(peaks)[::-1][: self.max_regions]
+        out = []
+        for k, j in enumerate(order, start=1):
+            sl = slices[j]
+            box = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
+            out.append(Region(float(peaks[j]), box=box, mask=labels == j + 1, index=k))
+        return out

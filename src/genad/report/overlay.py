@@ -1,0 +1,133 @@
+"""Heatmaps and overlays: an anomaly map made visible on top of its image.
+
+A jet-like lookup table is built once in numpy (no matplotlib needed at run time), so the
+CLI, the service and the reports all colour maps the same way: blue = normal, red = anomalous.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from genad.types import Region
+
+
+def _jet_lut(n: int = 256) -> np.ndarray:
+    # Classic jet: each channel is a clipped triangle, red peaking at the top.
+    x = np.linspace(0.0, 1.0, n)
+    r = np.clip(1.5 - np.abs(4.0 * x - 3.0), 0.0, 1.0)
+    g = np.clip(1.5 - np.abs(4.0 * x - 2.0), 0.0, 1.0)
+    b = np.clip(1.5 - np.abs(4.0 * x - 1.0), 0.0, 1.0)
+    return (np.stack([r, g, b], axis=1) * 255.0 + 0.5).astype(np.uint8)
+
+
+_LUT = _jet_lut()
+
+
+def normalise(anomaly_map: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
+    """Map to [0, 1] float32 between vmin and vmax (the map's own range when not given).
+    NaN and inf read as the lowest value so that a broken pixel never looks like a defect."""
+    a = np.asarray(anomaly_map, dtype=np.float32)
+    finite = np.isfinite(a)
+    lo = float(vmin) if vmin is not None else (float(a[finite].min()) if finite.any() else 0.0)
+    hi = float(vmax) if vmax is not None else (float(a[finite].max()) if finite.any() else 1.0)
+    if hi <= lo:
+        out = np.zeros(a.shape, np.float32)
+    else:
+        out = (a - lo) / (hi - lo)
+    out = np.where(finite, out, 0.0)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def threshold_scale(anomaly_map: np.ndarray, threshold: float | None, at: float = 0.75) -> tuple[float | None, float | None]:
+    """(vmin, vmax) that put `threshold` at the `at` point of the colormap (orange), so a map
+    that stays below the threshold never shows red, and one above it does. Without a usable
+    threshold: (None, None), i.e. each map's own range."""
+    a = np.asarray(anomaly_map, dtype=np.float32)
+    finite = np.isfinite(a)
+    if threshold is None or not np.isfinite(threshold) or not finite.any():
+        return None, None
+    lo = float(a[finite].min())
+    if threshold <= lo:
+        return None, None
+    hi = max(float(a[finite].max()), lo + (float(threshold) - lo) / at)
+    return lo, hi
+
+
+def heatmap_rgb(anomaly_map: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
+    """Colour an HxW anomaly map with a jet-like colormap -> uint8 HxWx3."""
+    a = np.asarray(anomaly_map)
+    if a.ndim != 2:
+        raise ValueError(f"anomaly_map must be HxW, got shape {a.shape}")
+    idx = (normalise(a, vmin, vmax) * 255.0 + 0.5).astype(np.uint8)
+    return _LUT[idx]
+
+
+def resize_map(anomaly_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float map to (H, W)."""
+    a = np.asarray(anomaly_map, dtype=np.float32)
+    if a.shape == tuple(shape):
+        return a
+    im = Image.fromarray(a, mode="F").resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
+    return np.asarray(im, dtype=np.float32)
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has no sized default font
+        return ImageFont.load_default()
+
+
+def draw_regions(image: np.ndarray, regions: Sequence[Region], color: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """Draw each region's box and its index (1..n) on a copy of `image` (uint8 HxWx3)."""
+    im = Image.fromarray(np.ascontiguousarray(image))
+    draw = ImageDraw.Draw(im)
+    h, w = image.shape[:2]
+    width = max(1, round(min(h, w) / 150))
+    font = _font(max(10, round(min(h, w) / 20)))
+    for n, r in enumerate(regions, start=1):
+        box = r.box
+        if box is None and r.mask is not None and r.mask.any():
+            ys, xs = np.nonzero(r.mask)
+            box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+        if box is None:
+            continue
+        x0, y0, x1, y1 = (int(v) for v in box)
+        x1, y1 = max(x0 + 1, x1), max(y0 + 1, y1)
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=color, width=width)
+        label = str(r.index if r.index is not None else n)
+        tx, ty = x0 + width + 1, max(0, y0 + width)
+        # A dark backing keeps the number readable on any colour.
+        bb = draw.textbbox((tx, ty), label, font=font)
+        draw.rectangle(bb, fill=(0, 0, 0))
+        draw.text((tx, ty), label, fill=color, font=font)
+    return np.asarray(im, dtype=np.uint8).copy()
+
+
+def overlay(
+    image: np.ndarray,
+    anomaly_map: np.ndarray,
+    alpha: float = 0.5,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    regions: list[Region] | None = None,
+) -> np.ndarray:
+    """Blend the coloured anomaly map over `image` (uint8 HxWx3); the map is resized to the
+    image if needed. Region boxes are drawn with their index. Returns uint8 HxWx3."""
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    if img.dtype != np.uint8:
+        img = np.clip(img, 0, 255).astype(np.uint8)
+    img = img[:, :, :3]
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    a = resize_map(anomaly_map, img.shape[:2])
+    heat = heatmap_rgb(a, vmin, vmax).astype(np.float32)
+    out = (img.astype(np.float32) * (1.0 - alpha) + heat * alpha + 0.5).astype(np.uint8)
+    if regions:
+        out = draw_regions(out, regions)
+    return out

@@ -109,6 +109,12 @@ class _Writer:
                     link = f"overlays/{_safe_name(sample.id)}.png"
                     Image.fromarray(shown).save(self.out / link)
                 thumb = thumbnail_data_url(shown)
+                if r.extra.get("region_masks") is not None:
+                    # What the LMM saw (set-of-mark image, region labels) so anyone can check
+                    # how its region numbers became the map.
+                    from genad.engines.lmm.visual_prompt import save_visual_prompt
+
+                    save_visual_prompt(self.out / "visual_prompts" / _safe_name(sample.id), r, image=image)
             except GenadError as e:  # e.g. the image vanished since scoring
                 r.error = r.error or str(e)
         elif r.error is None:

@@ -1,0 +1,555 @@
+"""Look twice: the embedded engine proposes, a multimodal model verifies and explains.
+
+    det = create("lmm+embedded", k=3, weight=0.5)      # GENAD_LMM_* set, or base_url=/model=
+    det.fit(normals)                                   # optional: few-shot + a reference image
+    results = det.predict(samples)
+
+1. The embedded engine scores each image and proposes its top `k` regions (its Result.regions,
+   else its map thresholded into connected regions).
+2. The regions are outlined and numbered on a set-of-mark image; one LMM call per image gets
+   the image, the marked image, optional normal references and class knowledge, and is asked
+   per region: anomalous yes/no, confidence, defect type, reason.
+3. Fusion, per region i (all values in [0, 1]):
+
+       fused_i = w * p_i + (1 - w) * e_i
+
+   e is the embedded map normalised as s / (s + scale), so that the embedded decision
+   threshold maps to 0.5 (scale = the embedded Result.threshold unless given), and e_i is its
+   peak in region i. p_i is the LMM's probability that region i is anomalous: its confidence
+   c (clipped to [0.5, 1]) for a confirmed region, 1 - c for a rejected one; a region it did
+   not judge keeps e_i. The image score is the highest fused_i; the decision is
+   score >= threshold (0.5). The fused map keeps the embedded map's shape: region i is e
+   scaled by fused_i / e_i (a confirmed region rises, a rejected one drops), the rest of the
+   image keeps e.
+4. If the answer is unusable (a refusal, an error, no verdict on any region), the result is
+   the normalised embedded map and score, and Result.extra["fallback"] says why.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from genad.detector import Detector
+from genad.engines.lmm.text2seg import knowledge_text
+from genad.engines.lmm.visual_prompt import (
+    as_labels,
+    divide,
+    fit_map,
+    region_boxes,
+    render_set_of_mark,
+)
+from genad.errors import GenadError
+from genad.types import ImageSample, Knowledge, Region, Result, Sample, Usage
+
+if TYPE_CHECKING:
+    from genad.engines.lmm.config import LMMConfig
+    from genad.engines.lmm.provider import LMMClient, LMMReply
+
+LOOK_TWICE_SYSTEM = (
+    "You are an expert visual inspector for anomaly detection. An automatic detector has marked "
+    "candidate defect regions on an image; it is often wrong. You check each candidate and say "
+    "whether it is a real anomaly, and why."
+)
+
+VERDICT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "regions": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "region": {"type": "integer"},
+                    "anomalous": {"type": "boolean"},
+                    "confidence": {"type": "number"},
+                    "defect_type": {"type": ["string", "null"]},
+                    "reason": {"type": "string"},
+                },
+                "required": ["region", "anomalous", "confidence", "reason"],
+            },
+        },
+        "image_anomaly_score": {"type": "number"},
+    },
+    "required": ["regions"],
+}
+
+
+@dataclass
+class Verdict:
+    """The LMM's judgement of one marked region."""
+
+    region: int
+    anomalous: bool | None = None
+    confidence: float | None = None
+    defect_type: str | None = None
+    reason: str | None = None
+    score: float | None = None  # a bare "region i: s" score (GPT-4V-AD format)
+
+    @property
+    def probability(self) -> float | None:
+        """P(anomalous) in [0, 1]: confidence clipped to [0.5, 1] (below 0.5 the model was
+        guessing), turned around for a rejection; a bare score is taken as it is."""
+        if self.anomalous is None:
+            return None if self.score is None else float(np.clip(self.score, 0.0, 1.0))
+        c = 1.0 if self.confidence is None else float(np.clip(self.confidence, 0.5, 1.0))
+        return c if self.anomalous else 1.0 - c
+
+
+# --------------------------------------------------------------------------- answers
+_REGION_HEAD = re.compile(r"\b(?:region|mask|area)\s*#?\s*(\d+)\b", re.IGNORECASE)
+_CONF = re.compile(r"confidence\D{0,12}?(\d+(?:\.\d+)?)\s*(%)?", re.IGNORECASE)
+_NUM = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s*(%)?")
+_DEFECT = re.compile(r"(?:defect[\s_]*type|defect|type)\s*[:=]\s*\"?([^,;\n\"]+)", re.IGNORECASE)
+_REASON = re.compile(r"(?:reason|because|explanation)\s*[:=]?\s*\"?([^\n\"]+)", re.IGNORECASE)
+
+
+def _prob(x: float, pct: str | None) -> float:
+    return x / 100.0 if pct or x > 1.0 else x
+
+
+def parse_verdicts(text: str, data: dict[str, Any] | None, n_regions: int) -> dict[int, Verdict]:
+    """Per-region verdicts from the JSON we ask for, else from prose lines such as
+    "Region 1: yes (confidence 0.9), defect type: crack, reason: ...", else from the
+    GPT-4V-AD "region i: s" format. Numbers outside 1..n_regions are dropped."""
+    from genad.engines.lmm.parse import decide_yes_no, extract_json
+
+    if data is None:
+        data = extract_json(text or "")
+    out: dict[int, Verdict] = {}
+    regs = data.get("regions") if isinstance(data, dict) else None
+    items = list(regs.items()) if isinstance(regs, dict) else list(enumerate(regs or [], 1))
+    for key, r in items:
+        if not isinstance(r, dict):
+            continue
+        raw_idx = r.get("region", r.get("index", r.get("id", key)))
+        m = re.search(r"\d+", str(raw_idx))
+        if not m:
+            continue
+        v = Verdict(int(m.group()), anomalous=_to_bool(r.get("anomalous", r.get("is_anomalous"))))
+        for name in ("confidence", "score", "anomaly_score"):
+            val = r.get(name)
+            if isinstance(val, (int, float)) and not isinstance(val, bool):
+                val = _prob(float(val), None)
+                if name == "confidence":
+                    v.confidence = val
+                else:
+                    v.score = val
+        dt = r.get("defect_type") or r.get("defect")
+        v.defect_type = str(dt).strip() if dt and str(dt).strip().lower() not in ("none", "null", "n/a") else None
+        v.reason = str(r["reason"]).strip() if r.get("reason") else None
+        out[v.region] = v
+    if not out and text:
+        heads = list(_REGION_HEAD.finditer(text))
+        for h, nxt in zip(heads, heads[1:] + [None]):
+            seg = text[h.end() : nxt.start() if nxt else len(text)]
+            seg = seg.lstrip(" :=-–\t\"")
+            v = Verdict(int(h.group(1)), anomalous=decide_yes_no(seg))
+            cm = _CONF.search(seg)
+            if cm:
+                v.confidence = _prob(float(cm.group(1)), cm.group(2))
+            elif v.anomalous is None:
+                nm = _NUM.match(seg)
+                if nm:
+                    v.score = _prob(float(nm.group(1)), nm.group(2))
+            dm, rm = _DEFECT.search(seg), _REASON.search(seg)
+            v.defect_type = dm.group(1).strip().rstrip(".") if dm else None
+            v.reason = rm.group(1).strip() if rm else None
+            if v.probability is not None:  # "region 2" merely mentioned is no verdict
+                out.setdefault(v.region, v)
+    # a verdict counts only if it says something: yes/no or a score
+    return {i: v for i, v in out.items() if 1 <= i <= n_regions and v.probability is not None}
+
+
+def _to_bool(v: Any) -> bool | None:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str):
+        t = v.strip().lower()
+        if t in ("yes", "true", "anomalous", "abnormal", "defective", "y", "1"):
+            return True
+        if t in ("no", "false", "normal", "good", "ok", "n", "0"):
+            return False
+    return None
+
+
+# --------------------------------------------------------------------------- fusion
+def normalise_embedded(anomaly_map: np.ndarray, scale: float) -> np.ndarray:
+    """s / (s + scale), negatives as 0: the embedded threshold (scale) becomes 0.5."""
+    s = np.maximum(np.nan_to_num(np.asarray(anomaly_map, dtype=np.float32)), 0.0)
+    return (s / (s + np.float32(scale))).astype(np.float32)
+
+
+def fuse(
+    e: np.ndarray, labels: np.ndarray, n: int, probs: dict[int, float], weight: float
+) -> tuple[np.ndarray, list[float]]:
+    """Each region's fused score and the fused map (see the module doc).
+
+    Region i (1..n): fused_i = w * p_i + (1 - w) * e_i, e_i the region's peak of e; a region
+    without a verdict keeps e_i. The map keeps the embedded shape: region i is e scaled by
+    fused_i / e_i (so its peak is fused_i: raised if confirmed, lowered if rejected), and
+    pixels outside the proposals keep e.
+    """
+    from scipy import ndimage
+
+    if n == 0:
+        return e.astype(np.float32, copy=True), []
+    idx = np.arange(1, n + 1)
+    peaks = np.asarray(ndimage.maximum(e, labels, idx), dtype=np.float64)
+    fused_scores = peaks.copy()
+    for i, p in probs.items():
+        if 1 <= i <= n:
+            fused_scores[i - 1] = weight * p + (1.0 - weight) * peaks[i - 1]
+    gain = np.ones(n + 1, dtype=np.float64)
+    ok = peaks > 1e-6
+    gain[1:][ok] = fused_scores[ok] / peaks[ok]
+    fused = (e * gain[labels]).astype(np.float32)
+    for i in idx[~ok]:  # a region with no embedded signal at all: its score, flat
+        fused[labels == i] = fused_scores[i - 1]
+    return fused, [float(x) for x in fused_scores]
+
+
+# --------------------------------------------------------------------------- detector
+class LookTwiceDetector(Detector):
+    """Embedded proposals verified by a multimodal model ("lmm+embedded").
+
+    Options: k (regions to verify, 3), weight (w of the LMM in the fusion, 0.5), threshold
+    (decision on the fused score, 0.5), scale (embedded normaliser; default its threshold),
+    embedded (detector name or instance, "embedded"), embedded_params (dict for it),
+    references (normal images shown to the LMM after fit, 1), class_name, knowledge (text or
+    Knowledge; a sample's own class_name/knowledge win), include_original (send the unmarked
+    image too, True), max_tokens, normal_standards / defect_types (build the knowledge).
+    LMM connection as for detector "lmm": any LMMConfig field (model, base_url, api_key,
+    budget_usd, ...), or `config` (LMMConfig), `config_file`, or a ready `client` (LMMClient).
+    """
+
+    modalities = ("image",)
+    zero_shot = True
+    batch_size = 4  # few-shot: small chunks so an evaluation writes results as it goes
+
+    def __init__(
+        self,
+        k: int = 3,
+        weight: float = 0.5,
+        threshold: float = 0.5,
+        scale: float | None = None,
+        embedded: str | Detector = "embedded",
+        embedded_params: dict[str, Any] | None = None,
+        references: int = 1,
+        class_name: str | None = None,
+        knowledge: str | Knowledge | None = None,
+        include_original: bool = True,
+        max_tokens: int | None = None,
+        normal_standards: str | None = None,
+        defect_types: list[str] | str | None = None,
+        config: LMMConfig | None = None,
+        config_file: str | None = None,
+        client: LMMClient | None = None,
+        **settings: Any,
+    ) -> None:
+        from genad.engines.lmm.config import LMMConfig
+
+        valid = {f.name for f in fields(LMMConfig)}
+        unknown = sorted(set(settings) - valid)
+        if unknown:
+            raise GenadError(
+                f"unknown option(s) {', '.join(unknown)} for detector 'lmm+embedded': use k, weight, "
+                "threshold, scale, embedded, embedded_params, references, class_name, knowledge, "
+                "normal_standards, defect_types, include_original, max_tokens, config_file or an "
+                "LMM setting (model, base_url, ...)"
+            )
+        if int(k) < 1:
+            raise GenadError(f"k (regions to verify) must be at least 1, got {k}")
+        if not 0.0 <= float(weight) <= 1.0:
+            raise GenadError(f"weight must be between 0 and 1, got {weight}")
+        if scale is not None and float(scale) <= 0:
+            raise GenadError(f"scale must be positive, got {scale}")
+        if isinstance(defect_types, str):
+            defect_types = [d.strip() for d in defect_types.split(",") if d.strip()]
+        if knowledge is None and (normal_standards or defect_types):
+            knowledge = Knowledge(normal_standards=normal_standards, defect_types=list(defect_types or []))
+        super().__init__(
+            k=int(k), weight=float(weight), threshold=float(threshold), scale=scale,
+            embedded=embedded if isinstance(embedded, str) else type(embedded).__name__,
+            embedded_params=embedded_params, references=int(references), class_name=class_name,
+            knowledge=knowledge if not isinstance(knowledge, Knowledge) else asdict(knowledge),
+            include_original=include_original, max_tokens=max_tokens, config_file=config_file,
+            **{k_: v for k_, v in settings.items() if k_ != "api_key"},  # never echo the key
+        )
+        self.k, self.weight, self.threshold = int(k), float(weight), float(threshold)
+        self.scale = None if scale is None else float(scale)
+        self.n_references = int(references)
+        self.class_name, self.knowledge = class_name, knowledge
+        self.include_original, self.max_tokens = bool(include_original), max_tokens
+        if isinstance(embedded, Detector):
+            self.embedded = embedded
+        else:
+            from genad.registry import create
+
+            self.embedded = create(embedded, **(embedded_params or {}))
+        self._config, self._config_file, self._settings = config, config_file, settings
+        self._client = client
+        self.references_: list[Sample] = []
+        # Zero-shot mutual scoring needs the whole batch at once; after fit() chunks of 4 do.
+        self.batch_size = None  # type: ignore[misc]
+
+    @property
+    def client(self) -> LMMClient:
+        if self._client is None:
+            from genad.engines.lmm.provider import LMMClient, LMMConfig
+
+            cfg = self._config or LMMConfig.from_env(self._config_file, **self._settings)
+            self._client = LMMClient(cfg)
+        return self._client
+
+    def fit(self, normal_samples: Sequence[Sample]) -> LookTwiceDetector:
+        """Few-shot: the embedded engine learns the normals; the first `references` of them
+        are shown to the LMM as what normal looks like."""
+        normal_samples = list(normal_samples)
+        self.embedded.fit(normal_samples)
+        self.references_ = [s for s in normal_samples if isinstance(s, ImageSample)]
+        self.fitted_ = True
+        self.batch_size = type(self).batch_size  # type: ignore[misc]
+        return self
+
+    def predict(self, samples: Sequence[Sample]) -> list[Result]:
+        from genad.engines.lmm.provider import BudgetExceeded
+        from genad.errors import ConfigError
+
+        samples = list(samples)
+        t0 = time.perf_counter()
+        base = self.embedded.predict(samples)
+        t_emb = (time.perf_counter() - t0) / max(1, len(samples))
+        ref_cache: dict[str, np.ndarray] = {}
+        out: list[Result] = []
+        # A few images at a time (enough to keep the concurrent calls busy), so that the
+        # working images of a large zero-shot batch are not all held at once.
+        step = 2 * self.client.config.max_concurrency
+        for c0 in range(0, len(samples), step):
+            idx = range(c0, min(len(samples), c0 + step))
+            plans: dict[int, _Plan | str] = {}
+            t_plan: dict[int, float] = {}
+            for i in idx:
+                tp = time.perf_counter()
+                plans[i] = self._plan(samples[i], base[i])
+                t_plan[i] = time.perf_counter() - tp
+            todo = [i for i in idx if isinstance(plans[i], _Plan) and plans[i].n > 0]  # type: ignore[union-attr]
+            replies: dict[int, LMMReply | Exception] = {}
+            t_lmm = 0.0
+            if todo:
+                reqs = [
+                    {"messages": self._messages(samples[i], plans[i], self._refs_for(samples[i], ref_cache)),  # type: ignore[arg-type]
+                     "schema": VERDICT_SCHEMA, "max_tokens": self.max_tokens}
+                    for i in todo
+                ]
+                t1 = time.perf_counter()
+                got = self.client.chat_many(reqs)
+                t_lmm = (time.perf_counter() - t1) / len(todo)
+                # As for detector "lmm": a wrong key/URL or a spent budget stops the run (the
+                # evaluator keeps results so far; answers are cached) rather than quietly
+                # turning every later image into an embedded-only result.
+                for r in got:
+                    if isinstance(r, (BudgetExceeded, ConfigError)):
+                        raise r
+                replies = dict(zip(todo, got))
+            for i in idx:
+                plan = plans[i]
+                if isinstance(plan, str):
+                    out.append(Result(samples[i].id, error=plan, timings={"embedded": t_emb}))
+                    continue
+                res = self._finish(samples[i], base[i], plan, replies.get(i))
+                # per image; "lmm" is the wall time of the concurrent calls shared out
+                res.timings = {"embedded": t_emb, "visual_prompt": t_plan[i]}
+                if i in replies:
+                    res.timings["lmm"] = t_lmm
+                out.append(res)
+        return out
+
+    # -- steps ---------------------------------------------------------------------------------
+    def _refs_for(self, s: Sample, cache: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Up to `references` normals shown to the LMM, of the sample's class when there are."""
+        same = [r for r in self.references_ if r.class_name == s.class_name]
+        chosen = (same or self.references_)[: self.n_references]
+        for r in chosen:
+            if r.id not in cache:
+                cache[r.id] = _pixels(r)
+        return [cache[r.id] for r in chosen]
+
+    def _plan(self, s: Sample, r: Result) -> _Plan | str:
+        """The regions to verify and the marked image, or why there are none (an error)."""
+        if r.error or r.anomaly_map is None:
+            return r.error or "the embedded engine gave no anomaly map"
+        try:
+            image = _pixels(s)
+        except GenadError as e:
+            return str(e)
+        h, w = image.shape[:2]
+        amap = np.asarray(r.anomaly_map, dtype=np.float32)
+        if amap.shape != (h, w):
+            amap = fit_map(amap, (h, w))
+        scale = self.scale or (r.threshold if r.threshold and r.threshold > 0 else None)
+        if scale is None:  # no threshold from the engine: the map's own high quantile
+            scale = float(np.quantile(amap, 0.99)) or 1.0
+        masks = divide(image, "proposals", self.k, amap, regions=r.regions or None, background=False)
+        labels, n = (as_labels(masks) if masks else (np.zeros((h, w), np.int32), 0))
+        som = render_set_of_mark(image, masks) if n else image
+        return _Plan(image, normalise_embedded(amap, scale), scale, labels, n, som)
+
+    def _messages(self, s: Sample, plan: _Plan, refs: list[np.ndarray]) -> list[dict[str, Any]]:
+        from genad.engines.lmm.provider import system
+
+        cls = s.class_name or self.class_name
+        what = f"an image of {cls}" if cls else "an image"
+        k = plan.n
+        regions = "region 1" if k == 1 else f"regions 1 to {k}"
+        parts: list[Any] = []
+        if self.include_original:
+            parts += [f"The first image is {what} to be inspected.", plan.image,
+                      f"The second image is the same image with {regions} outlined and numbered "
+                      "by an automatic detector (each number is on a black box inside its region, "
+                      "or next to it when the region is small).", plan.som]
+        else:
+            parts += [f"This is {what} to be inspected, with {regions} outlined and numbered by "
+                      "an automatic detector.", plan.som]
+        if refs:
+            parts.append("The next image is a normal reference of the same kind, without anomalies:"
+                         if len(refs) == 1 else
+                         f"The next {len(refs)} images are normal references of the same kind, without anomalies:")
+            parts += refs
+        know = knowledge_text(s.knowledge or self.knowledge)
+        if know:
+            parts.append(know)
+        parts.append(
+            "For each numbered region, decide whether it really contains an anomaly or defect. "
+            "Answer in JSON: {\"regions\": [{\"region\": 1, \"anomalous\": true or false, "
+            "\"confidence\": c, \"defect_type\": \"...\" or null, \"reason\": \"...\"}, ...], "
+            "\"image_anomaly_score\": x}, with one entry per region; confidence is how sure you "
+            "are of your verdict, from 0.5 (a guess) to 1 (certain); image_anomaly_score is from "
+            "0 (surely normal) to 1 (surely anomalous)."
+        )
+        return [system(LOOK_TWICE_SYSTEM), self.client.user(*parts)]
+
+    def _finish(self, s: Sample, base: Result, plan: _Plan, reply: LMMReply | Exception | None) -> Result:
+        e, labels, n = plan.e, plan.labels, plan.n
+        boxes = region_boxes(labels, n)
+        extra: dict[str, Any] = {
+            "som_image": plan.som,
+            "region_masks": labels.astype(np.uint8 if n <= 255 else np.uint16),
+            "region_method": f"proposals:{self.k}",
+            "embedded_score": base.score,
+            "embedded_threshold": base.threshold,
+            "fusion": {"weight": self.weight, "scale": plan.scale},
+        }
+        usage = Usage()
+        verdicts: dict[int, Verdict] = {}
+        fallback: str | None = None
+        if reply is None:
+            fallback = "the embedded engine proposed no region to verify"
+        elif isinstance(reply, Exception):
+            fallback = f"LMM call failed: {reply}"
+        else:
+            usage = reply.usage
+            extra["answer"] = reply.text
+            verdicts = parse_verdicts(reply.text, reply.data, n)
+            if not verdicts:
+                verdicts, why = _image_level(reply.text, reply.data, n)
+                if why:
+                    fallback = why
+        if fallback is not None:
+            # Unusable answer: the embedded judgement alone, on the same [0, 1] scale.
+            emb_score = None if base.score is None else float(normalise_embedded(np.float32(base.score), plan.scale))
+            extra["fallback"] = fallback
+            regions = [
+                Region(score=float(e[labels == i].max()), box=boxes[i - 1], mask=labels == i, index=i)
+                for i in range(1, n + 1) if boxes[i - 1] is not None
+            ]
+            score = emb_score if emb_score is not None else float(e.max())
+            return Result(
+                s.id, score=score, decision=score >= self.threshold, anomaly_map=e,
+                regions=[r for r in regions if r.score >= self.threshold],
+                explanation=f"embedded engine only ({fallback})", threshold=self.threshold,
+                usage=usage, extra=extra,
+            )
+        probs = {i: p for i, v in verdicts.items() if (p := v.probability) is not None}
+        fused, region_scores = fuse(e, labels, n, probs, self.weight)
+        score = max(region_scores)
+        regions, confirmed, rejected = [], [], []
+        for i in range(1, n + 1):
+            v, box = verdicts.get(i), boxes[i - 1]
+            if box is None:
+                continue
+            p = probs.get(i)
+            # confirmed: said "anomalous", or (a bare GPT-4V-AD score) more likely than not
+            ok = p is not None and v is not None and (v.anomalous if v.anomalous is not None else p > 0.5)
+            if v is not None and p is not None:
+                (confirmed if ok else rejected).append(_describe(i, v, ok))
+            if region_scores[i - 1] >= self.threshold:
+                regions.append(Region(
+                    score=region_scores[i - 1], box=box, mask=labels == i, index=i,
+                    label=v.defect_type if v and ok else None,
+                    explanation=v.reason if v else None,
+                ))
+        extra["verdicts"] = [
+            {**asdict(v), "probability": probs.get(i), "fused_score": region_scores[i - 1],
+             "embedded_score": float(e[labels == i].max())}
+            for i, v in sorted(verdicts.items())
+        ]
+        lines = (["Confirmed: " + " ".join(confirmed)] if confirmed else ["No proposed region confirmed."])
+        if rejected:
+            lines.append("Judged normal: " + " ".join(rejected))
+        return Result(
+            s.id, score=score, decision=score >= self.threshold, anomaly_map=fused,
+            regions=sorted(regions, key=lambda r: -r.score), explanation="\n".join(lines),
+            threshold=self.threshold, usage=usage, extra=extra,
+        )
+
+
+@dataclass
+class _Plan:
+    image: np.ndarray
+    e: np.ndarray  # normalised embedded map
+    scale: float
+    labels: np.ndarray
+    n: int
+    som: np.ndarray
+
+
+def _pixels(s: Any) -> np.ndarray:
+    if isinstance(s, ImageSample):
+        return s.load()
+    if isinstance(s, np.ndarray):
+        return s
+    raise GenadError(f"look-twice reads images only; {getattr(s, 'id', s)!r} is not an image")
+
+
+def _describe(i: int, v: Verdict, confirmed: bool) -> str:
+    head = f"region {i}"
+    if confirmed and v.defect_type:
+        head += f" ({v.defect_type})"
+    if v.confidence is not None:
+        head += f", confidence {v.confidence:.2f}"
+    return head + (f": {v.reason[:300].rstrip('.')}." if v.reason else ".")
+
+
+def _image_level(text: str, data: dict[str, Any] | None, n: int) -> tuple[dict[int, Verdict], str | None]:
+    """No per-region verdict: an answer that the whole image is normal rejects every region;
+    anything else (a refusal, "anomalous" without saying where, nothing) is unusable."""
+    from genad.engines.lmm.parse import parse_answer
+
+    a = parse_answer(text, data)
+    if a.refusal:
+        return {}, "the model refused to answer"
+    normal = a.anomalous is False or (a.anomalous is None and a.score is not None and a.score < 0.5)
+    if normal:
+        # one image-wide "normal": every region rejected; the reason is said once, in region 1
+        p = 0.0 if a.score is None else min(a.score, 0.5)
+        reason = None if a.reason is None else "whole image judged normal: " + a.reason[:300]
+        return {i: Verdict(i, score=p, reason=reason if i == 1 else None) for i in range(1, n + 1)}, None
+    if a.usable:
+        return {}, "the model's answer did not say which regions are anomalous"
+    return {}, "no verdict found in the model's answer"

@@ -1,0 +1,285 @@
+"""Text2Segmentation (GPT-4V-AD): a model's per-region scores become a pixel anomaly map.
+
+    masks = divide(image, "grid", 4)                       # visual_prompt
+    reply: "image anomaly score: 0.9; region 7: 0.8; region 11: 0.6."
+    amap = scores_to_map(masks, {7: 0.8, 11: 0.6}, image.shape[:2])
+
+Each region's pixels get its score, regions the answer does not mention get 0 (the prompt tells
+the model that unlisted regions count as normal), and an optional Gaussian blur softens the
+region edges. `localize` runs the whole loop: divide, mark, ask, parse, map.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy import ndimage
+
+from genad.engines.lmm.visual_prompt import (
+    as_labels,
+    divide,
+    region_boxes,
+    render_set_of_mark,
+)
+from genad.types import ImageSample, Knowledge, Region, Result, Usage
+
+if TYPE_CHECKING:
+    from genad.engines.lmm.parse import Answer
+    from genad.engines.lmm.provider import LMMClient
+
+
+def scores_to_map(
+    masks: Sequence[np.ndarray] | np.ndarray,
+    region_scores: dict[int, float],
+    shape: tuple[int, int],
+    *,
+    smooth_sigma: float = 0.0,
+) -> np.ndarray:
+    """float32 map of `shape`: region i's pixels (masks numbered 1..n) hold region_scores[i],
+    everything else 0. Scores for numbers that are not regions are ignored. Masks at another
+    size than `shape` (e.g. made on a resized image) are resized by nearest neighbour.
+    smooth_sigma > 0 blurs the map (in pixels) so region edges fall off smoothly."""
+    labels, n = as_labels(masks)
+    lut = np.zeros(n + 1, dtype=np.float32)
+    for i, s in region_scores.items():
+        if 1 <= int(i) <= n and s is not None and np.isfinite(s):
+            lut[int(i)] = float(s)
+    amap = lut[labels]
+    shape = (int(shape[0]), int(shape[1]))
+    if amap.shape != shape:
+        rows = (np.arange(shape[0]) * labels.shape[0]) // shape[0]
+        cols = (np.arange(shape[1]) * labels.shape[1]) // shape[1]
+        amap = amap[rows[:, None], cols[None, :]]
+    if smooth_sigma > 0:
+        amap = ndimage.gaussian_filter(amap, sigma=float(smooth_sigma), mode="nearest")
+    return amap.astype(np.float32, copy=False)
+
+
+def image_score(stated: float | None, region_scores: dict[int, float]) -> float | None:
+    """The image score: the one the model stated, else the highest region score, else None."""
+    if stated is not None and np.isfinite(stated):
+        return float(stated)
+    vals = [float(s) for s in region_scores.values() if s is not None and np.isfinite(s)]
+    return max(vals) if vals else None
+
+
+# --------------------------------------------------------------------------- prompting
+LOCALIZE_SYSTEM = (
+    "You are an expert visual inspector for anomaly detection. You judge images of objects, "
+    "textures and medical scans, and you locate anomalies by the numbered regions marked on them."
+)
+
+LOCALIZE_FORMAT = (
+    "Give the image anomaly score and the scores of the anomalous regions (0 = surely normal, "
+    "1 = surely anomalous), in exactly this format:\n"
+    "image anomaly score: X; region i: s; region j: s.\n"
+    "List only regions that contain an anomaly; regions not listed count as normal. Then, on a "
+    "new line, name the defect type and give a short reason."
+)
+
+LOCALIZE_JSON = (
+    "Answer in JSON: {\"image_anomaly_score\": X, \"regions\": [{\"region\": i, \"score\": s}], "
+    "\"defect_type\": \"...\", \"reason\": \"...\"} with scores from 0 (surely normal) to 1 "
+    "(surely anomalous). List only regions that contain an anomaly; regions not listed count "
+    "as normal."
+)
+
+LOCALIZE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "image_anomaly_score": {"type": "number"},
+        "regions": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"region": {"type": "integer"}, "score": {"type": "number"}},
+                "required": ["region", "score"],
+            },
+        },
+        "defect_type": {"type": ["string", "null"]},
+        "reason": {"type": "string"},
+    },
+    "required": ["image_anomaly_score", "regions"],
+}
+
+
+def knowledge_text(knowledge: Knowledge | str | None) -> str:
+    """Class knowledge as prompt sentences ("" when there is none)."""
+    if knowledge is None:
+        return ""
+    if isinstance(knowledge, str):
+        return knowledge.strip()
+    parts = []
+    if knowledge.normal_standards:
+        parts.append(f"What normal looks like: {knowledge.normal_standards.strip()}")
+    if knowledge.defect_types:
+        parts.append("Known defect types: " + ", ".join(knowledge.defect_types) + ".")
+    if knowledge.notes:
+        parts.append(knowledge.notes.strip())
+    return "\n".join(parts)
+
+
+def build_localize_messages(
+    client: LMMClient,
+    image: np.ndarray,
+    som: np.ndarray,
+    n_regions: int,
+    *,
+    class_name: str | None = None,
+    knowledge: Knowledge | str | None = None,
+    references: Sequence[Any] = (),
+    include_original: bool = True,
+    json_answer: bool = False,
+) -> list[dict[str, Any]]:
+    """The GPT-4V-AD prompt: [original], set-of-mark image, [normal references], then the
+    question and the answer format. Images go in that order."""
+    from genad.engines.lmm.provider import system
+
+    what = f"an image of {class_name}" if class_name else "an image"
+    parts: list[Any] = []
+    if include_original:
+        parts += [f"The first image is {what} to be inspected.", image,
+                  f"The second image is the same image divided into {n_regions} regions.", som]
+    else:
+        parts += [f"This is {what} to be inspected, divided into {n_regions} regions.", som]
+    parts.append(
+        "Each region is outlined and marked with a number (1 to "
+        f"{n_regions}) on a black box at a point inside it or, for a small region, next to it."
+    )
+    refs = list(references)
+    if refs:
+        parts.append(
+            "The next image is a normal reference of the same kind, without anomalies:"
+            if len(refs) == 1
+            else f"The next {len(refs)} images are normal references of the same kind, without anomalies:"
+        )
+        parts += [_pixels(r) for r in refs]
+    know = knowledge_text(knowledge)
+    if know:
+        parts.append(know)
+    parts.append(
+        "Please determine whether the inspected image contains anomalies or defects, and in "
+        "which marked regions. " + (LOCALIZE_JSON if json_answer else LOCALIZE_FORMAT)
+    )
+    return [system(LOCALIZE_SYSTEM), client.user(*parts)]
+
+
+def _pixels(ref: Any) -> Any:
+    """A reference as something the message builder takes (samples become their pixels)."""
+    if isinstance(ref, ImageSample):
+        return ref.load()
+    return ref
+
+
+def localize(
+    client: LMMClient,
+    image: np.ndarray,
+    *,
+    method: str = "grid",
+    n: int | None = None,
+    class_name: str | None = None,
+    knowledge: Knowledge | str | None = None,
+    references: Sequence[Any] = (),
+    anomaly_map: np.ndarray | None = None,
+    regions: Sequence[Region] | None = None,
+    sample_id: str = "",
+    include_original: bool = True,
+    json_answer: bool = False,
+    smooth_sigma: float = 0.0,
+    threshold: float = 0.5,
+    max_tokens: int | None = None,
+) -> Result:
+    """Zero-/few-shot localisation with one LMM call, as in GPT-4V-AD.
+
+    The image is divided (`method` "grid" | "slic" | "proposals", `n` regions; proposals need
+    the embedded engine's `anomaly_map` or `regions`), marked, and sent with any normal
+    `references` and class `knowledge`. The answer's region scores become Result.anomaly_map
+    (image resolution), its stated image score (else the highest region score) Result.score.
+    Result.extra holds "som_image", "region_masks" (int label image: pixel = region number),
+    "region_method", "region_scores" and "answer" (the raw reply text).
+    json_answer=True asks for JSON with a schema (servers without structured output still
+    answer in text, which is parsed the same way).
+    Raises what the client raises (GenadError subclasses) when the call itself fails.
+    """
+    from genad.engines.lmm.parse import parse_answer
+
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    h, w = img.shape[:2]
+    t0 = time.perf_counter()
+    masks = divide(img, method, n, anomaly_map, regions=regions)
+    som = render_set_of_mark(img, masks)
+    t1 = time.perf_counter()
+    msgs = build_localize_messages(
+        client, img, som, len(masks), class_name=class_name, knowledge=knowledge,
+        references=references, include_original=include_original, json_answer=json_answer,
+    )
+    reply = client.chat(msgs, schema=LOCALIZE_SCHEMA if json_answer else None, max_tokens=max_tokens)
+    t2 = time.perf_counter()
+    answer = parse_answer(reply.text, reply.data)
+    region_scores = dict(answer.region_scores)
+    result = answer_to_result(
+        answer, region_scores, masks, (h, w), sample_id=sample_id,
+        smooth_sigma=smooth_sigma, threshold=threshold, usage=reply.usage,
+    )
+    result.extra.update(
+        som_image=som,
+        region_masks=as_labels(masks)[0].astype(np.uint16 if len(masks) > 255 else np.uint8),
+        region_method=method if n is None else f"{method}:{n}",
+        answer=reply.text,
+    )
+    result.timings.update(visual_prompt=t1 - t0, lmm=t2 - t1)
+    return result
+
+
+def answer_to_result(
+    answer: Answer,
+    region_scores: dict[int, float],
+    masks: Sequence[np.ndarray] | np.ndarray,
+    shape: tuple[int, int],
+    *,
+    sample_id: str = "",
+    smooth_sigma: float = 0.0,
+    threshold: float = 0.5,
+    usage: Usage | None = None,
+) -> Result:
+    """A parsed answer as a Result: map from the region scores, score, decision, regions
+    (the mentioned ones with a score above 0, highest first), explanation."""
+    labels, n = as_labels(masks)
+    amap = scores_to_map(labels, region_scores, shape, smooth_sigma=smooth_sigma)
+    score = image_score(answer.score, region_scores)
+    if score is None and answer.anomalous is not None:
+        score = 1.0 if answer.anomalous else 0.0
+    if score is None:
+        why = "the model refused to answer" if answer.refusal else "no score in the model's answer"
+        return Result(sample_id=sample_id, error=why, usage=usage,
+                      extra={"region_scores": region_scores})
+    decision = bool(answer.anomalous) if answer.anomalous is not None else score >= threshold
+    boxes = region_boxes(labels, n)
+    regions = []
+    for i, s in sorted(region_scores.items(), key=lambda kv: -kv[1]):
+        if not (1 <= i <= n) or s <= 0 or boxes[i - 1] is None:
+            continue
+        regions.append(Region(score=float(s), box=boxes[i - 1], mask=labels == i, index=i,
+                              label=answer.defect_type))
+    parts = [answer.defect_type, answer.location, answer.reason]
+    explanation = "; ".join(p for p in parts if p) or None
+    return Result(
+        sample_id=sample_id, score=float(score), decision=decision, anomaly_map=amap,
+        regions=regions, explanation=explanation, threshold=threshold, usage=usage,
+        extra={"region_scores": {int(k): float(v) for k, v in region_scores.items()}},
+    )
+
+
+__all__ = [
+    "scores_to_map",
+    "image_score",
+    "localize",
+    "answer_to_result",
+    "build_localize_messages",
+    "knowledge_text",
+]

@@ -1,0 +1,170 @@
+"""Series benchmark: NAB (58 series, label windows) and UCR (4 InternalBleeding series).
+
+    .venv/bin/python benchmarks/timeseries.py                  # both data sets, both classical detectors
+    .venv/bin/python benchmarks/timeseries.py --datasets ucr --detectors ts-iforest,ts-matrix-profile:window=100
+
+Writes benchmarks/results/timeseries.json (per series and summary) and timeseries.md (table).
+
+Protocol, per series, with each detector's defaults (window = autocorrelation period):
+- point AUROC / AP / point-adjusted F1 (best threshold) on per-point scores; series without an
+  anomaly are left out of these means. UCR is scored after its training prefix (the standard
+  protocol; the prefix is the detector's normal reference).
+- NAB score (standard profile): detections are the peaks of the detector's own ranges (its
+  threshold rule, not a tuned threshold; one detection per range); raw, null and perfect scores are summed over the
+  data set, then normalised, as NAB does, so false alarms on anomaly-free series count.
+- range precision / recall / F1 (Tatbul et al. 2018, flat bias, alpha 0, reciprocal cardinality)
+  of the detector's own ranges, averaged over series with an anomaly (precision over series that
+  flagged something; a series with no detection has range F1 0).
+- UCR hit rate (Wu and Keogh): the highest-scoring point lies within 100 points of the anomaly.
+- seconds: wall time of predict() summed over series (2 shared CPU cores in our runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from genad.io.timeseries import load_nab, load_ucr  # noqa: E402
+from genad.metrics.timeseries import (  # noqa: E402
+    NabTotals,
+    nab_totals,
+    point_adjusted_f1,
+    point_ap,
+    point_auroc,
+    range_peaks,
+    range_precision_recall,
+    ranges_to_labels,
+)
+from genad.registry import create  # noqa: E402
+
+
+def _mean(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    return float(np.mean(xs)) if xs else None
+
+
+def make(spec: str):
+    """"name" or "name:key=value:key=value" (values read as JSON when they parse)."""
+    name, *opts = spec.split(":")
+    params = {}
+    for o in opts:
+        k, _, v = o.partition("=")
+        try:
+            params[k] = json.loads(v)
+        except json.JSONDecodeError:
+            params[k] = v
+    return create(name, **params)
+
+
+def run(detector: str, dataset: str, samples: list) -> dict:
+    det = make(detector)
+    rows, nab = [], NabTotals()
+    for s in samples:
+        (r,) = det.predict([s])
+        n = len(s.values)
+        truth = s.truth.ranges or []
+        row: dict = {"id": s.id, "n": n, "seconds": round(r.timings.get("seconds", 0.0), 3), "error": r.error}
+        if r.error is not None:
+            rows.append(row)
+            continue
+        start = s.train_end or 0
+        y = ranges_to_labels(truth, n)[start:]
+        sc = np.asarray(r.anomaly_map, dtype=np.float64)[start:]
+        row.update(
+            window=r.extra.get("window"),
+            auroc=point_auroc(y, sc) if y.any() else None,
+            ap=point_ap(y, sc) if y.any() else None,
+            pa_f1=point_adjusted_f1(y, sc)[0] if y.any() else None,
+            ranges=[list(x) for x in r.ranges],
+        )
+        if truth:
+            row["range_p"], row["range_r"], row["range_f1"] = range_precision_recall(truth, r.ranges)
+        t = nab_totals(truth, range_peaks(r.ranges, r.anomaly_map), n=n)
+        nab = nab + t
+        row["nab_raw"] = round(t.raw, 4)
+        if dataset == "ucr" and truth:
+            peak = start + int(np.argmax(sc))
+            a, b = truth[0]
+            row["ucr_hit"] = bool(a - 100 <= peak < b + 100)
+        rows.append(row)
+    ok = [r for r in rows if r["error"] is None]
+    summary = {
+        "series": len(rows),
+        "errors": len(rows) - len(ok),
+        "point_auroc": _mean([r["auroc"] for r in ok]),
+        "point_ap": _mean([r["ap"] for r in ok]),
+        "point_adjusted_f1": _mean([r["pa_f1"] for r in ok]),
+        "range_precision": _mean([r.get("range_p") for r in ok]),
+        "range_recall": _mean([r.get("range_r") for r in ok]),
+        "range_f1": _mean([r.get("range_f1") for r in ok]),
+        "nab_score": nab.score,
+        "seconds": round(sum(r["seconds"] for r in rows), 2),
+        "points": int(sum(r["n"] for r in rows)),
+    }
+    if dataset == "ucr":
+        summary["ucr_hit_rate"] = _mean([float(r["ucr_hit"]) for r in ok if "ucr_hit" in r])
+    return {"summary": summary, "per_series": rows}
+
+
+def table(results: dict) -> str:
+    head = ("| data set | detector | series | point AUROC | point AP | PA-F1 | range P | range R | range F1 "
+            "| NAB score | UCR hit | seconds |")
+    lines = [head, "|" + "---|" * 12]
+    f = lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"  # noqa: E731
+    for ds in ("nab", "ucr"):
+        for det, by_ds in results.items():
+            if ds not in by_ds:
+                continue
+            s = by_ds[ds]["summary"]
+            nab = "-" if s["nab_score"] is None or math.isnan(s["nab_score"]) else f"{s['nab_score']:.1f}"
+            lines.append(
+                f"| {ds.upper()} | {det} | {s['series']} | {f(s['point_auroc'])} | {f(s['point_ap'])} | "
+                f"{f(s['point_adjusted_f1'])} | {f(s['range_precision'])} | {f(s['range_recall'])} | "
+                f"{f(s['range_f1'])} | {nab} | {f(s.get('ucr_hit_rate'))} | {s['seconds']:.1f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--datasets", default="nab,ucr")
+    ap.add_argument("--detectors", default="ts-matrix-profile,ts-matrix-profile:normalize=false,ts-iforest",
+                    help="comma-separated; options as name:key=value")
+    ap.add_argument("--limit", type=int, default=None, help="first N series of each data set (a quick check)")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = ap.parse_args(argv)
+
+    data = {}
+    for ds in args.datasets.split(","):
+        loader = {"nab": load_nab, "ucr": load_ucr}[ds]
+        data[ds] = loader(args.data / ds)[: args.limit]
+    results: dict = {}
+    t0 = time.time()
+    for det in args.detectors.split(","):
+        results[det] = {}
+        for ds, samples in data.items():
+            results[det][ds] = run(det, ds, samples)
+            print(f"{det} {ds}: {json.dumps(results[det][ds]['summary'])}", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {"command": "python benchmarks/timeseries.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "total_seconds": round(time.time() - t0, 1), "python": platform.python_version(),
+            "machine": platform.machine(), "limit": args.limit}
+    (args.out / "timeseries.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
+    md = table(results)
+    (args.out / "timeseries.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

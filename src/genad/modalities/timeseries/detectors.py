@@ -1,0 +1,304 @@
+"""Classical series detectors: the matrix profile (stumpy) and an isolation forest (scikit-learn)
+on sliding windows. Both give a score per point (Result.anomaly_map, float32 (T,)), anomalous
+[start, end) ranges from a threshold (Result.ranges), Result.score = the highest point score,
+and an explanation naming the ranges.
+
+Both work zero-shot on one series. When the series carries a normal training prefix
+(`sample.train_end`, as UCR files do) or when fit() was given normal series, those are the
+reference: the matrix profile becomes an AB-join of the scored part against the references and
+the forest is trained on reference windows only. The prefix itself is known normal and scores 0.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from genad.detector import Detector
+from genad.errors import GenadError
+from genad.modalities.timeseries.common import (
+    Prepared,
+    check_length,
+    choose_window,
+    describe_ranges,
+    prepare,
+    ranges_above,
+    robust_threshold,
+    windows_to_points,
+)
+from genad.types import Result, Sample, TimeSeriesSample
+
+
+class _SeriesDetector(Detector):
+    """Shared predict loop: clean each series, score it, threshold, explain; one bad series
+    gives an error Result and the others go on."""
+
+    modalities = ("timeseries",)
+    zero_shot = True
+    method = "series detector"
+
+    def __init__(self, window: int | str = "auto", threshold: float | None = None,
+                 threshold_k: float = 5.0, max_ranges: int = 5, max_nan_frac: float = 0.2,
+                 use_train: bool = True, **params: Any) -> None:
+        super().__init__(window=window, threshold=threshold, threshold_k=threshold_k,
+                         max_ranges=max_ranges, max_nan_frac=max_nan_frac, use_train=use_train, **params)
+        if threshold_k <= 0:
+            raise GenadError("threshold_k must be positive (it counts robust standard deviations)")
+        if max_ranges < 1:
+            raise GenadError("max_ranges must be 1 or more")
+        self.window = window
+        self.threshold = threshold
+        self.threshold_k = float(threshold_k)
+        self.max_ranges = int(max_ranges)
+        self.max_nan_frac = float(max_nan_frac)
+        self.use_train = bool(use_train)
+        self.refs_: list[np.ndarray] = []
+
+    def fit(self, normal_samples: Sequence[Sample]) -> _SeriesDetector:
+        """Keep normal series as references (NaNs interpolated)."""
+        refs = []
+        for s in normal_samples:
+            if not isinstance(s, TimeSeriesSample):
+                raise GenadError(f"{self.name} learns from time series; {s.id!r} is a {s.modality}")
+            refs.append(prepare(s, self.max_nan_frac).values)
+        dims = {r.shape[1] for r in refs}
+        if len(dims) > 1:
+            raise GenadError(f"normal series have different numbers of columns {sorted(dims)}: use one kind")
+        self.refs_ = refs
+        self.fitted_ = True
+        return self
+
+    # --- the part each detector writes
+    def _score(self, prep: Prepared, sample: TimeSeriesSample) -> tuple[np.ndarray, dict]:
+        raise NotImplementedError
+
+    # --- shared
+    def _references(self, prep: Prepared, sample: TimeSeriesSample) -> tuple[list[np.ndarray], int]:
+        """(reference arrays, index where scoring starts)."""
+        refs = list(self.refs_)
+        if refs and refs[0].shape[1] != prep.values.shape[1]:
+            raise GenadError(
+                f"series {sample.id!r} has {prep.values.shape[1]} columns but the normal series "
+                f"have {refs[0].shape[1]}"
+            )
+        start = 0
+        te = sample.train_end
+        if self.use_train and te is not None and 0 < te < prep.n:
+            refs.append(prep.values[:te])
+            start = int(te)
+        return refs, start
+
+    def predict(self, samples: Sequence[Sample]) -> list[Result]:
+        out = []
+        for s in samples:
+            t0 = time.perf_counter()
+            try:
+                out.append(self._predict_one(s))
+            except GenadError as e:
+                out.append(Result(sample_id=s.id, error=str(e)))
+            except Exception as e:  # one bad series must not stop the batch
+                out.append(Result(sample_id=s.id, error=f"{type(e).__name__}: {e}"))
+            out[-1].timings["seconds"] = time.perf_counter() - t0
+        return out
+
+    def _predict_one(self, s: Sample) -> Result:
+        if not isinstance(s, TimeSeriesSample):
+            raise GenadError(f"{self.name} reads time series; {s.id!r} is a {s.modality} sample")
+        prep = prepare(s, self.max_nan_frac)
+        if prep.constant:
+            return Result(
+                sample_id=s.id, score=0.0, decision=False, threshold=None,
+                anomaly_map=np.zeros(prep.n, dtype=np.float32),
+                explanation="constant series: every value is the same, so there is no shape to "
+                            "compare; every point scores 0.",
+                extra={**prep.extra, "method": self.method, "constant": True},
+            )
+        scores, info = self._score(prep, s)
+        start = int(info.get("scored_from", 0))
+        scored = scores[start:]
+        thr = float(self.threshold) if self.threshold is not None else robust_threshold(scored, self.threshold_k)
+        m = int(info.get("window", 1))
+        ranges = [(a + start, b + start) for a, b in
+                  ranges_above(scored, thr, merge_gap=m, max_ranges=self.max_ranges, min_len=max(1, m // 4))]
+        window_note = f"window {m}" + (" = estimated period" if info.get("period") == m else "")
+        method = f"{self.method} ({window_note})"
+        return Result(
+            sample_id=s.id,
+            score=float(scores.max()),
+            decision=bool(ranges),
+            threshold=thr,
+            anomaly_map=scores.astype(np.float32),
+            ranges=ranges,
+            explanation=describe_ranges(scores, ranges, thr, method, s.timestamps),
+            extra={**prep.extra, "method": self.method, **info},
+        )
+
+
+def _join_refs(refs: list[np.ndarray], d: int) -> np.ndarray:
+    """Reference series of one column, joined with a NaN between them so that no window
+    spans two of them (stumpy gives such windows an infinite distance)."""
+    parts: list[np.ndarray] = []
+    for r in refs:
+        if parts:
+            parts.append(np.array([np.nan]))
+        parts.append(r[:, d])
+    return np.concatenate(parts)
+
+
+class MatrixProfileDetector(_SeriesDetector):
+    """Matrix profile discords (stumpy): a window is anomalous when even its nearest neighbour
+    elsewhere in the series (or in the normal references) is far away.
+
+    window: points per subsequence, or "auto" (the autocorrelation period; 32 if none).
+    normalize: z-normalised distance (shape; the default) or raw Euclidean (level too).
+    Scores are distances divided by their largest possible value 2*sqrt(window) when
+    normalised, so they lie in [0, 1]. Multivariate: the mean of the per-column profiles.
+    """
+
+    method = "matrix profile"
+
+    def __init__(self, window: int | str = "auto", normalize: bool = True, threshold: float | None = None,
+                 threshold_k: float = 5.0, max_ranges: int = 5, max_nan_frac: float = 0.2,
+                 use_train: bool = True) -> None:
+        super().__init__(window=window, threshold=threshold, threshold_k=threshold_k, max_ranges=max_ranges,
+                         max_nan_frac=max_nan_frac, use_train=use_train, normalize=normalize)
+        self.normalize = bool(normalize)
+
+    def _score(self, prep: Prepared, sample: TimeSeriesSample) -> tuple[np.ndarray, dict]:
+        stumpy = _stumpy()
+        refs, start = self._references(prep, sample)
+        test = prep.values[start:]
+        m, period = choose_window(refs[-1] if start else test, self.window)
+        check_length(test.shape[0], m, sample.id, need=1 if refs else 3)
+        profiles = []
+        for d in range(test.shape[1]):
+            x = test[:, d]
+            if np.ptp(x) == 0:  # a flat column has nothing to say
+                profiles.append(np.zeros(x.size - m + 1))
+                continue
+            with warnings.catch_warnings():
+                # stumpy warns when many distances are ~0 (repeated flat stretches): expected here
+                warnings.simplefilter("ignore", UserWarning)
+                if refs:
+                    tb = _join_refs(refs, d)
+                    if np.count_nonzero(np.isfinite(tb)) < m:
+                        raise GenadError(f"the normal references are shorter than the window {m}")
+                    fn = stumpy.stump if self.normalize else stumpy.aamp
+                    mp = fn(x, m, T_B=tb, ignore_trivial=False)
+                else:
+                    mp = stumpy.stump(x, m) if self.normalize else stumpy.aamp(x, m)
+            p = np.asarray(mp[:, 0], dtype=np.float64)
+            profiles.append(p / (2.0 * math.sqrt(m)) if self.normalize else p)
+        profile = np.mean(profiles, axis=0)
+        scores = np.zeros(prep.n, dtype=np.float32)
+        scores[start:] = windows_to_points(profile, np.arange(profile.size), m, test.shape[0])
+        info = {"window": m, "period": period, "scored_from": start,
+                "reference": "normal references" if self.refs_ else ("training prefix" if start else "self-join")}
+        return scores, info
+
+
+PAA_SEGMENTS = 8
+
+
+class IsolationForestSeriesDetector(_SeriesDetector):
+    """An isolation forest (scikit-learn) on features of sliding windows: windows unlike the
+    rest (a spike, a shifted level, another rhythm) are isolated in few splits. Point scores are
+    the forest's anomaly score in (0, 1) (0.5 = ordinary), centred on each window.
+
+    window: as for the matrix profile. max_cells bounds memory: windows are taken with a stride
+    so that at most this many values are held (scores are interpolated between them)."""
+
+    method = "isolation forest"
+
+    def __init__(self, window: int | str = "auto", n_estimators: int = 100, max_samples: int | str = "auto",
+                 random_state: int = 0, max_cells: int = 4_000_000, threshold: float | None = None,
+                 threshold_k: float = 5.0, max_ranges: int = 5, max_nan_frac: float = 0.2,
+                 use_train: bool = True) -> None:
+        super().__init__(window=window, threshold=threshold, threshold_k=threshold_k, max_ranges=max_ranges,
+                         max_nan_frac=max_nan_frac, use_train=use_train, n_estimators=n_estimators,
+                         max_samples=max_samples, random_state=random_state, max_cells=max_cells)
+        self.n_estimators = int(n_estimators)
+        self.max_samples = max_samples
+        self.random_state = random_state
+        self.max_cells = int(max_cells)
+
+    def _windows(self, v: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """(features (W, F), window starts), strided so that at most max_cells values are read
+        at once. Features per column: the window's shape as PAA_SEGMENTS segment means, and
+        min, max, std and largest step, so that a one-point spike is as easy to isolate as a
+        changed shape (raw windows would hide it in one feature among hundreds)."""
+        n_win = v.shape[0] - m + 1
+        stride = max(1, math.ceil(n_win * m * v.shape[1] / self.max_cells))
+        starts = np.arange(0, n_win, stride)
+        if starts[-1] != n_win - 1:
+            starts = np.append(starts, n_win - 1)
+        w = np.lib.stride_tricks.sliding_window_view(v, m, axis=0)[starts]  # (W, D, m)
+        k = min(PAA_SEGMENTS, m)
+        edges = np.linspace(0, m, k + 1).astype(int)
+        paa = np.add.reduceat(w, edges[:-1], axis=2) / np.diff(edges)
+        step = np.abs(np.diff(w, axis=2)).max(axis=2)
+        feats = [paa, w.min(axis=2)[..., None], w.max(axis=2)[..., None], w.std(axis=2)[..., None],
+                 step[..., None]]
+        return np.concatenate(feats, axis=2).reshape(starts.size, -1), starts
+
+    def _score(self, prep: Prepared, sample: TimeSeriesSample) -> tuple[np.ndarray, dict]:
+        from sklearn.ensemble import IsolationForest
+
+        refs, start = self._references(prep, sample)
+        test = prep.values[start:]
+        m, period = choose_window(refs[-1] if start else test, self.window)
+        check_length(test.shape[0], m, sample.id, need=1 if refs else 3)
+        # standardise columns on the reference so multivariate columns weigh alike
+        base = np.concatenate(refs) if refs else test
+        mu, sd = base.mean(axis=0), base.std(axis=0)
+        sd[sd == 0] = 1.0
+        z = (test - mu) / sd
+        if refs:
+            train = [self._windows((r - mu) / sd, m)[0] for r in refs if r.shape[0] >= m]
+            if not train:
+                raise GenadError(f"the normal references are shorter than the window {m}")
+            x_fit = np.concatenate(train)
+        else:
+            x_fit = None
+        x, starts = self._windows(z, m)
+        forest = IsolationForest(n_estimators=self.n_estimators, max_samples=self.max_samples,
+                                 random_state=self.random_state, n_jobs=1)
+        forest.fit(x if x_fit is None else x_fit)
+        win_scores = -forest.score_samples(x)
+        scores = np.zeros(prep.n, dtype=np.float32)
+        scores[start:] = windows_to_points(win_scores, starts, m, test.shape[0])
+        info = {"window": m, "period": period, "scored_from": start,
+                "reference": "normal references" if self.refs_ else ("training prefix" if start else "self")}
+        return scores, info
+
+
+_STUMPY_READY = False
+
+
+def _stumpy() -> Any:
+    """Import stumpy with numba's on-disk cache on, so its JIT compile (~40 s) is paid once per
+    install rather than once per process."""
+    global _STUMPY_READY
+    try:
+        import stumpy
+        from stumpy import cache
+    except ModuleNotFoundError as e:
+        raise GenadError("the matrix profile needs stumpy: pip install 'genad[timeseries]'") from e
+    if not _STUMPY_READY:
+        import importlib
+
+        try:
+            for mod, fn in cache.get_njit_funcs():
+                getattr(importlib.import_module(f".{mod}", package="stumpy"), fn).enable_caching()
+        except Exception:  # caching is an optimisation; a read-only install still works
+            pass
+        _STUMPY_READY = True
+    return stumpy
+
+
+__all__ = ["MatrixProfileDetector", "IsolationForestSeriesDetector"]

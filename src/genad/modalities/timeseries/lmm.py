@@ -1,0 +1,329 @@
+"""SeriesLMMDetector ("ts-lmm"): ask a multimodal model about a series, shown as a chart and told
+as numbers.
+
+Each series is one chat: a PNG line chart (x = point index, a dense labelled grid) and a compact
+text summary (length, time span, statistics, and the series downsampled to `max_values` buckets
+with each bucket's mean, min and max so that spikes survive). The model is asked for JSON:
+{"anomalous": bool, "score": 0..1, "ranges": [{"start", "end", "score", "reason"}]}. The answer's
+ranges (end exclusive) are clipped to the series and painted onto a per-point map with their
+scores. Answers in other shapes are read by genad.engines.lmm.parse; an answer with neither a
+decision nor ranges gives an error Result (score None), never a crash or a made-up score.
+
+    det = create("ts-lmm", model="gpt-4o")          # or GENAD_LMM_* variables / a config file
+    results = det.predict([load_series_file("cpu.csv")])
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import fields
+from typing import Any
+
+import numpy as np
+
+from genad.detector import Detector
+from genad.errors import ConfigError, GenadError
+from genad.modalities.timeseries.common import Prepared, prepare
+from genad.types import Result, Sample, TimeSeriesSample
+
+SYSTEM_PROMPT = (
+    "You are an expert in time-series anomaly detection. You are shown a line chart of a series "
+    "(x axis: point index) and its numbers. You point out the stretches of points that break the "
+    "series' normal behaviour, and you answer in JSON only."
+)
+
+ANSWER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "anomalous": {"type": "boolean"},
+        "score": {"type": "number", "minimum": 0, "maximum": 1},
+        "ranges": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "start": {"type": "integer"},
+                    "end": {"type": "integer"},
+                    "score": {"type": "number", "minimum": 0, "maximum": 1},
+                    "reason": {"type": "string"},
+                },
+                "required": ["start", "end", "reason"],
+            },
+        },
+    },
+    "required": ["anomalous", "ranges"],
+}
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def summarize(values: np.ndarray, sample: TimeSeriesSample, max_values: int = 120) -> str:
+    """The numeric part of the prompt: size, span, statistics, downsampled values."""
+    v = values
+    n, dims = v.shape
+    cols = sample.columns if sample.columns and len(sample.columns) == dims else [f"dim {d}" for d in range(dims)]
+    lines = [f"Series {sample.id!r}: {n} points" + (f", {dims} columns ({', '.join(cols)})" if dims > 1 else "") + "."]
+    ts = sample.timestamps
+    if ts is not None and len(ts) == n and n > 1:
+        step = np.median(np.diff(np.asarray(ts))) if n > 2 else ts[1] - ts[0]
+        lines.append(f"Time: index 0 = {ts[0]}, index {n - 1} = {ts[-1]}, one point every {step}.")
+    for d in range(dims):
+        x = v[:, d]
+        p1, med, p99 = np.percentile(x, [1, 50, 99])
+        lines.append(
+            f"{cols[d]}: min {_fmt(x.min())} (index {int(x.argmin())}), max {_fmt(x.max())} (index {int(x.argmax())}), "
+            f"mean {_fmt(x.mean())}, std {_fmt(x.std())}, median {_fmt(med)}, 1st-99th percentile {_fmt(p1)}..{_fmt(p99)}."
+        )
+    k = min(max_values, n)
+    edges = np.linspace(0, n, k + 1).astype(int)
+    if k == n:
+        lines.append("All values, as index: value" + (" per column" if dims > 1 else "") + ":")
+    else:
+        lines.append(f"Values in {k} buckets, as start-end index: mean [min..max]" + (" per column" if dims > 1 else "") + ":")
+    for a, b in zip(edges[:-1], edges[1:]):
+        seg = v[a:b]
+        if b - a == 1:
+            body = ", ".join(_fmt(seg[0, d]) for d in range(dims))
+            lines.append(f"{a}: {body}")
+        else:
+            body = "; ".join(f"{_fmt(seg[:, d].mean())} [{_fmt(seg[:, d].min())}..{_fmt(seg[:, d].max())}]"
+                             for d in range(dims))
+            lines.append(f"{a}-{b - 1}: {body}")
+    return "\n".join(lines)
+
+
+def task_text(n: int, context: str | None) -> str:
+    ctx = f"\nAbout this series: {context}" if context else ""
+    return (
+        f"{ctx}\nTask: find anomalous stretches of this series (spikes, dips, level shifts, changes "
+        "of rhythm, period or noise, flat lines, drifts) that differ from its normal behaviour.\n"
+        "Answer with JSON only, in this form:\n"
+        '{"anomalous": true, "score": 0.9, "ranges": [{"start": 120, "end": 135, "score": 0.9, '
+        '"reason": "sudden spike to 3x the usual level"}]}\n'
+        f"start and end are point indices from 0 to {n} (end exclusive); score is 0 (normal) to 1 "
+        '(certainly anomalous). If the series looks normal, answer {"anomalous": false, "score": 0.1, "ranges": []}.'
+    )
+
+
+def png_part(image: np.ndarray) -> dict[str, Any]:
+    """A chart as a PNG data URL (lossless: thin lines and tick labels stay sharp)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", optimize=True)
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _num(x: Any) -> float | None:
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if np.isfinite(f) else None
+
+
+def read_ranges(data: dict[str, Any] | None) -> tuple[list[dict[str, Any]], bool | None, float | None] | None:
+    """(ranges as dicts {start, end, score, reason}, anomalous, score) from a JSON answer, or None
+    when the JSON has none of these."""
+    if not isinstance(data, dict):
+        return None
+    raw = next((data[k] for k in ("ranges", "anomalous_ranges", "anomalies", "anomaly_ranges", "intervals")
+                if k in data), None)
+    anomalous = data.get("anomalous", data.get("is_anomalous"))
+    anomalous = anomalous if isinstance(anomalous, bool) else None
+    score = _num(data.get("score", data.get("anomaly_score")))
+    if raw is None and anomalous is None:
+        return None
+    out = []
+    for item in raw if isinstance(raw, list) else []:
+        if isinstance(item, dict):
+            a, b = _num(item.get("start")), _num(item.get("end"))
+            s, reason = _num(item.get("score")), item.get("reason") or item.get("explanation")
+        elif isinstance(item, (list, tuple)) and len(item) >= 2:
+            a, b, s, reason = _num(item[0]), _num(item[1]), None, None
+        else:
+            continue
+        if a is None or b is None:
+            continue
+        out.append({"start": a, "end": b, "score": s, "reason": str(reason) if reason else None})
+    return out, anomalous, score
+
+
+def ranges_to_map(ranges: list[dict[str, Any]], n: int, default_score: float) -> tuple[np.ndarray, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Paint answer ranges onto a (n,) map. Returns (map, kept ranges with int bounds, dropped)."""
+    m = np.zeros(n, dtype=np.float32)
+    kept, dropped = [], []
+    for r in ranges:
+        a, b = int(round(r["start"])), int(round(r["end"]))
+        if b < a:
+            a, b = b, a
+        if b == a:
+            b = a + 1  # a single point
+        a, b = max(0, a), min(n, b)
+        if b <= a:
+            dropped.append(r)
+            continue
+        s = r["score"] if r["score"] is not None else default_score
+        s = float(min(1.0, max(0.0, s)))
+        m[a:b] = np.maximum(m[a:b], s)
+        kept.append({**r, "start": a, "end": b, "score": s})
+    return m, kept, dropped
+
+
+_CONFIG_FIELDS: set[str] | None = None
+
+
+def _config_fields() -> set[str]:
+    global _CONFIG_FIELDS
+    if _CONFIG_FIELDS is None:
+        from genad.engines.lmm.config import LMMConfig
+
+        _CONFIG_FIELDS = {f.name for f in fields(LMMConfig)}
+    return _CONFIG_FIELDS
+
+
+class SeriesLMMDetector(Detector):
+    """Zero-shot series anomaly detection by a multimodal model (any OpenAI-compatible server).
+
+    max_values: buckets of the numeric summary. context: a sentence about the series (what it
+    measures, what normal is) added to the prompt. chart_size: (width, height) of the chart; the
+    width is capped at the config's max_image_side so the PNG is sent as drawn. threshold:
+    decision threshold on the score when the model gives no yes/no. LMM settings (model,
+    base_url, api_key, cache_dir, ...) as keyword options, a config, a config file or GENAD_LMM_*.
+    """
+
+    modalities = ("timeseries",)
+    zero_shot = True
+    batch_size = 4
+
+    def __init__(self, max_values: int = 120, context: str | None = None, threshold: float = 0.5,
+                 max_tokens: int | None = 800, chart_size: tuple[int, int] = (1024, 448),
+                 max_nan_frac: float = 0.2, config: Any = None, config_file: str | None = None,
+                 client: Any = None, **settings: Any) -> None:
+        unknown = sorted(set(settings) - _config_fields())
+        if unknown:
+            raise GenadError(
+                f"unknown option(s) {', '.join(unknown)} for detector 'ts-lmm': use max_values, context, "
+                "threshold, max_tokens, chart_size, max_nan_frac, config_file or an LMM setting (model, base_url, ...)"
+            )
+        super().__init__(max_values=max_values, context=context, threshold=threshold,
+                         **{k: v for k, v in settings.items() if k != "api_key"})  # never echo the key
+        if max_values < 10:
+            raise GenadError("max_values must be 10 or more")
+        self.max_values = int(max_values)
+        self.context = context
+        self.threshold = float(threshold)
+        self.max_tokens = max_tokens
+        self.chart_size = (int(chart_size[0]), int(chart_size[1]))
+        self.max_nan_frac = float(max_nan_frac)
+        self._config = config
+        self._config_file = config_file
+        self._settings = settings
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from genad.engines.lmm.config import LMMConfig
+            from genad.engines.lmm.provider import LMMClient
+
+            cfg = self._config or LMMConfig.from_env(self._config_file, **self._settings)
+            self._client = LMMClient(cfg)
+        return self._client
+
+    def messages(self, sample: TimeSeriesSample, prep: Prepared) -> list[dict[str, Any]]:
+        """The chat for one series: system prompt, then [chart PNG, numbers + task]."""
+        from genad.engines.lmm.provider import system
+        from genad.modalities.timeseries.render import render_chart
+
+        side = int(getattr(getattr(self.client, "config", None), "max_image_side", 768))
+        w, h = self.chart_size
+        if w > side:  # draw at the size that is sent, rather than letting it be shrunk to blur
+            w, h = side, max(200, int(h * side / w))
+        chart = render_chart(prep.values, title=f"{sample.id} (x: point index)", columns=sample.columns, size=(w, h))
+        text = summarize(prep.values, sample, self.max_values) + "\n" + task_text(prep.n, self.context)
+        return [system(SYSTEM_PROMPT), {"role": "user", "content": [png_part(chart), {"type": "text", "text": text}]}]
+
+    def predict(self, samples: Sequence[Sample]) -> list[Result]:
+        results: list[Result | None] = [None] * len(samples)
+        requests, where, preps = [], [], {}
+        t0 = time.perf_counter()
+        for i, s in enumerate(samples):
+            try:
+                if not isinstance(s, TimeSeriesSample):
+                    raise GenadError(f"ts-lmm reads time series; {s.id!r} is a {s.modality} sample")
+                prep = prepare(s, self.max_nan_frac)
+                if prep.constant:  # nothing to ask: the rule is the same as the classical detectors'
+                    results[i] = Result(
+                        sample_id=s.id, score=0.0, decision=False, anomaly_map=np.zeros(prep.n, np.float32),
+                        explanation="constant series: every value is the same; every point scores 0 (no model call).",
+                        extra={**prep.extra, "constant": True})
+                    continue
+                msgs = self.messages(s, prep)
+            except ConfigError:
+                raise  # no model configured: every sample would fail the same way
+            except GenadError as e:
+                results[i] = Result(sample_id=s.id, error=str(e))
+                continue
+            preps[i] = prep
+            requests.append({"messages": msgs, "schema": ANSWER_SCHEMA, "max_tokens": self.max_tokens})
+            where.append(i)
+        replies = self.client.chat_many(requests) if requests else []
+        for i, reply in zip(where, replies):
+            s = samples[i]
+            if isinstance(reply, ConfigError):
+                raise reply
+            if isinstance(reply, Exception):
+                results[i] = Result(sample_id=s.id, error=f"model call failed: {reply}")
+            else:
+                results[i] = self._read(s, preps[i], reply)
+        took = time.perf_counter() - t0
+        for r in results:
+            assert r is not None
+            r.timings.setdefault("seconds", took / max(1, len(samples)))
+        return [r for r in results if r is not None]
+
+    def _read(self, sample: TimeSeriesSample, prep: Prepared, reply: Any) -> Result:
+        """Map one answer back to points; a useless answer becomes an error Result."""
+        from genad.engines.lmm.parse import extract_json, parse_answer
+
+        text = reply.text or ""
+        parsed = read_ranges(reply.data if reply.data is not None else extract_json(text))
+        if parsed is None:  # not our JSON: let the general parser try (text ranges, yes/no)
+            ans = parse_answer(text, None)
+            if ans.refusal or (ans.anomalous is None and ans.score is None and not ans.ranges):
+                what = "refused" if ans.refusal else "gave no decision or ranges"
+                return Result(sample_id=sample.id, error=f"the model {what}: {text[:200]!r}",
+                              usage=reply.usage, extra={"answer": text[:2000]})
+            ranges = [{"start": a, "end": b, "score": None, "reason": None} for a, b in ans.ranges]
+            anomalous, score = ans.anomalous, ans.score
+            reason = ans.reason
+        else:
+            ranges, anomalous, score = parsed
+            reason = None
+        default = score if score is not None and score > 0 else 1.0
+        amap, kept, dropped = ranges_to_map(ranges, prep.n, default)
+        if score is None:
+            score = float(amap.max()) if kept else (0.0 if anomalous is False else None)
+        if score is None:
+            return Result(sample_id=sample.id, error=f"the model named no usable range: {text[:200]!r}",
+                          usage=reply.usage, extra={"answer": text[:2000]})
+        decision = anomalous if anomalous is not None else score >= self.threshold
+        parts = [f"[{r['start']}, {r['end']}): {r['reason'] or 'no reason given'}" for r in kept]
+        explanation = ("; ".join(parts) if parts else (reason or ("no anomaly seen" if not decision else "anomalous, no range given")))
+        extra: dict[str, Any] = {**prep.extra, "answer": text[:2000],
+                                 "range_reasons": [r["reason"] for r in kept]}
+        if dropped:
+            extra["dropped_ranges"] = json.loads(json.dumps(dropped, default=str))
+        return Result(
+            sample_id=sample.id, score=float(score), decision=bool(decision), threshold=self.threshold,
+            anomaly_map=amap, ranges=[(r["start"], r["end"]) for r in kept], explanation=explanation,
+            usage=reply.usage, extra=extra,
+        )

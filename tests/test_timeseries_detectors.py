@@ -1,0 +1,189 @@
+"""Classical series detectors on generated series with a known, injected anomaly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from genad.errors import GenadError
+from genad.modalities.timeseries.common import estimate_period, windows_to_points
+from genad.registry import create
+from genad.types import ImageSample, TimeSeriesSample
+
+N, PERIOD = 2000, 40
+DETECTORS = ["ts-matrix-profile", "ts-iforest"]
+
+
+def base(seed: int = 0, n: int = N) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    return np.sin(2 * np.pi * t / PERIOD) + 0.05 * rng.standard_normal(n)
+
+
+def spike() -> tuple[np.ndarray, tuple[int, int]]:
+    x = base()
+    x[1300] += 4.0
+    return x, (1300, 1301)
+
+
+def level_shift() -> tuple[np.ndarray, tuple[int, int]]:
+    x = base()
+    x[1000:1150] += 3.0
+    return x, (1000, 1150)
+
+
+def changed_period() -> tuple[np.ndarray, tuple[int, int]]:
+    x = base()
+    t = np.arange(1200, 1360)
+    x[1200:1360] = np.sin(2 * np.pi * (t - 1200) / 13)
+    return x, (1200, 1360)
+
+
+CASES = {"spike": spike, "level shift": level_shift, "changed period": changed_period}
+
+
+def test_period_estimate():
+    assert estimate_period(base()) == PERIOD
+    assert estimate_period(np.random.default_rng(1).standard_normal(2000)) is None
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_injected_anomaly_is_found_where_it_is(name, case):
+    x, (a, b) = CASES[case]()
+    (r,) = create(name).predict([TimeSeriesSample(id=case, values=x)])
+    assert r.error is None, r.error
+    assert r.anomaly_map.shape == (N,) and r.anomaly_map.dtype == np.float32
+    assert r.extra["window"] == PERIOD  # the period estimate chose the window
+    peak = int(np.argmax(r.anomaly_map))
+    # the highest point score lies on the anomaly (or on its edge, within a window)
+    assert a - PERIOD <= peak < b + PERIOD, (peak, a, b)
+    assert r.decision is True and r.score == pytest.approx(float(r.anomaly_map.max()))
+    # a detected range overlaps the anomaly, and no range lies far from it
+    assert any(s < b + PERIOD and e > a - PERIOD for s, e in r.ranges), r.ranges
+    assert all(s < b + 2 * PERIOD and e > a - 2 * PERIOD for s, e in r.ranges), r.ranges
+    assert f"[{r.ranges[0][0]}, {r.ranges[0][1]})" in r.explanation
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_normal_series_scores_lower_than_anomalous_ones(name):
+    det = create(name)
+    normal, anomalous = det.predict([TimeSeriesSample(id="n", values=base(3)),
+                                     TimeSeriesSample(id="a", values=spike()[0])])
+    assert anomalous.score > normal.score
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_training_prefix_is_the_reference(name):
+    x, (a, b) = spike()
+    s = TimeSeriesSample(id="ucr-like", values=x, train_end=600)
+    (r,) = create(name).predict([s])
+    assert r.error is None and r.extra["scored_from"] == 600 and r.extra["reference"] == "training prefix"
+    assert np.all(r.anomaly_map[:600] == 0)
+    assert a - PERIOD <= int(np.argmax(r.anomaly_map)) < b + PERIOD
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_fit_on_normal_series(name):
+    det = create(name).fit([TimeSeriesSample(id="ref", values=base(5, 800))])
+    x, (a, b) = level_shift()
+    (r,) = det.predict([TimeSeriesSample(id="t", values=x)])
+    assert r.extra["reference"] == "normal references"
+    assert a - PERIOD <= int(np.argmax(r.anomaly_map)) < b + PERIOD
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_multivariate_anomaly_in_one_column(name):
+    x = np.stack([base(1), base(2) * 3 + 10, spike()[0]], axis=1)
+    (r,) = create(name).predict([TimeSeriesSample(id="mv", values=x)])
+    assert r.error is None and r.anomaly_map.shape == (N,)
+    assert 1300 - PERIOD <= int(np.argmax(r.anomaly_map)) < 1301 + PERIOD
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_nans_are_interpolated_and_reported(name):
+    x, (a, b) = spike()
+    x[[100, 101, 102, 500]] = np.nan
+    (r,) = create(name).predict([TimeSeriesSample(id="gaps", values=x)])
+    assert r.error is None and np.isfinite(r.anomaly_map).all()
+    assert r.extra["nan_points"] == 4 and r.extra["nan_indices"] == [100, 101, 102, 500]
+    assert a - PERIOD <= int(np.argmax(r.anomaly_map)) < b + PERIOD
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_bad_series_give_error_results_and_the_batch_goes_on(name):
+    too_many_nans = base()
+    too_many_nans[::2] = np.nan
+    samples = [
+        TimeSeriesSample(id="empty", values=np.zeros(0)),
+        TimeSeriesSample(id="one", values=np.array([[1.0, 2.0]])),
+        TimeSeriesSample(id="nans", values=too_many_nans),
+        TimeSeriesSample(id="short", values=np.arange(10.0)),
+        TimeSeriesSample(id="const", values=np.full(500, 3.0)),
+        ImageSample(id="img", array=np.zeros((8, 8, 3), np.uint8)),
+        TimeSeriesSample(id="good", values=spike()[0]),
+    ]
+    empty, one, nans, short, const, img, good = create(name).predict(samples)
+    assert "empty" in empty.error and empty.score is None
+    assert "too few to judge" in one.error
+    assert "missing values" in nans.error
+    assert "too short" in short.error and "window=" in short.error
+    assert const.error is None and const.score == 0.0 and const.decision is False
+    assert not const.anomaly_map.any() and "constant series" in const.explanation
+    assert "reads time series" in img.error
+    assert good.ok and good.decision
+
+
+def test_window_longer_than_series_is_a_clear_error():
+    (r,) = create("ts-matrix-profile", window=500).predict([TimeSeriesSample(id="s", values=base(n=600))])
+    assert "too short for a window of 500" in r.error
+
+
+def test_bad_options_are_user_errors():
+    with pytest.raises(GenadError, match="bad option"):
+        create("ts-matrix-profile", windw=10)
+    (r,) = create("ts-iforest", window="long").predict([TimeSeriesSample(id="s", values=base())])
+    assert "window must be" in r.error
+
+
+def test_explicit_threshold_and_max_ranges():
+    x, _ = spike()
+    (r,) = create("ts-matrix-profile", threshold=10.0).predict([TimeSeriesSample(id="s", values=x)])
+    assert r.ranges == [] and r.decision is False and r.threshold == 10.0
+    assert "no range reaches the threshold" in r.explanation
+
+
+def test_window_scores_spread_to_points():
+    # windows of 5 starting at 8..12 all cover point 12 and score 1, the others 0: point 12 is
+    # covered only by odd windows and scores 1, its neighbours less, far points 0
+    s = np.zeros(16)
+    s[8:13] = 1.0
+    pts = windows_to_points(s, np.arange(16), 5, 20)
+    assert int(np.argmax(pts)) == 12 and pts[12] == 1.0
+    assert pts[11] == pytest.approx(0.8) and pts[13] == pytest.approx(0.8) and pts[0] == 0.0
+    # with a stride, uncovered points are interpolated between covered ones
+    strided = windows_to_points(np.array([0.0, 1.0]), np.array([0, 10]), 4, 14)
+    assert strided[2] == 0.0 and strided[11] == 1.0 and 0.0 < strided[6] < 1.0
+
+
+def test_plot_result_writes_a_png(tmp_path):
+    from PIL import Image
+
+    from genad.modalities.timeseries.render import plot_result
+
+    x, _ = spike()
+    ts = np.datetime64("2024-01-01T00:00") + np.arange(N).astype("timedelta64[m]")
+    s = TimeSeriesSample(id="s", values=x, timestamps=ts.astype("datetime64[ms]"))
+    (r,) = create("ts-iforest").predict([s])
+    out = plot_result(s, r, tmp_path / "plots" / "s.png")
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size == (1400, 700)
+
+
+def test_time_gaps_are_reported():
+    x, _ = spike()
+    ts = np.datetime64("2024-01-01T00:00") + np.arange(N).astype("timedelta64[m]")
+    ts[1500:] += np.timedelta64(30, "m")  # half an hour missing before point 1500
+    (r,) = create("ts-iforest").predict([TimeSeriesSample(id="g", values=x, timestamps=ts)])
+    assert r.extra["gaps"] == [1500]
+    assert "(2024-01-01T" in r.explanation  # ranges are named with their times

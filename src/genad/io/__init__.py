@@ -19,7 +19,7 @@ from genad.io.images import IMAGE_SUFFIXES
 from genad.types import ImageSample, Sample
 
 SERIES_SUFFIXES = {".csv", ".npy", ".txt", ".tsv"}
-POINTCLOUD_SUFFIXES = {".ply", ".pcd", ".xyz"}
+POINTCLOUD_SUFFIXES = {".ply", ".pcd", ".xyz", ".pts"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
 
 # What a file suffix means when no modality is given.

@@ -1,0 +1,45 @@
+"""Point-cloud scores against known labels: object AUROC and point AUROC (pooled over clouds)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from genad.errors import GenadError
+from genad.metrics.image import image_ap, image_auroc
+from genad.types import PointCloudSample, Result
+
+
+def pointcloud_metrics(samples: Sequence[PointCloudSample], results: Sequence[Result]) -> dict[str, float | None | int]:
+    """object_auroc/object_ap over clouds with a label; point_auroc/point_ap over the points of
+    clouds with point labels (all of them, and the defective ones only: localisation given that
+    a part is defective). Failed results are left out and counted in n_failed."""
+    if len(samples) != len(results):
+        raise GenadError(f"{len(samples)} samples but {len(results)} results")
+    ok = [(s, r) for s, r in zip(samples, results) if r.ok]
+    labelled = [(s, r) for s, r in ok if s.truth is not None and s.truth.label is not None]
+    y = [s.truth.label for s, _ in labelled]  # type: ignore[union-attr]
+    sc = [r.score for _, r in labelled]
+    out: dict[str, float | None | int] = {
+        "object_auroc": image_auroc(y, sc) if labelled else None,
+        "object_ap": image_ap(y, sc) if labelled else None,
+        "n_clouds": len(samples),
+        "n_failed": len(samples) - len(ok),
+    }
+    with_points = [
+        (s.truth.point_labels, r.anomaly_map) for s, r in ok  # type: ignore[union-attr]
+        if s.truth is not None and s.truth.point_labels is not None and r.anomaly_map is not None
+    ]
+    for lab, amap in with_points:
+        if len(lab) != len(amap):
+            raise GenadError(f"point labels ({len(lab)}) and point scores ({len(amap)}) differ in length")
+    if with_points:
+        pl = np.concatenate([lab for lab, _ in with_points])
+        ps = np.concatenate([m for _, m in with_points])
+        out["point_auroc"], out["point_ap"] = image_auroc(pl, ps), image_ap(pl, ps)
+        bad = [(lab, m) for lab, m in with_points if lab.any()]
+        out["point_auroc_defective"] = (
+            image_auroc(np.concatenate([lab for lab, _ in bad]), np.concatenate([m for _, m in bad])) if bad else None
+        )
+    return out

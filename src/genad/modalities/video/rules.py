@@ -1,0 +1,407 @@
+"""RuleVideoDetector ("video-rules"): rule-based reasoning with an LMM, after AnomalyRuler
+(Yang et al., ECCV 2024).
+
+    det = genad.create("video-rules", model="gpt-4o", context="a campus walkway camera")
+    det.fit([normal_video])        # induction: one call describes a few normal frames and writes
+                                   # rules of normal and abnormal activity (JSON)
+    [r] = det.predict([video])     # deduction: frames judged against the rules, `batch_frames`
+                                   # frames per call; votes smoothed by a majority over `window`
+
+Without fit(), the rules are induced from frames spread over the video itself (most of a video
+is normal). Every judged frame gets a score and, when anomalous, the rule it violates; the
+explanation cites that rule for each anomalous range. Rules can also be given directly
+(`rules={"normal": [...], "abnormal": [...]}`), which skips induction: useful to fix them once
+and reuse them, or to write them by hand.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from genad.detector import Detector
+from genad.engines.lmm.config import LMMConfig
+from genad.engines.lmm.parse import extract_json
+from genad.engines.lmm.provider import BudgetExceeded, LMMClient, system
+from genad.errors import GenadError
+from genad.io.video import video_frames
+from genad.modalities.video.detector import mask_to_ranges
+from genad.types import ImageSample, Result, Sample, Usage, VideoSample
+
+_CONFIG_FIELDS = {f.name for f in fields(LMMConfig)}
+_ALIASES = {"budget": "budget_usd", "prices": "price_table", "concurrency": "max_concurrency",
+            "rpm": "requests_per_minute"}
+
+SYSTEM = (
+    "You are a careful video surveillance and process-monitoring analyst. You describe what you "
+    "see precisely and judge events against explicit rules."
+)
+
+INDUCTION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "description": {"type": "string"},
+        "normal_rules": {"type": "array", "items": {"type": "string"}},
+        "abnormal_rules": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["normal_rules", "abnormal_rules"],
+}
+
+JUDGE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "frames": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "frame": {"type": "integer"},
+                    "anomalous": {"type": "boolean"},
+                    "score": {"type": "number", "minimum": 0, "maximum": 1},
+                    "rule": {"type": ["string", "null"]},
+                    "reason": {"type": "string"},
+                },
+                "required": ["frame", "anomalous"],
+            },
+        }
+    },
+    "required": ["frames"],
+}
+
+
+@dataclass
+class Rules:
+    """What the model induced from normal frames."""
+
+    normal: list[str] = field(default_factory=list)
+    abnormal: list[str] = field(default_factory=list)
+    description: str = ""
+
+    def as_text(self) -> str:
+        lines = ["Rules of NORMAL activity:"]
+        lines += [f"N{i}. {r}" for i, r in enumerate(self.normal, 1)] or ["(none)"]
+        lines += ["Rules of ABNORMAL activity:"]
+        lines += [f"A{i}. {r}" for i, r in enumerate(self.abnormal, 1)] or ["(none)"]
+        return "\n".join(lines)
+
+
+def induction_prompt(n: int, context: str | None, from_video_itself: bool) -> str:
+    where = f" of {context}" if context else ""
+    if from_video_itself:
+        intro = (f"These {n} frames are spread over one video{where}. Most of the video is normal; "
+                 "judge what is typical from what recurs.")
+    else:
+        intro = f"These {n} frames come from NORMAL footage{where}: nothing in them is anomalous."
+    return (
+        f"{intro}\n"
+        "1. Describe the scene: the objects and people present, where they are, what they do.\n"
+        "2. Induce rules of normal activity (what is expected here: objects, actions, places, "
+        "colours, motion), then rules of abnormal activity (what would be an anomaly here, "
+        "derived from the normal rules). Keep each rule short and checkable on one frame.\n"
+        'Answer with JSON only: {"description": "...", "normal_rules": ["..."], "abnormal_rules": ["..."]}'
+    )
+
+
+def judge_prompt(rules: Rules, indices: list[int]) -> str:
+    return (
+        f"{rules.as_text()}\n\n"
+        f"Judge each of the {len(indices)} frames above (frames {', '.join(map(str, indices))}) against the "
+        "rules. A frame is anomalous if it violates a normal rule or matches an abnormal rule. "
+        "Give a score from 0 (clearly normal) to 1 (clearly anomalous) and name the rule (e.g. "
+        "'A2: ...') that the frame breaks, or null.\n"
+        'Answer with JSON only: {"frames": [{"frame": <index>, "anomalous": true|false, '
+        '"score": 0.0-1.0, "rule": "..." | null, "reason": "..."}]}'
+    )
+
+
+def majority_smooth(votes: np.ndarray, window: int) -> np.ndarray:
+    """Majority over a centred window of `window` judged frames (NaN votes abstain)."""
+    v = np.asarray(votes, dtype=np.float64)
+    if window <= 1:
+        return np.nan_to_num(v, nan=0.0) >= 0.5
+    half = window // 2
+    valid = np.isfinite(v)
+    c_yes = np.cumsum(np.r_[0, np.where(valid, v >= 0.5, 0)])
+    c_n = np.cumsum(np.r_[0, valid.astype(int)])
+    idx = np.arange(len(v))
+    lo, hi = np.clip(idx - half, 0, len(v)), np.clip(idx + half + 1, 0, len(v))
+    yes, n = c_yes[hi] - c_yes[lo], c_n[hi] - c_n[lo]
+    return (n > 0) & (yes * 2 > n)
+
+
+def _moving_mean(v: np.ndarray, window: int) -> np.ndarray:
+    if window <= 1:
+        return v
+    half = window // 2
+    valid = np.isfinite(v)
+    c_s = np.cumsum(np.r_[0, np.where(valid, v, 0.0)])
+    c_n = np.cumsum(np.r_[0, valid.astype(int)])
+    idx = np.arange(len(v))
+    lo, hi = np.clip(idx - half, 0, len(v)), np.clip(idx + half + 1, 0, len(v))
+    n = c_n[hi] - c_n[lo]
+    return np.where(n > 0, (c_s[hi] - c_s[lo]) / np.maximum(n, 1), np.nan)
+
+
+class RuleVideoDetector(Detector):
+    """Induce rules from normal frames, then judge frames against them (AnomalyRuler)."""
+
+    modalities = ("video",)
+    zero_shot = True
+    batch_size = 1  # one video per predict() call in the evaluator: results are written as they come
+
+    def __init__(
+        self,
+        context: str | None = None,
+        n_normal_frames: int = 4,
+        batch_frames: int = 4,
+        stride: int = 1,
+        window: int = 5,
+        frame_side: int = 512,
+        rules: dict[str, list[str]] | None = None,
+        max_tokens: int | None = None,
+        config: LMMConfig | str | None = None,
+        config_file: str | None = None,
+        client: LMMClient | None = None,
+        **settings: Any,
+    ) -> None:
+        settings = {_ALIASES.get(k, k): v for k, v in settings.items()}
+        unknown = sorted(set(settings) - _CONFIG_FIELDS)
+        if unknown:
+            raise GenadError(
+                f"unknown option(s) {', '.join(unknown)} for detector 'video-rules': use context, "
+                "n_normal_frames, batch_frames, stride, window, frame_side, rules, max_tokens, "
+                "config_file or an LMM setting (model, base_url, ...)"
+            )
+        if min(int(n_normal_frames), int(batch_frames), int(stride), int(window)) < 1:
+            raise GenadError("n_normal_frames, batch_frames, stride and window must be >= 1")
+        if int(frame_side) < 32:
+            raise GenadError(f"frame_side must be >= 32 pixels, got {frame_side}")
+        super().__init__(
+            context=context, n_normal_frames=int(n_normal_frames), batch_frames=int(batch_frames),
+            stride=int(stride), window=int(window), frame_side=int(frame_side),
+            **{k: v for k, v in settings.items() if k != "api_key"},  # never echo the key
+        )
+        if isinstance(config, (str, Path)):
+            config, config_file = None, str(config)
+        self.context = context
+        self.n_normal_frames, self.batch_frames = int(n_normal_frames), int(batch_frames)
+        self.stride, self.window, self.frame_side = int(stride), int(window), int(frame_side)
+        self.max_tokens = max_tokens
+        self._config, self._config_file, self._settings, self._client = config, config_file, settings, client
+        self.rules_: Rules | None = None
+        if rules is not None:
+            self.rules_ = Rules(list(rules.get("normal", [])), list(rules.get("abnormal", [])),
+                                str(rules.get("description", "")))
+            if not (self.rules_.normal or self.rules_.abnormal):
+                raise GenadError("rules= needs a 'normal' and/or 'abnormal' list of rules")
+        self.fit_usage_ = Usage()
+
+    @property
+    def client(self) -> LMMClient:
+        if self._client is None:
+            cfg = self._config or LMMConfig.from_env(self._config_file, **self._settings)
+            self._client = LMMClient(cfg)
+        return self._client
+
+    def _small(self, frame: np.ndarray) -> Image.Image:
+        im = Image.fromarray(frame)
+        im.thumbnail((self.frame_side, self.frame_side), Image.Resampling.BILINEAR)
+        return im
+
+    # -- induction
+    def induce(self, frames: Sequence[np.ndarray], from_video_itself: bool = False) -> tuple[Rules, Usage]:
+        """One call: describe the frames and induce rules of normal and abnormal activity."""
+        parts: list[Any] = []
+        for i, f in enumerate(frames):
+            parts += [f"Frame {i + 1}:", self._small(f)]
+        parts.append(induction_prompt(len(frames), self.context, from_video_itself))
+        reply = self.client.chat([system(SYSTEM), self.client.user(*parts)], schema=INDUCTION_SCHEMA,
+                                 max_tokens=self.max_tokens)
+        data = reply.data if reply.data is not None else extract_json(reply.text)
+        rules = _read_rules(data, reply.text)
+        return rules, reply.usage
+
+    def fit(self, normal_samples: Sequence[Sample]) -> RuleVideoDetector:
+        frames: list[np.ndarray] = []
+        for s in normal_samples:
+            if isinstance(s, VideoSample):
+                frames.extend(video_frames(s))
+            elif isinstance(s, ImageSample):
+                frames.append(s.load())
+            else:
+                raise GenadError(f"fit() takes normal videos or frame images, got a {s.modality} ({s.id})")
+        if not frames:
+            raise GenadError("fit() needs at least one normal video or frame")
+        pick = np.unique(np.linspace(0, len(frames) - 1, min(self.n_normal_frames, len(frames))).round().astype(int))
+        self.rules_, self.fit_usage_ = self.induce([frames[i] for i in pick])
+        self.fitted_ = True
+        return self
+
+    # -- deduction
+    def predict(self, samples: Sequence[Sample]) -> list[Result]:
+        out: list[Result] = []
+        stop: str | None = None
+        for s in samples:
+            r = Result(sample_id=s.id)
+            if stop:
+                r.error = stop
+                out.append(r)
+                continue
+            t0 = time.perf_counter()
+            try:
+                self._predict_one(s, r)
+            except BudgetExceeded as e:
+                r.error = stop = str(e)
+            except GenadError as e:
+                r.error = str(e)
+            r.timings["total"] = time.perf_counter() - t0
+            out.append(r)
+        return out
+
+    def _predict_one(self, sample: Sample, result: Result) -> None:
+        if not isinstance(sample, VideoSample):
+            raise GenadError(f"sample {sample.id!r} is a {sample.modality}, not a video")
+        frames = video_frames(sample)
+        n = len(frames)
+        usage = Usage()
+        rules = self.rules_
+        if rules is None:  # zero-shot: rules from frames spread over this video
+            pick = np.unique(np.linspace(0, n - 1, min(self.n_normal_frames, n)).round().astype(int))
+            rules, u = self.induce([frames[i] for i in pick], from_video_itself=True)
+            usage = usage + u
+        judged = list(range(0, n, self.stride))
+        batches = [judged[i : i + self.batch_frames] for i in range(0, len(judged), self.batch_frames)]
+
+        def judge(batch: list[int]) -> tuple[dict[int, dict[str, Any]], Usage, str | None]:
+            parts: list[Any] = []
+            for j in batch:
+                parts += [f"Frame {j}:", self._small(frames[j])]
+            parts.append(judge_prompt(rules, batch))
+            try:
+                reply = self.client.chat([system(SYSTEM), self.client.user(*parts)], schema=JUDGE_SCHEMA,
+                                         max_tokens=self.max_tokens)
+            except BudgetExceeded:
+                raise
+            except GenadError as e:
+                return {}, Usage(), str(e)
+            data = reply.data if reply.data is not None else extract_json(reply.text)
+            return _read_verdicts(data, batch), reply.usage, None
+
+        workers = max(1, min(self.client.config.max_concurrency, len(batches)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            answers = list(pool.map(judge, batches))
+        verdicts: dict[int, dict[str, Any]] = {}
+        errors = []
+        for v, u, err in answers:
+            verdicts.update(v)
+            usage = usage + u
+            if err:
+                errors.append(err)
+        result.usage = usage
+        if not verdicts:
+            raise GenadError(f"no frame could be judged: {errors[0] if errors else 'the model gave no usable answer'}")
+        jidx = np.array(judged)
+        score = np.array([verdicts[j]["score"] if j in verdicts else np.nan for j in judged], dtype=np.float64)
+        vote = np.array([verdicts[j]["vote"] if j in verdicts else np.nan for j in judged], dtype=np.float64)
+        smooth_vote = majority_smooth(vote, self.window)
+        smooth_score = _moving_mean(score, self.window)
+        ok = np.isfinite(smooth_score)
+        all_idx = np.arange(n)
+        frame_scores = np.interp(all_idx, jidx[ok], smooth_score[ok])
+        # each frame takes the vote of its nearest judged frame
+        nearest = np.clip(np.searchsorted(jidx, all_idx - self.stride / 2.0), 0, len(jidx) - 1)
+        frame_vote = smooth_vote[nearest]
+        ranges = mask_to_ranges(frame_vote)
+        result.anomaly_map = frame_scores.astype(np.float32)
+        result.score = float(frame_scores.max())
+        result.decision = bool(ranges)
+        result.threshold = 0.5
+        result.ranges = ranges
+        result.explanation = _explain(ranges, verdicts, n)
+        result.extra["rules"] = {"normal": rules.normal, "abnormal": rules.abnormal, "description": rules.description}
+        result.extra["verdicts"] = {int(j): {k: v for k, v in d.items() if k != "vote"} for j, d in verdicts.items()}
+        if errors:
+            result.extra["failed_calls"] = errors
+        idx = sample.meta.get("frame_index")
+        if idx is not None and len(idx) == n:
+            result.extra["source_ranges"] = [(int(idx[a]), int(idx[b - 1]) + 1) for a, b in ranges]
+
+
+def _read_rules(data: dict[str, Any] | None, text: str) -> Rules:
+    if not isinstance(data, dict):
+        raise GenadError("the model did not answer the rule induction with JSON rules: try another model or give rules=")
+
+    def as_list(v: Any) -> list[str]:
+        if isinstance(v, str):
+            return [s.strip(" -*\t") for s in v.splitlines() if s.strip(" -*\t")]
+        return [str(x).strip() for x in (v or []) if str(x).strip()]
+
+    rules = Rules(as_list(data.get("normal_rules") or data.get("normal")),
+                  as_list(data.get("abnormal_rules") or data.get("abnormal")),
+                  str(data.get("description") or ""))
+    if not (rules.normal or rules.abnormal):
+        raise GenadError("the model induced no rules: try another model, more normal frames, or give rules=")
+    return rules
+
+
+def _read_verdicts(data: dict[str, Any] | None, batch: list[int]) -> dict[int, dict[str, Any]]:
+    """Verdicts by frame index. Items without a usable frame index are matched by position."""
+    if not isinstance(data, dict):
+        return {}
+    items = data.get("frames")
+    if not isinstance(items, list):
+        return {}
+    out: dict[int, dict[str, Any]] = {}
+    for pos, it in enumerate(items):
+        if not isinstance(it, dict):
+            continue
+        j = it.get("frame", it.get("index"))
+        try:
+            j = int(j)
+        except (TypeError, ValueError):
+            j = batch[pos] if pos < len(batch) else None
+        if j not in batch:
+            j = batch[pos] if pos < len(batch) and batch[pos] not in out else None
+        if j is None:
+            continue
+        anomalous = it.get("anomalous")
+        if isinstance(anomalous, str):
+            anomalous = anomalous.strip().lower() in ("true", "yes", "1", "anomalous")
+        s = it.get("score")
+        try:
+            s = float(s) if s is not None else None
+        except (TypeError, ValueError):
+            s = None
+        if s is None and anomalous is None:
+            continue
+        if s is None:
+            s = 1.0 if anomalous else 0.0
+        s = float(np.clip(s, 0.0, 1.0))
+        vote = bool(anomalous) if anomalous is not None else s >= 0.5
+        out[j] = {"score": s, "vote": float(vote), "anomalous": vote, "rule": it.get("rule") or None,
+                  "reason": it.get("reason") or None}
+    return out
+
+
+def _explain(ranges: list[tuple[int, int]], verdicts: dict[int, dict[str, Any]], n: int) -> str:
+    if not ranges:
+        return f"all {n} frames follow the rules"
+    parts = []
+    for a, b in ranges[:5]:
+        cited = Counter(str(v["rule"]) for j, v in verdicts.items() if a <= j < b and v["anomalous"] and v["rule"])
+        judged = sum(1 for j, v in verdicts.items() if a <= j < b and v["anomalous"])
+        if cited:
+            rule, k = cited.most_common(1)[0]
+            parts.append(f"frames {a}-{b - 1}: violates {rule!r} ({k} of {judged} anomalous frames)")
+        else:
+            parts.append(f"frames {a}-{b - 1}: judged anomalous")
+    more = f"; and {len(ranges) - 5} more ranges" if len(ranges) > 5 else ""
+    return "; ".join(parts) + more

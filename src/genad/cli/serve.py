@@ -1,0 +1,58 @@
+"""`genad serve`: the inspection service and its web page."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from genad.cli.app import app
+from genad.errors import GenadError
+
+
+def default_storage() -> Path:
+    env = os.environ.get("GENAD_STORAGE_DIR")
+    if env:
+        return Path(env)
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "genad" / "service"
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option(help="interface to listen on; 0.0.0.0 exposes the service (it has no login)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    storage: Annotated[Path | None, typer.Option(help="folder for the database, uploads and job outputs [default: $GENAD_STORAGE_DIR or ~/.local/share/genad/service]")] = None,
+    db: Annotated[Path | None, typer.Option(help="SQLite file [default: STORAGE/genad.sqlite3]")] = None,
+    data_root: Annotated[list[Path] | None, typer.Option("--data-root", help="folder that jobs may read (repeatable); jobs name folders under it")] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="largest accepted file, in MB")] = 20.0,
+    max_files: Annotated[int, typer.Option(help="most files in one detect request")] = 16,
+    max_megapixels: Annotated[float, typer.Option(help="largest accepted image, in megapixels")] = 40.0,
+    workers: Annotated[int, typer.Option(help="detections run at once (each uses all cores)")] = 1,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Run the inspection service: JSON API under /v1, the web page at /, API docs at /docs."""
+    try:
+        import uvicorn
+
+        from genad.service.app import create_app
+    except ModuleNotFoundError as e:
+        raise GenadError(f"`genad serve` needs {e.name!r}: pip install 'genad[serve]'") from e
+    roots = list(data_root or [])
+    for r in roots:
+        if not r.is_dir():
+            raise GenadError(f"--data-root {r} is not a folder")
+    if max_upload_mb <= 0 or max_files < 1 or workers < 1 or max_megapixels <= 0:
+        raise GenadError("--max-upload-mb, --max-files, --max-megapixels and --workers must be positive")
+    storage_dir = storage or default_storage()
+    application = create_app(
+        storage_dir, data_roots=roots, max_upload_mb=max_upload_mb, max_files=max_files,
+        max_pixels=int(max_megapixels * 1e6), db_path=db, detect_workers=workers,
+    )
+    typer.echo(f"genad service on http://{host}:{port}/  (storage: {storage_dir})")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.secho("warning: the service has no login; anyone who can reach this port can use it",
+                    err=True, fg=typer.colors.YELLOW)
+    uvicorn.run(application, host=host, port=port, log_level=log_level)

@@ -1,0 +1,269 @@
+"""Background jobs: an evaluation (genad.evaluate.run_benchmark) or a batch detection over a
+folder, run one at a time in a worker thread, with progress and results kept in the store.
+
+Folders come only from the allow-list of data roots given at start-up: a request names a folder
+relative to a root (or an absolute path inside one); anything that resolves outside, through
+`..` or a symlink, is refused before the file system is asked whether it exists.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from genad import registry
+from genad.errors import GenadError
+from genad.service.inspector import check_params
+from genad.service.store import FINAL_STATES, Job, Store, new_id
+from genad.types import _jsonable
+
+JOB_KINDS = ("evaluate", "batch")
+
+
+class AccessDenied(GenadError):
+    """A folder outside the allowed data roots (HTTP 403)."""
+
+
+class NotFound(GenadError):
+    """No such job, inspection or folder (HTTP 404)."""
+
+
+class _Stop(Exception):
+    """Raised from the progress callback to stop a job that was cancelled or is shutting down."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+@dataclass
+class JobRequest:
+    """What POST /v1/jobs accepts (the JSON body)."""
+
+    kind: str
+    data_dir: str
+    detector: str = registry.DEFAULT_DETECTOR
+    params: dict[str, Any] = field(default_factory=dict)
+    shots: int = 0
+    seed: int = 0
+    limit: int | None = None
+    normal_dir: str | None = None  # batch only: folder of normal references for few-shot
+
+
+class DataRoots:
+    """The allow-list of folders that jobs may read."""
+
+    def __init__(self, roots: Sequence[Path]) -> None:
+        self.roots = [Path(r).expanduser().resolve() for r in roots]
+
+    def resolve(self, value: str, what: str = "data_dir") -> Path:
+        if not self.roots:
+            raise AccessDenied(
+                f"this service has no data roots, so it reads no folders: restart it with "
+                f"--data-root DIR to allow {what} under DIR"
+            )
+        if not value or "\x00" in value:
+            raise GenadError(f"{what} is empty or not a valid path")
+        p = Path(value).expanduser()
+        candidates = [p] if p.is_absolute() else [root / p for root in self.roots]
+        inside: list[Path] = []
+        for c in candidates:
+            r = c.resolve()  # follows symlinks and `..` before the containment check
+            if any(r == root or r.is_relative_to(root) for root in self.roots):
+                inside.append(r)
+        if not inside:
+            raise AccessDenied(
+                f"{what} {value!r} is outside the allowed data roots: give a folder under "
+                f"{', '.join(r.name or str(r) for r in self.roots)} (the service's --data-root)"
+            )
+        for r in inside:
+            if r.exists():
+                return r
+        raise NotFound(f"{what} {value!r} does not exist under the allowed data roots")
+
+
+class JobRunner:
+    """Runs jobs one at a time (they are CPU-heavy) and records their progress."""
+
+    def __init__(self, store: Store, storage_dir: Path, roots: DataRoots) -> None:
+        self.store = store
+        self.jobs_dir = Path(storage_dir) / "jobs"
+        self.roots = roots
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genad-job")
+        self._stop: dict[str, str] = {}  # job id -> status to end with ("cancelled"/"interrupted")
+        self._lock = threading.Lock()
+
+    # -- requests ----------------------------------------------------------------------------
+    def validate(self, req: JobRequest) -> tuple[Path, Path | None]:
+        if req.kind not in JOB_KINDS:
+            raise GenadError(f"unknown job kind {req.kind!r}: use one of {', '.join(JOB_KINDS)}")
+        check_params(req.params)
+        if req.shots < 0 or (req.limit is not None and req.limit < 1):
+            raise GenadError("shots must be >= 0 and limit >= 1")
+        data_dir = self.roots.resolve(req.data_dir, "data_dir")
+        normal_dir = None
+        if req.normal_dir:
+            if req.kind != "batch":
+                raise GenadError("normal_dir is for batch jobs; evaluation jobs take `shots`")
+            normal_dir = self.roots.resolve(req.normal_dir, "normal_dir")
+        # last: the name check imports the detector's module (torch for "embedded")
+        registry.get(req.detector)  # unknown name -> GenadError listing the available ones
+        return data_dir, normal_dir
+
+    def submit(self, req: JobRequest) -> Job:
+        data_dir, normal_dir = self.validate(req)
+        job = Job(id=new_id(), kind=req.kind, status="queued", created=time.time(),
+                  request=req.__dict__.copy())
+        self.store.add_job(job)
+        self._pool.submit(self._run, job.id, req, data_dir, normal_dir, False)
+        return job
+
+    def resume(self, job_id: str) -> Job:
+        """Start an interrupted, failed or cancelled evaluation again, keeping finished samples."""
+        job = self.get(job_id)
+        if job.status not in ("interrupted", "failed", "cancelled"):
+            raise GenadError(f"job {job_id} is {job.status}; only an interrupted, failed or "
+                             "cancelled job can be resumed")
+        req = JobRequest(**job.request)
+        data_dir, normal_dir = self.validate(req)
+        self.store.update_job(job_id, status="queued", error=None, finished=None)
+        self._pool.submit(self._run, job_id, req, data_dir, normal_dir, True)
+        return self.get(job_id)
+
+    def cancel(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if job.status in FINAL_STATES:
+            return job
+        with self._lock:
+            self._stop[job_id] = "cancelled"
+        if job.status == "queued":  # not started: it will see the flag when it starts
+            self.store.update_job(job_id, status="cancelled", finished=time.time())
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> Job:
+        job = self.store.get_job(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        return job
+
+    def shutdown(self) -> None:
+        """Stop running jobs at their next progress step; they stay resumable."""
+        with self._lock:
+            for job in self.store.list_jobs(limit=1000):
+                if job.status in ("queued", "running"):
+                    self._stop.setdefault(job.id, "interrupted")
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.store.mark_interrupted()
+
+    # -- work --------------------------------------------------------------------------------
+    def _check(self, job_id: str) -> None:
+        with self._lock:
+            status = self._stop.get(job_id)
+        if status:
+            raise _Stop(status)
+
+    def _run(self, job_id: str, req: JobRequest, data_dir: Path, normal_dir: Path | None,
+             resume: bool) -> None:
+        try:
+            self._check(job_id)
+            self.store.update_job(job_id, status="running", started=time.time(), error=None)
+            if req.kind == "evaluate":
+                summary = self._evaluate(job_id, req, data_dir, resume)
+            else:
+                summary = self._batch(job_id, req, data_dir, normal_dir)
+            self.store.update_job(job_id, status="done", finished=time.time(), summary=summary)
+        except _Stop as stop:
+            self.store.update_job(job_id, status=stop.status, finished=time.time(),
+                                  error=f"job {stop.status}")
+        except GenadError as e:
+            self.store.update_job(job_id, status="failed", finished=time.time(), error=str(e))
+        except Exception as e:  # a bug or a bad file: record it, keep the worker alive
+            self.store.update_job(job_id, status="failed", finished=time.time(),
+                                  error=f"{type(e).__name__}: {e}")
+        finally:
+            with self._lock:
+                self._stop.pop(job_id, None)
+
+    def _progress(self, job_id: str):  # noqa: ANN202 - a small closure factory
+        last = [0.0]
+
+        def on_progress(done: int, total: int) -> None:
+            self._check(job_id)
+            now = time.monotonic()
+            # A progress write per sample would make SQLite the bottleneck on fast detectors.
+            if done >= total or now - last[0] >= 0.25:
+                last[0] = now
+                self.store.update_job(job_id, done=int(done), total=int(total))
+
+        return on_progress
+
+    def _evaluate(self, job_id: str, req: JobRequest, data_dir: Path, resume: bool) -> dict[str, Any]:
+        from genad.evaluate import run_benchmark
+
+        job_dir = self.jobs_dir / job_id
+        job_dir.mkdir(parents=True, exist_ok=True)
+        run = run_benchmark(
+            data_dir,
+            detector=req.detector,
+            detector_params=dict(req.params),
+            shots=req.shots,
+            seed=req.seed,
+            limit=req.limit,
+            run_dir=job_dir / "run",
+            resume=resume,
+            progress=False,
+            on_progress=self._progress(job_id),
+        )
+        summary: dict[str, Any] = _jsonable(dict(run.summary))
+        summary.pop("run_dir", None)  # a server path: the job id already names the run
+        try:  # the HTML report is a convenience: a failure there must not fail the job
+            from genad.report.eval_report import write_eval_report
+
+            write_eval_report(job_dir / "report", run)
+            summary["report_url"] = f"/v1/jobs/{job_id}/report/index.html"
+        except Exception as e:  # noqa: BLE001
+            summary["report_error"] = f"{type(e).__name__}: {e}"
+        return summary
+
+    def _batch(self, job_id: str, req: JobRequest, data_dir: Path, normal_dir: Path | None) -> dict[str, Any]:
+        from genad.io import load_inputs
+
+        t0 = time.perf_counter()
+        samples = load_inputs([data_dir])
+        if req.limit:
+            samples = samples[: req.limit]
+        if not samples:
+            raise GenadError(f"no readable inputs in data_dir {req.data_dir!r}")
+        det = registry.create(req.detector, **req.params)
+        if normal_dir is not None:
+            det.fit(load_inputs([normal_dir]))
+        on_progress = self._progress(job_id)
+        on_progress(0, len(samples))
+        step = det.batch_size or len(samples)
+        n_anom = n_err = 0
+        scored: list[tuple[float, str]] = []
+        for start in range(0, len(samples), step):
+            chunk = samples[start : start + step]
+            results = det.predict(chunk)
+            dicts = [r.to_dict() for r in results]
+            self.store.add_job_results(job_id, start, dicts)
+            for r in results:
+                n_anom += bool(r.decision)
+                n_err += r.error is not None
+                if r.score is not None:
+                    scored.append((float(r.score), r.sample_id))
+            on_progress(start + len(chunk), len(samples))
+        scored.sort(reverse=True)
+        return {
+            "n_samples": len(samples),
+            "n_anomalous": n_anom,
+            "n_errors": n_err,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "top": [{"sample_id": s, "score": v} for v, s in scored[:10]],
+            "results_url": f"/v1/jobs/{job_id}/results",
+        }

@@ -301,10 +301,9 @@ class LookTwiceDetector(Detector):
     @property
     def client(self) -> LMMClient:
         if self._client is None:
-            from genad.engines.lmm.provider import LMMClient, LMMConfig
+            from genad.engines.lmm.provider import client_from
 
-            cfg = self._config or LMMConfig.from_env(self._config_file, **self._settings)
-            self._client = LMMClient(cfg)
+            self._client = client_from(self._config, self._config_file, self._settings)
         return self._client
 
     def fit(self, normal_samples: Sequence[Sample]) -> LookTwiceDetector:

@@ -231,11 +231,9 @@ class SeriesLMMDetector(Detector):
     @property
     def client(self) -> Any:
         if self._client is None:
-            from genad.engines.lmm.config import LMMConfig
-            from genad.engines.lmm.provider import LMMClient
+            from genad.engines.lmm.provider import client_from
 
-            cfg = self._config or LMMConfig.from_env(self._config_file, **self._settings)
-            self._client = LMMClient(cfg)
+            self._client = client_from(self._config, self._config_file, self._settings)
         return self._client
 
     def messages(self, sample: TimeSeriesSample, prep: Prepared) -> list[dict[str, Any]]:

@@ -207,8 +207,9 @@ class RuleVideoDetector(Detector):
     @property
     def client(self) -> LMMClient:
         if self._client is None:
-            cfg = self._config or LMMConfig.from_env(self._config_file, **self._settings)
-            self._client = LMMClient(cfg)
+            from genad.engines.lmm.provider import client_from
+
+            self._client = client_from(self._config, self._config_file, self._settings)
         return self._client
 
     def _small(self, frame: np.ndarray) -> Image.Image:

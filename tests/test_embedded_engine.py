@@ -185,3 +185,28 @@ def test_dinov2_backbone_takes_non_square_inputs() -> None:
     bb = get_backbone("dinov2-s")
     maps = bb(np.random.default_rng(0).random((1, 3, 112, 196), dtype=np.float32))
     assert len(maps) == 3 and all(m.shape == (1, 384, 8, 14) for m in maps)
+
+
+def test_strides_auto_keeps_a_fine_enough_patch_grid() -> None:
+    # At the default resolution stride 16 alone; small working sizes add stride 8.
+    assert EmbeddedDetector().strides == (16,)
+    assert EmbeddedDetector(resolution=128).strides == (8, 16)
+    assert EmbeddedDetector(strides="8,32").strides == (8, 32)  # as --param strides=8,32 gives it
+    assert get_backbone("effnet-lite0", 1, (16,)).stride == 16
+    assert get_backbone("effnet-lite0", 1, (8, 16)).stride == 8
+    for bad in ("4", "x", ()):
+        with pytest.raises(GenadError, match="stride"):
+            EmbeddedDetector(strides=bad)
+    with pytest.raises(GenadError, match="14"):
+        EmbeddedDetector(backbone="dinov2-s", strides=(8,))
+
+
+def test_default_stride_16_zero_shot_localises_a_defect() -> None:
+    imgs = [texture(s, 160, 160) for s in range(6)]
+    box = (100, 40, 124, 64)
+    imgs[2] = with_defect(imgs[2], box)
+    res = registry.create("embedded", resolution=256).predict(samples(imgs))
+    assert int(np.argmax([r.score for r in res])) == 2
+    y, x = np.unravel_index(int(np.argmax(res[2].anomaly_map)), res[2].anomaly_map.shape)
+    x0, y0, x1, y1 = box
+    assert x0 - 8 <= x < x1 + 8 and y0 - 8 <= y < y1 + 8

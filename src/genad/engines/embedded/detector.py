@@ -60,8 +60,12 @@ class EmbeddedDetector(Detector):
 
     Parameters (all optional):
       backbone        "effnet-lite0" (default), "effnet-lite1", "effnet-lite2" or "dinov2-s"
-      strides         feature strides of an EfficientNet (8, 16, 32). "auto" (default): 16 alone,
-                      plus 8 when resolution < 256 so that the patch grid keeps >= 16 cells a side
+      strides         feature strides of an EfficientNet (8, 16, 32). "auto" (default): 16 and 32
+                      (32 adds context for large defects); 8 and 16 when resolution < 256, so
+                      that the patch grid keeps >= 16 cells a side
+      dims            project wider features to this many dimensions (fixed random orthonormal
+                      projection) for a faster search; None (default) = off. 128 is 3x faster
+                      but cost brain_mri zero-shot 0.07 image AUROC (0.797 -> 0.723)
       resolution      one resize factor per batch (few-shot: per reference set) brings the
                       median image side to this; aspect ratios are kept
       aggregation     neighbourhood sizes r averaged over (LNAMD); default (3,)
@@ -88,6 +92,7 @@ class EmbeddedDetector(Detector):
         backbone: str = DEFAULT_BACKBONE,
         strides: Sequence[int] | str = "auto",
         resolution: int = 320,
+        dims: int | None = None,
         aggregation: Sequence[int] | None = None,
         fraction: float = 0.3,
         max_refs: int | None = 128,
@@ -108,6 +113,8 @@ class EmbeddedDetector(Detector):
         check_backbone(backbone)
         if strides == "auto":
             strides = DEFAULT_STRIDES if int(resolution) >= 256 or backbone == "dinov2-s" else (8, 16)
+        if dims is not None and not 8 <= int(dims) <= 4096:
+            raise GenadError(f"dims must be between 8 and 4096 (or None for no projection), got {dims}")
         if isinstance(strides, (int, str)):  # from the CLI: --param strides=8,16
             strides = tuple(x for x in str(strides).replace(" ", "").split(",") if x)
         try:
@@ -134,7 +141,8 @@ class EmbeddedDetector(Detector):
         if image_score not in ("max", "top1"):
             raise GenadError(f"image_score must be 'max' or 'top1', got {image_score!r}")
         super().__init__(
-            backbone=backbone, strides=strides, resolution=int(resolution), aggregation=aggregation,
+            backbone=backbone, strides=strides, resolution=int(resolution),
+            dims=None if dims is None else int(dims), aggregation=aggregation,
             fraction=float(fraction), max_refs=max_refs, neighbours=int(neighbours),
             neighbour_weight=float(neighbour_weight), augment=augment, bank_cap=int(bank_cap),
             sigma=float(sigma), image_score=image_score, threshold=threshold, mad_k=float(mad_k),
@@ -143,6 +151,7 @@ class EmbeddedDetector(Detector):
         )
         self.backbone_name = backbone
         self.strides = strides
+        self.dims = None if dims is None else int(dims)
         self.resolution = int(resolution)
         # One 3x3 context (as PatchCore) in both modes: on magnetic_tile zero-shot, MuSc's
         # (1, 3, 5) gave the same AUROCs (0.736 / 0.666) at three times the cost.
@@ -189,7 +198,8 @@ class EmbeddedDetector(Detector):
         if fix_scale or self.scale_ is None:
             self.scale_ = batch_scale(shapes, self.resolution)
         for j, f in extract(
-            self._backbone(), loaders, shapes, self.resolution, rs, self.feature_batch, self.scale_
+            self._backbone(), loaders, shapes, self.resolution, rs, self.feature_batch, self.scale_,
+            self.dims,
         ):
             yield ok[j], (str(f) if isinstance(f, Exception) else f)
 
@@ -248,7 +258,7 @@ class EmbeddedDetector(Detector):
                 shapes = [a.shape[:2] for a in arrs]
                 for _, f in extract(
                     self._backbone(), loaders, shapes, self.resolution, self.rs_few, self.feature_batch,
-                    self.scale_,
+                    self.scale_, self.dims,
                 ):
                     aug_feats[i].append(f)  # type: ignore[arg-type]
         bank_feats = list(feats)

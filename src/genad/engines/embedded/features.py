@@ -1,8 +1,8 @@
 """Multi-layer patch features with neighbourhood aggregation (MuSc's LNAMD).
 
 Each image becomes, for every aggregation size r, a (h*w, D) matrix of unit vectors: the
-backbone's layers are L2-normalised, upsampled to the finest grid and concatenated, then
-averaged over r x r neighbourhoods (r = 1 keeps single patches; larger r see wider context,
+backbone's layers are upsampled to the finest grid and concatenated, optionally projected to
+fewer dimensions (`project`), then averaged over r x r neighbourhoods (r = 1 keeps single patches; larger r see wider context,
 which catches larger defects and tolerates misalignment), then L2-normalised again.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +40,24 @@ def aggregate(fmap: torch.Tensor, r: int) -> torch.Tensor:
     return F.normalize(fmap.reshape(b, c, -1).transpose(1, 2), dim=-1).contiguous()
 
 
+@functools.lru_cache(maxsize=8)
+def projection(channels: int, dims: int) -> torch.Tensor:
+    """A fixed random orthonormal (channels, dims) matrix (seed 0, so features never depend on the
+    detector's seed). Distances between unit vectors survive a random projection nearly intact
+    (Johnson-Lindenstrauss), while every distance then costs dims instead of channels."""
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(channels, dims, generator=g))
+    return q.contiguous()
+
+
+def project(fmap: torch.Tensor, dims: int | None) -> torch.Tensor:
+    """(B, C, h, w) -> (B, dims, h, w) when C > dims; unchanged otherwise or when dims is None."""
+    c = fmap.shape[1]
+    if dims is None or c <= dims:
+        return fmap
+    return torch.einsum("bchw,cd->bdhw", fmap, projection(c, dims)).contiguous()
+
+
 def extract(
     backbone: Backbone,
     loaders: Sequence[Callable[[], np.ndarray]],
@@ -47,12 +66,14 @@ def extract(
     rs: Sequence[int] = (1, 3, 5),
     batch_size: int = 8,
     scale: float | None = None,
+    dims: int | None = None,
 ) -> Iterator[tuple[int, ImageFeatures | Exception]]:
     """Features of each image, yielded as (index, features) in an order that batches images of
     the same working size together (on CPU the backbone forward is most of the time).
 
     `loaders[i]()` returns image i (uint8 HxWx3) and `shapes[i]` is its (H, W); `scale` is the
-    resize factor (default: `batch_scale` of these shapes). Images are read
+    resize factor (default: `batch_scale` of these shapes); `dims` projects wider features to
+    that many dimensions (see `project`). Images are read
     one batch at a time so that memory does not grow with the number of images. A loader that
     raises yields (index, exception) and the rest go on.
     """
@@ -75,7 +96,7 @@ def extract(
                 arrays.append((im.shape[0], im.shape[1], resize_image(im, size)))
             if not chunk:
                 continue
-            fmap = combine_layers(backbone(np.stack([a[2] for a in arrays])))
+            fmap = project(combine_layers(backbone(np.stack([a[2] for a in arrays]))), dims)
             gvec = F.normalize(fmap.mean(dim=(2, 3)), dim=-1)
             per_r = {r: aggregate(fmap, r) for r in rs}
             grid = (int(fmap.shape[2]), int(fmap.shape[3]))
@@ -96,12 +117,13 @@ def extract_arrays(
     rs: Sequence[int] = (1, 3, 5),
     batch_size: int = 8,
     scale: float | None = None,
+    dims: int | None = None,
 ) -> list[ImageFeatures]:
     """`extract` for images already in memory, in input order."""
     out: list[ImageFeatures | None] = [None] * len(images)
     loaders = [(lambda im=im: im) for im in images]
     shapes = [(int(im.shape[0]), int(im.shape[1])) for im in images]
-    for i, f in extract(backbone, loaders, shapes, resolution, rs, batch_size, scale):
+    for i, f in extract(backbone, loaders, shapes, resolution, rs, batch_size, scale, dims):
         if isinstance(f, Exception):
             raise f
         out[i] = f

@@ -83,3 +83,10 @@ def test_an_image_detector_without_maps_gives_object_scores_only(planes):
     assert "hot_spot" not in results[0].extra
     assert results[0].explanation.startswith("most anomalous in view ") and " of 2 " in results[0].explanation
     assert results[0].score == pytest.approx(max(results[0].extra["view_scores"]))
+
+
+def test_depth_views_use_the_fine_embedded_grid_unless_told_otherwise() -> None:
+    det = genad.create("pointcloud")._new_image_detector()
+    assert det.strides == (8, 16) and det.resolution == 256
+    det = genad.create("pointcloud", image_params={"strides": "16", "resolution": 320})._new_image_detector()
+    assert det.strides == (16,) and det.resolution == 320

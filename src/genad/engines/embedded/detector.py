@@ -19,9 +19,9 @@ import torch
 from genad.detector import Detector
 from genad.engines.embedded.backbones import (
     DEFAULT_BACKBONE,
-    DEFAULT_STRIDES,
     check_backbone,
     check_strides,
+    default_strides,
     get_backbone,
 )
 from genad.engines.embedded.features import ImageFeatures, augment, extract
@@ -111,16 +111,6 @@ class EmbeddedDetector(Detector):
         seed: int = 0,
     ) -> None:
         check_backbone(backbone)
-        if strides == "auto":
-            strides = DEFAULT_STRIDES if int(resolution) >= 256 or backbone == "dinov2-s" else (8, 16)
-        if dims is not None and not 8 <= int(dims) <= 4096:
-            raise GenadError(f"dims must be between 8 and 4096 (or None for no projection), got {dims}")
-        if isinstance(strides, (int, str)):  # from the CLI: --param strides=8,16
-            strides = tuple(x for x in str(strides).replace(" ", "").split(",") if x)
-        try:
-            strides = check_strides(backbone, tuple(int(x) for x in strides))
-        except (TypeError, ValueError) as e:
-            raise GenadError(f"strides must be numbers such as 16 or 8,16; got {strides!r}") from e
         if isinstance(aggregation, int):
             aggregation = (aggregation,)
         if isinstance(aggregation, str):  # from the CLI: --param aggregation=1,3,5
@@ -134,6 +124,16 @@ class EmbeddedDetector(Detector):
             raise GenadError(f"aggregation sizes must be odd and >= 1, e.g. (1, 3, 5); got {aggregation}")
         if not 32 <= int(resolution) <= 2048:
             raise GenadError(f"resolution must be between 32 and 2048 pixels, got {resolution}")
+        if strides == "auto":
+            strides = default_strides(backbone, int(resolution))
+        if isinstance(strides, (int, str)):  # from the CLI: --param strides=8,16
+            strides = tuple(x for x in str(strides).replace(" ", "").split(",") if x)
+        try:
+            strides = check_strides(backbone, tuple(int(x) for x in strides))
+        except (TypeError, ValueError) as e:
+            raise GenadError(f"strides must be numbers such as 16 or 8,16; got {strides!r}") from e
+        if dims is not None and not 8 <= int(dims) <= 4096:
+            raise GenadError(f"dims must be between 8 and 4096 (or None for no projection), got {dims}")
         if not 0 < float(fraction) <= 1:
             raise GenadError(f"fraction must be in (0, 1], got {fraction}")
         if max_refs is not None and int(max_refs) < 2:

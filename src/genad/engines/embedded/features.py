@@ -2,15 +2,16 @@
 
 Each image becomes, for every aggregation size r, a (h*w, D) matrix of unit vectors: the
 backbone's layers are upsampled to the finest grid and concatenated, optionally projected to
-fewer dimensions (`project`), then averaged over r x r neighbourhoods (r = 1 keeps single patches; larger r see wider context,
-which catches larger defects and tolerates misalignment), then L2-normalised again.
+fewer dimensions (`project`), then averaged over r x r neighbourhoods (r = 1 keeps single
+patches; larger r see wider context, which catches larger defects and tolerates
+misalignment), then L2-normalised again.
 """
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-import functools
 from dataclasses import dataclass
 
 import numpy as np

@@ -79,6 +79,9 @@ def test_user_mistakes_are_one_line_errors(tmp_path, capsys):
         (["detect", tmp_path / "one.png", "-d", "baseline", "--param", "grid"], "bad --param 'grid': write key=value"),
         (["detect", tmp_path / "one.png", "-d", "baseline", "--param", "colour=red"], "bad option for detector 'baseline'"),
         (["detect", tmp_path / "one.png", "-d", "baseline"], "give normal references (--normal DIR)"),
+        (["detect", tmp_path / "one.png", "--param", "dims=abc"], "bad option for detector 'embedded'"),
+        (["detect", tmp_path / "one.png", "--param", "resolution=abc"], "bad option for detector 'embedded'"),
+        (["detect", tmp_path / "one.png", "--param", "strides=4"], "offers feature strides 8, 16 and 32"),
         (["detect", tmp_path / "one.png", "-d", "baseline", "--modality", "audio"], "unknown modality"),
     ]
     for args, message in cases:

@@ -79,7 +79,7 @@ def create(name: str, **params: Any) -> Detector:
     cls = get(name)
     try:
         return cls(**params)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:  # an unknown option, or a value of the wrong kind
         raise GenadError(f"bad option for detector {name!r}: {e}") from e
 
 # The detector `genad detect` uses when none is named, by modality.

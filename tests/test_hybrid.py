@@ -216,6 +216,12 @@ def test_with_the_real_baseline_engine_the_defect_is_proposed_and_confirmed():
     assert sorted(r.score for r in results)[-2] < best.score
 
 
+def test_embedded_proposals_use_the_fine_grid_unless_told_otherwise():
+    assert LookTwiceDetector().embedded.strides == (8, 16)
+    assert LookTwiceDetector(embedded_params={"strides": "16,32"}).embedded.strides == (16, 32)
+    assert LookTwiceDetector(embedded_params={"backbone": "dinov2-s"}).embedded.strides == (14,)
+
+
 def test_option_mistakes_are_one_line_errors():
     with pytest.raises(GenadError, match="weight must be between 0 and 1"):
         LookTwiceDetector(weight=2.0, embedded=FakeEmbedded())

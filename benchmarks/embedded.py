@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_SHOTS = {"magnetic_tile": [0, 1, 4, 16], "brain_mri": [0, 4]}
-KEYS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "aupro", "n_images",
+KEYS = ("image_auroc", "image_ap", "image_f1_max", "decision", "pixel_auroc", "aupro", "n_images",
         "images_per_second", "seconds", "fit_seconds", "predict_seconds", "peak_rss_mb")
 
 
@@ -50,10 +50,15 @@ def fmt(v: object) -> str:
     return str(v)
 
 
+def own(d: dict | None) -> str:
+    """F1 (precision / recall) of the detector's own decisions; '-' for runs measured before."""
+    return "-" if not d else f"{d['f1']:.3f} ({d['precision']:.2f} / {d['recall']:.2f})"
+
+
 def write_markdown(results: dict) -> Path:
     lines = [
-        "| dataset | backbone | shots | set | image AUROC | pixel AUROC | AUPRO | F1-max | images/s | seconds | peak RAM MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| dataset | backbone | shots | set | image AUROC | pixel AUROC | AUPRO | F1-max | own decisions F1 (P / R) | images/s | seconds | peak RAM MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for k in sorted(results):
         r = results[k]
@@ -61,7 +66,8 @@ def write_markdown(results: dict) -> Path:
         lines.append(
             f"| {data} | {backbone}{' ' + tag[0] if tag else ''} | {shots} | {subset} ({r.get('n_images')}) | "
             f"{fmt(r.get('image_auroc'))} | {fmt(r.get('pixel_auroc'))} | {fmt(r.get('aupro'))} | "
-            f"{fmt(r.get('image_f1_max'))} | {fmt(r.get('images_per_second'))} | {fmt(r.get('seconds'))} | "
+            f"{fmt(r.get('image_f1_max'))} | {own(r.get('decision'))} | {fmt(r.get('images_per_second'))} | "
+            f"{fmt(r.get('seconds'))} | "
             f"{fmt(r.get('peak_rss_mb'))} |"
         )
     path = RESULTS / "embedded.md"

@@ -50,6 +50,13 @@ def test_known_anomaly_gives_sensible_figures(data, tmp_path):
     assert SUMMARY_KEYS <= set(s)
     assert s["image_auroc"] == 1.0 and s["image_ap"] == pytest.approx(1.0) and s["image_f1_max"] == pytest.approx(1.0)
     assert s["pixel_auroc"] > 0.95 and s["aupro"] > 0.8
+    # the detector's own threshold, judged against the labels of its decisions
+    recs = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    by_id = {r["id"]: r["decision"] for r in recs}
+    labels = {smp.id: smp.label for smp in run.samples}
+    tp = sum(1 for i, dec in by_id.items() if dec and labels[i] == 1)
+    assert s["decision"]["n"] == 13 and s["decision"]["recall"] == pytest.approx(tp / 7)
+    assert s["decision"]["false_alarms"] == sum(1 for i, dec in by_id.items() if dec and labels[i] == 0)
     assert s["n_images"] == 13 and s["n_failed"] == 0 and s["shots"] == 4
     assert s["reference_source"] == "train/good" and len(s["references"]) == 4
     assert set(s["per_type"]) == {"good", "scratch", "stain"}

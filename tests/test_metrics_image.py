@@ -3,7 +3,7 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from genad.errors import GenadError
-from genad.metrics.image import f1_max, image_ap, image_auroc
+from genad.metrics.image import decision_metrics, f1_max, image_ap, image_auroc
 
 
 def test_hand_computed_with_ties():
@@ -64,3 +64,20 @@ def test_one_class_is_none_and_bools_accepted():
 def test_bad_input_raises_clear_error(labels, scores, msg):
     with pytest.raises(GenadError, match=msg):
         image_auroc(labels, scores)
+
+
+def test_decision_metrics_hand_computed_and_against_sklearn():
+    from sklearn.metrics import f1_score
+
+    # 3 anomalous (2 caught), 3 normal (1 false alarm): P = 2/3, R = 2/3, accuracy 4/6
+    m = decision_metrics([1, 1, 1, 0, 0, 0], [True, True, False, True, False, False])
+    assert m == pytest.approx({"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "accuracy": 4 / 6,
+                               "false_alarms": 1, "misses": 1, "n": 6})
+    rng = np.random.default_rng(0)
+    y, d = rng.integers(0, 2, 300), rng.random(300) < 0.4
+    assert decision_metrics(y, d)["f1"] == pytest.approx(f1_score(y, d))
+    # nothing called anomalous: precision is 0 by convention, not an error
+    assert decision_metrics([1, 0], [False, False])["precision"] == 0.0
+    assert decision_metrics([], []) is None
+    with pytest.raises(GenadError, match="decisions"):
+        decision_metrics([1, 0, 1], [True])

@@ -460,13 +460,16 @@ def _pixel_figures(
 
 
 def _summarise(samples: list[Sample], records: list[dict[str, Any]], map_files: list[Path | None]) -> dict[str, Any]:
-    from genad.metrics.image import f1_max, image_ap, image_auroc
+    from genad.metrics.image import decision_metrics, f1_max, image_ap, image_auroc
 
     ok = [i for i, r in enumerate(records) if r.get("error") is None and r.get("score") is not None]
     labelled = [i for i in ok if samples[i].label is not None]
     labels = [int(samples[i].label) for i in labelled]  # type: ignore[arg-type]
     scores = [float(records[i]["score"]) for i in labelled]
     f1, f1_thr = f1_max(labels, scores) if labelled else (None, None)
+    decided = [i for i in labelled if records[i].get("decision") is not None]
+    decision = decision_metrics([int(samples[i].label) for i in decided],  # type: ignore[arg-type]
+                                [bool(records[i]["decision"]) for i in decided])
     has_masks = any(
         isinstance(s, ImageSample) and s.truth is not None and s.truth.mask_path is not None for s in samples
     )
@@ -514,6 +517,7 @@ def _summarise(samples: list[Sample], records: list[dict[str, Any]], map_files: 
         "image_ap": image_ap(labels, scores) if labelled else None,
         "image_f1_max": f1,
         "image_f1_threshold": f1_thr,
+        "decision": decision,
         **pixel,
         "n_images": len(samples),
         "n_scored": len(ok),

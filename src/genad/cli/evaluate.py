@@ -34,6 +34,13 @@ def print_summary(s: dict[str, Any]) -> None:
         main.add_column(k, justify="right")
     main.add_row(*(_fmt(s.get(k)) for k in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "aupro")))
     console.print(main)
+    dm = s.get("decision")
+    if dm:
+        console.print(
+            f"the detector's own decisions: precision {dm['precision']:.3f}, recall {dm['recall']:.3f}, "
+            f"F1 {dm['f1']:.3f}, accuracy {dm['accuracy']:.3f} ({dm['false_alarms']} false alarms, "
+            f"{dm['misses']} misses of {dm['n']})"
+        )
     per = Table("defect type", "n", "image_auroc", "pixel_auroc", "aupro", "mean score")
     for t, e in s.get("per_type", {}).items():
         per.add_row(t, str(e["n"]), _fmt(e["image_auroc"]), _fmt(e["pixel_auroc"]), _fmt(e["aupro"]), _fmt(e["mean_score"]))

@@ -12,7 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    precision_recall_curve,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 
 from genad.errors import GenadError
 
@@ -78,3 +84,21 @@ def f1_max(labels: ArrayLike, scores: ArrayLike) -> tuple[float | None, float | 
     f1 = np.divide(2 * p * r, denom, out=np.zeros_like(denom), where=denom > 0)
     best = int(np.argmax(f1))
     return float(f1[best]), float(thresholds[best])
+
+
+def decision_metrics(labels: ArrayLike, decisions: ArrayLike) -> dict[str, float | int] | None:
+    """How good the detector's own yes/no calls are (its automatic threshold, not the best one
+    in hindsight as F1-max): precision, recall, F1 and accuracy of the anomalous class, and the
+    count of false alarms and misses. None when there is no labelled decision."""
+    y = np.asarray(labels).astype(np.int64)
+    d = np.asarray(decisions).astype(bool).astype(np.int64)
+    if y.ndim != 1 or d.shape != y.shape:
+        raise GenadError(f"{y.size} labels but {d.size} decisions: give one decision per labelled sample")
+    if y.size == 0:
+        return None
+    p, r, f, _ = precision_recall_fscore_support(y, d, average="binary", pos_label=1, zero_division=0.0)
+    return {
+        "precision": float(p), "recall": float(r), "f1": float(f), "accuracy": float(accuracy_score(y, d)),
+        "false_alarms": int(((d == 1) & (y == 0)).sum()), "misses": int(((d == 0) & (y == 1)).sum()),
+        "n": int(y.size),
+    }

@@ -56,6 +56,8 @@ def _make_run(tmp_path: Path, keep_maps: bool = True) -> FakeRun:
     samples.append(ImageSample(id="broken", array=np.zeros((8, 8, 3), np.uint8), truth=GroundTruth(label=0)))
     summary = {
         "image_auroc": 0.8, "image_ap": 0.75, "image_f1_max": 0.7, "image_f1_threshold": 0.5,
+        "decision": {"precision": 0.8, "recall": 0.667, "f1": 0.727, "accuracy": 0.812,
+                     "false_alarms": 1, "misses": 2, "n": 16},
         "pixel_auroc": 0.9, "pixel_ap": 0.6, "aupro": 0.7, "n_images": 17, "detector": "embedded",
         "data_dir": "data/<tile>", "run_dir": str(run_dir),
         "params": {"api_key": "sk-SECRET-123", "extra_headers": {"Authorization": "Bearer XYZ"}, "shots": 4},
@@ -94,6 +96,7 @@ def test_report_files_curves_and_galleries(tmp_path):
     assert a.shape[1] > a.shape[0] * 1.8
     # the per-type table and figures
     assert "<td>crack</td>" in page and "Pixel AUROC" in page and "0.8000" in page
+    assert "own decisions: precision 0.800, recall 0.667, F1 0.727 (false alarms 1, misses 2)" in page
 
 
 def test_report_escapes_and_masks_secrets(tmp_path):

@@ -386,7 +386,7 @@ def write_eval_report(out_dir: Path, run: RunLike, gallery_size: int = 8, thumb_
         for k in _HEADLINE
         if k in summary
     )
-    skip = set(_HEADLINE) | {"per_type", "failed"}
+    skip = set(_HEADLINE) | {"per_type", "failed", "decision"}
     details = {k: v for k, v in summary.items() if k not in skip}
     detail_rows = "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(_fmt(v))}</td></tr>" for k, v in details.items())
     failed = summary.get("failed") or []
@@ -403,6 +403,12 @@ def write_eval_report(out_dir: Path, run: RunLike, gallery_size: int = 8, thumb_
     thr_note = (
         f"Decision threshold (best image F1): {_esc(_fmt(threshold))}." if threshold is not None else ""
     )
+    dm = summary.get("decision")
+    if isinstance(dm, dict) and dm.get("n"):
+        thr_note += (
+            f" The detector's own decisions: precision {dm['precision']:.3f}, recall {dm['recall']:.3f}, "
+            f"F1 {dm['f1']:.3f} (false alarms {dm['false_alarms']}, misses {dm['misses']})."
+        )
     scale_note = (
         f"Heat colours share one scale, {_esc(_fmt(vmin))} (blue) to {_esc(_fmt(vmax))} (red); "
         "left: input, right: overlay with predicted regions and the ground truth outlined in green."

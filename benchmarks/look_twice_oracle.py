@@ -56,6 +56,9 @@ def main() -> None:
 
     # the LMM is never called here; the client only carries settings
     client = LMMClient(LMMConfig(base_url="http://127.0.0.1:9/v1", model="simulated", api_key="none", cache_dir=None))
+    bad = [kv for kv in args.embedded if "=" not in kv]
+    if bad:
+        ap.error(f"--embedded takes key=value settings, got {bad}")
     params = dict(kv.split("=", 1) for kv in args.embedded)
     det = LookTwiceDetector(k=args.k, client=client, embedded_params=params or None)
     t0 = time.perf_counter()

@@ -191,13 +191,17 @@ def windows_to_points(win_scores: np.ndarray, starts: np.ndarray, m: int, n: int
     return out.astype(np.float32)
 
 
-def robust_threshold(scores: np.ndarray, k: float) -> float:
-    """median + k * (MAD scaled to a Gaussian sigma); falls back to the std when MAD is 0."""
+def robust_center_scale(scores: np.ndarray) -> tuple[float, float]:
+    """(median, MAD scaled to a Gaussian sigma); the std when MAD is 0 (0 for a constant)."""
     s = np.asarray(scores, dtype=np.float64)
     med = float(np.median(s))
     sigma = 1.4826 * float(np.median(np.abs(s - med)))
-    if sigma == 0:
-        sigma = float(s.std())
+    return med, sigma if sigma > 0 else float(s.std())
+
+
+def robust_threshold(scores: np.ndarray, k: float) -> float:
+    """median + k * (MAD scaled to a Gaussian sigma); falls back to the std when MAD is 0."""
+    med, sigma = robust_center_scale(scores)
     return med + k * sigma if sigma > 0 else float("inf")
 
 

@@ -28,6 +28,7 @@ from genad.modalities.timeseries.common import (
     describe_ranges,
     prepare,
     ranges_above,
+    robust_center_scale,
     robust_threshold,
     windows_to_points,
 )
@@ -163,9 +164,8 @@ def _profile(stumpy: Any, x: np.ndarray, m: int, tb: np.ndarray | None, znorm: b
 
 
 def _robust_z(p: np.ndarray) -> np.ndarray:
-    med = float(np.median(p))
-    mad = 1.4826 * float(np.median(np.abs(p - med)))
-    return (p - med) / (mad if mad > 1e-12 else (float(np.std(p)) or 1.0))
+    med, sigma = robust_center_scale(p)
+    return (p - med) / (sigma or 1.0)
 
 
 class MatrixProfileDetector(_SeriesDetector):

@@ -118,6 +118,20 @@ def default_strides(name: str, resolution: int = 320) -> tuple[int, ...]:
     return DEFAULT_STRIDES if resolution >= 256 else (8, 16)
 
 
+FINE_STRIDES = (8, 16)
+
+
+def with_fine_grid(params: dict, **defaults: object) -> dict:
+    """Settings for an embedded detector that another detector drives (look-twice proposals,
+    point-cloud depth views), where small sharp defects matter more than large areas: stride
+    8+16 unless the caller chose strides or a backbone without them; `defaults` fill in the
+    rest. The caller's own settings always win."""
+    out = {**defaults, **params}
+    if str(out.get("backbone", DEFAULT_BACKBONE)).startswith("effnet"):
+        out.setdefault("strides", FINE_STRIDES)
+    return out
+
+
 def check_strides(name: str, strides: tuple[int, ...]) -> tuple[int, ...]:
     """Feature strides a backbone offers: 8, 16, 32 (EfficientNet); DINOv2 has only 14."""
     strides = tuple(sorted({int(s) for s in strides}))

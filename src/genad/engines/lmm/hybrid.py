@@ -221,7 +221,7 @@ class LookTwiceDetector(Detector):
     Options: k (regions to verify, 3), weight (w of the LMM in the fusion, 0.5), threshold
     (decision on the fused score, 0.5), scale (embedded normaliser; default its threshold),
     embedded (detector name or instance, "embedded"), embedded_params (dict for it; for
-    "embedded" the default adds strides=(8, 16), see PROPOSAL_STRIDES),
+    "embedded" the default adds strides=(8, 16), see backbones.with_fine_grid),
     references (normal images shown to the LMM after fit, 1), class_name, knowledge (text or
     Knowledge; a sample's own class_name/knowledge win), include_original (send the unmarked
     image too, True), max_tokens, normal_standards / defect_types (build the knowledge).
@@ -232,11 +232,6 @@ class LookTwiceDetector(Detector):
     modalities = ("image",)
     zero_shot = True
     batch_size = 4  # few-shot: small chunks so an evaluation writes results as it goes
-    # The embedded engine's finer stride-8+16 maps put their peaks on small defects more often
-    # than its default 16+32 ones (whose broad blobs win pixel AUROC on large defects): on
-    # magnetic_tile (benchmarks/look_twice_oracle.py) a proposal covered the defect in 31 of 40
-    # defective images instead of 19, and a 90%-right verifier reached image AUROC 0.91, not 0.78.
-    PROPOSAL_STRIDES = (8, 16)
 
     def __init__(
         self,
@@ -298,8 +293,15 @@ class LookTwiceDetector(Detector):
             from genad.registry import create
 
             params = dict(embedded_params or {})
-            if embedded == "embedded" and str(params.get("backbone", "effnet")).startswith("effnet"):
-                params.setdefault("strides", self.PROPOSAL_STRIDES)
+            if embedded == "embedded":
+                from genad.engines.embedded.backbones import with_fine_grid
+
+                # The finer stride-8+16 maps put their peaks on small defects more often than
+                # the default 16+32 ones (whose broad blobs win pixel AUROC on large defects): on
+                # magnetic_tile (benchmarks/look_twice_oracle.py) a proposal covered the defect in
+                # 31 of 40 defective images instead of 19; a 90%-right verifier then reached image
+                # AUROC 0.91, not 0.78.
+                params = with_fine_grid(params)
             self.embedded = create(embedded, **params)
         self._config, self._config_file, self._settings = config, config_file, settings
         self._client = client

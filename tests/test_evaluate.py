@@ -23,7 +23,7 @@ SUMMARY_KEYS = {
 class Counting(BaselineDetector):
     """The baseline in chunks of 2, remembering which samples it was asked to score."""
 
-    batch_size = 2
+    chunk_size = 2
 
     def __init__(self, stop_after: int | None = None, **kw):
         super().__init__(**kw)
@@ -184,7 +184,7 @@ def test_lmm_usage_is_summed_and_a_broken_chunk_is_only_that_chunk(data, tmp_pat
     from genad.types import Result, Usage
 
     class Priced(Detector):
-        batch_size = 3
+        chunk_size = 3
 
         def __init__(self):
             super().__init__()

@@ -11,7 +11,7 @@ import pytest
 from fake_openai import FakeOpenAI, error, reply
 from PIL import Image
 
-from genad.detector import Detector
+from genad.detector import Capabilities, Detector
 from genad.engines.lmm.hybrid import LookTwiceDetector, normalise_embedded, parse_verdicts
 from genad.engines.lmm.provider import LMMClient, LMMConfig
 from genad.errors import GenadError
@@ -52,6 +52,10 @@ class FakeEmbedded(Detector):
         self.fitted_on = [s.id for s in normal_samples]
         self.fitted_ = True
         return self
+
+    def capabilities(self):
+        # like the embedded engine: zero-shot, the images are scored against each other
+        return Capabilities(self.modalities, whole_batch=not self.fitted_, min_batch=1 if self.fitted_ else 3)
 
     def predict(self, samples):
         amap, a, b = two_blob_map()
@@ -145,9 +149,9 @@ def test_request_holds_image_then_set_of_mark_then_reference_in_order():
         emb = FakeEmbedded()
         det = LookTwiceDetector(embedded=emb, client=client_for(srv), class_name="tile",
                                 knowledge=Knowledge(defect_types=["crack", "blowhole"]))
-        assert det.batch_size is None  # zero-shot: the engine needs the whole batch
+        assert det.capabilities().whole_batch  # zero-shot: the engine needs the whole batch
         det.fit([normal, sample(2, "n2.png")])
-        assert det.batch_size == 4 and emb.fitted_on == ["normal.png", "n2.png"]
+        assert det.capabilities().chunk_size == 4 and not det.capabilities().whole_batch and emb.fitted_on == ["normal.png", "n2.png"]
         (res,) = det.predict([s])
         sent = srv.chat_requests()[0]
     images = [decode(u) for u in FakeOpenAI.images_in(sent)]

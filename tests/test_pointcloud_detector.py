@@ -43,7 +43,7 @@ def test_zero_shot_with_the_embedded_engine(planes):
     obj, pt = _aurocs(test, results)
     assert obj >= 0.8 and pt > 0.85
     r = results[-1]
-    assert len(r.extra["view_images"]) == 2 and r.extra["view_overlays"][0].shape == (96, 96, 3)
+    assert len(r.views) == 2 and r.views[0].overlay.shape == (96, 96, 3)
 
 
 def test_few_clouds_zero_shot_pools_views_and_bad_clouds_get_an_error(planes):

@@ -141,7 +141,7 @@ class _SlowOneByOne(Detector):
     """0.3 s per image, one image per predict(): a job long enough to stop half-way."""
 
     zero_shot = True
-    batch_size = 1
+    chunk_size = 1
 
     def predict(self, samples):  # type: ignore[no-untyped-def]
         time.sleep(0.3)

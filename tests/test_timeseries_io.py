@@ -9,8 +9,8 @@ import pytest
 from conftest import SHARED_DATA
 
 from genad.errors import GenadError
+from genad.ops import runs_to_ranges as labels_to_ranges
 from genad.io.timeseries import (
-    labels_to_ranges,
     load_nab,
     load_series_file,
     load_ucr,

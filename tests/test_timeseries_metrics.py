@@ -9,9 +9,9 @@ import pytest
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from genad.errors import GenadError
+from genad.ops import runs_to_ranges as labels_to_ranges
 from genad.metrics.timeseries import (
     NabTotals,
-    labels_to_ranges,
     nab_score,
     nab_totals,
     point_adjust,

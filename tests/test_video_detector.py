@@ -8,7 +8,9 @@ from video_helpers import SPAN, labels, moving_square_frames, write_test_video
 import genad
 from genad.errors import GenadError
 from genad.io.video import load_video
-from genad.modalities.video.detector import mask_to_ranges, robust_threshold, smooth_scores
+from genad.modalities.video.detector import smooth_scores
+from genad.ops import robust_threshold
+from genad.ops import runs_to_ranges as mask_to_ranges
 from genad.types import ImageSample, VideoSample
 
 FAST = {"resolution": 96, "threads": 1}
@@ -24,7 +26,7 @@ def test_smoothing_drops_single_frame_flicker_and_fills_failed_frames():
     assert mask_to_ranges(out > 2.5) == [(15, 25)]
     assert mask_to_ranges(np.array([1, 1, 0, 1, 0, 0, 1, 1, 1], bool), min_length=2) == [(0, 2), (6, 9)]
     # median 2.5, MAD 1.5 (x 1.4826 to a standard deviation)
-    assert robust_threshold(np.array([0, 1, 2, 3, 4, 100.0])) == pytest.approx(2.5 + 3 * 1.4826 * 1.5)
+    assert robust_threshold(np.array([0, 1, 2, 3, 4, 100.0]), 3.0) == pytest.approx(2.5 + 3 * 1.4826 * 1.5)
     with pytest.raises(GenadError, match="no frame"):
         smooth_scores(np.full(4, np.nan))
 
@@ -35,7 +37,7 @@ def test_zero_shot_embedded_scores_peak_in_the_event(tmp_path):
     assert r.ok and r.anomaly_map.shape == (80,)
     assert SPAN[0] <= int(np.argmax(r.anomaly_map)) < SPAN[1]
     assert roc_auc_score(labels(), r.anomaly_map) > 0.9
-    assert r.extra["raw_frame_scores"].shape == (80,)
+    assert r.frame_scores.shape == (80,)
 
 
 def test_few_shot_embedded_finds_the_event_range():

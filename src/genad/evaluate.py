@@ -41,7 +41,7 @@ from genad.detector import Detector
 from genad.errors import GenadError
 from genad.io.images import image_size
 from genad.io.mvtec import categories, load_mvtec, load_mvtec_train
-from genad.types import ImageSample, Region, Result, Sample, Usage, _jsonable
+from genad.types import ImageSample, Region, Result, Sample, Usage, jsonable
 
 RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "config.json"
@@ -89,7 +89,7 @@ _SECRET = re.compile(r"key|token|secret|password|authorization", re.IGNORECASE)
 
 def public_params(params: dict[str, Any]) -> dict[str, Any]:
     """Detector parameters fit for files and logs: secrets (api_key, tokens...) masked."""
-    return {k: ("***" if _SECRET.search(str(k)) and v else _jsonable(v)) for k, v in params.items()}
+    return {k: ("***" if _SECRET.search(str(k)) and v else jsonable(v)) for k, v in params.items()}
 
 
 # -- choosing what to score -----------------------------------------------------------------
@@ -345,7 +345,8 @@ def run_benchmark(
 def _chunks(det: Detector, test: list[Sample], todo: list[Sample]) -> Iterator[tuple[list[Sample], set[str]]]:
     """(batch to predict, ids in it to record). A zero-shot detector that scores the whole
     set at once (batch_size None) must see every sample even when some are already done."""
-    bs = getattr(det, "batch_size", None)
+    caps = det.capabilities()
+    bs = None if caps.whole_batch else (caps.chunk_size or 32)
     want = {s.id for s in todo}
     if bs is None:
         batch = todo if det.fitted_ else test

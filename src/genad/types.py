@@ -2,17 +2,41 @@
 
 Samples are light: an image sample keeps its path and loads pixels on demand, so a
 benchmark of thousands of images does not hold them all in memory at once.
+
+Nothing here reads files. A sample gets its pixels from a loader callable (`loader=`, set by
+genad.io's loaders, or your own, e.g. a camera grab); a sample made with only a path uses the
+readers that genad.io registers with `set_reader` when it is imported (genad imports it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from genad.errors import GenadError
+
 Modality = Literal["image", "timeseries", "pointcloud", "video"]
+
+# kind -> reader: "image" (path -> uint8 HxWx3), "image_size" (path -> (w, h)),
+# "mask" (path -> bool HxW), "video" (VideoSample -> uint8 (F, H, W, 3))
+_READERS: dict[str, Callable[..., Any]] = {}
+
+
+def set_reader(kind: str, reader: Callable[..., Any]) -> None:
+    """Register the function that reads `kind` for samples made with only a path (genad.io
+    does this for images, masks and videos)."""
+    _READERS[kind] = reader
+
+
+def _read(kind: str, *args: Any) -> Any:
+    reader = _READERS.get(kind)
+    if reader is None:  # pragma: no cover - genad/__init__ imports genad.io, which registers
+        raise GenadError(f"no reader for {kind} is registered: import genad.io first")
+    return reader(*args)
 
 
 @dataclass
@@ -48,12 +72,8 @@ class GroundTruth:
         """The pixel mask (bool HxW), read from disk on first use. Raises GenadError if the
         mask's size differs from `shape` (the image's HxW)."""
         if self.mask is None and self.mask_path is not None:
-            from genad.io.images import read_mask
-
-            self.mask = read_mask(self.mask_path)
+            self.mask = _read("mask", self.mask_path)
         if self.mask is not None and shape is not None and self.mask.shape != tuple(shape):
-            from genad.errors import GenadError
-
             where = f" ({self.mask_path})" if self.mask_path else ""
             raise GenadError(
                 f"mask size {self.mask.shape[1]}x{self.mask.shape[0]}{where} differs from its "
@@ -81,22 +101,32 @@ class Sample:
 
 @dataclass
 class ImageSample(Sample):
-    """An RGB image. `array` (uint8 HxWx3) may be given directly; else it is read from `path`."""
+    """An RGB image: `array` (uint8 HxWx3) given directly, else `loader()` (a callable that
+    returns the pixels), else read from `path`. Pixels that are loaded are not kept."""
 
     array: np.ndarray | None = None
     modality: Modality = "image"
+    loader: Callable[[], np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def load(self) -> np.ndarray:
         """Pixels as uint8 RGB HxWx3 (greyscale, RGBA and 16-bit inputs are converted)."""
         if self.array is not None:
             return self.array
+        if self.loader is not None:
+            return self.loader()
         if self.path is None:
-            from genad.errors import GenadError
-
             raise GenadError(f"sample {self.id!r} has neither pixels nor a path")
-        from genad.io.images import read_image
+        return _read("image", self.path)
 
-        return read_image(self.path)
+    def size(self) -> tuple[int, int]:
+        """(H, W) without decoding the pixels where possible."""
+        if self.array is not None:
+            return int(self.array.shape[0]), int(self.array.shape[1])
+        if self.path is not None:
+            w, h = _read("image_size", self.path)
+            return int(h), int(w)
+        a = self.load()
+        return int(a.shape[0]), int(a.shape[1])
 
     def mask(self) -> np.ndarray | None:
         """Ground-truth pixel mask checked against this image's size, or None."""
@@ -137,6 +167,13 @@ class VideoSample(Sample):
     frame_paths: list[Path] | None = None
     fps: float | None = None
     modality: Modality = "video"
+    loader: Callable[[], np.ndarray] | None = field(default=None, repr=False, compare=False)
+
+    def load_frames(self) -> np.ndarray:
+        """The frames as uint8 (F, H, W, 3): given, from `loader()`, or read from disk."""
+        if self.frames is None and self.loader is not None:
+            return np.asarray(self.loader())
+        return np.asarray(_read("video", self))
 
 
 @dataclass
@@ -149,6 +186,24 @@ class Region:
     label: str | None = None
     index: int | None = None
     explanation: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; the mask is left out (it is large; `box` locates the region)."""
+        return {
+            "index": self.index,
+            "score": float(self.score),
+            "box": None if self.box is None else [int(v) for v in self.box],
+            "label": self.label,
+            "explanation": self.explanation,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Region:
+        box = d.get("box")
+        return cls(
+            score=float(d["score"]), box=None if not box else (int(box[0]), int(box[1]), int(box[2]), int(box[3])),
+            label=d.get("label"), index=d.get("index"), explanation=d.get("explanation"),
+        )
 
 
 @dataclass
@@ -170,6 +225,39 @@ class Usage:
             self.cached_calls + other.cached_calls,
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": int(self.prompt_tokens), "completion_tokens": int(self.completion_tokens),
+            "cost_usd": float(self.cost_usd), "calls": int(self.calls), "cached_calls": int(self.cached_calls),
+        }
+
+
+@dataclass
+class VisualPrompt:
+    """What a multimodal model was shown to localise, and how its region numbers map to
+    pixels: `labels` is an int label image at the input's size (pixel value = region number,
+    0 = in no region), `method` how the regions were made ("grid:16", "slic", "proposals:3"),
+    `image` the marked (set-of-mark) picture, or None where it was dropped to save memory
+    (re-drawn from `labels` when needed)."""
+
+    labels: np.ndarray
+    method: str
+    image: np.ndarray | None = None
+
+    @property
+    def n_regions(self) -> int:
+        return int(self.labels.max()) if self.labels.size else 0
+
+
+@dataclass
+class View:
+    """One rendered view of a point cloud as the image engine saw it: the picture, the
+    engine's map of it and the point scores coloured back onto it (None where unknown)."""
+
+    image: np.ndarray
+    anomaly_map: np.ndarray | None = None
+    overlay: np.ndarray | None = None
+
 
 @dataclass
 class Result:
@@ -179,6 +267,11 @@ class Result:
     decision: True = anomalous. anomaly_map: float32 at the input's own resolution: HxW for
     images, (T,) for series, (N,) for point clouds, (F,) for videos. ranges: [start, end)
     index ranges judged anomalous (series, video frames).
+
+    Typed artifacts, for what other parts read: `visual_prompt` (the marked image an LMM
+    localised on), `frame_scores` (a video's per-frame scores before smoothing), `views`
+    (a point cloud's rendered views, when kept). `extra` holds small JSON-ready details for
+    people (the prompt, the answer, the method); nothing in genad depends on its keys.
     """
 
     sample_id: str
@@ -193,46 +286,71 @@ class Result:
     usage: Usage | None = None
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    visual_prompt: VisualPrompt | None = None
+    frame_scores: np.ndarray | None = None
+    views: list[View] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return self.error is None and self.score is not None
 
     def to_dict(self, with_map: bool = False) -> dict[str, Any]:
-        """JSON-ready dict. Maps are left out unless asked (they are large); region masks never."""
+        """The one JSON form of a result (results.jsonl, the service, reports). Maps are left
+        out unless asked (they are large; run folders keep them as arrays); region masks and
+        pictures never."""
         d: dict[str, Any] = {
             "sample_id": self.sample_id,
             "score": None if self.score is None else float(self.score),
-            "decision": self.decision,
+            "decision": None if self.decision is None else bool(self.decision),
             "threshold": None if self.threshold is None else float(self.threshold),
-            "regions": [
-                {
-                    "index": r.index,
-                    "score": float(r.score),
-                    "box": None if r.box is None else [int(v) for v in r.box],
-                    "label": r.label,
-                    "explanation": r.explanation,
-                }
-                for r in self.regions
-            ],
+            "regions": [r.to_dict() for r in self.regions],
             "ranges": [[int(a), int(b)] for a, b in self.ranges],
             "explanation": self.explanation,
             "timings": {k: round(float(v), 6) for k, v in self.timings.items()},
-            "usage": None if self.usage is None else self.usage.__dict__.copy(),
+            "usage": None if self.usage is None else self.usage.to_dict(),
             "error": self.error,
         }
         if self.extra:
-            d["extra"] = _jsonable(self.extra)
+            d["extra"] = jsonable(self.extra)
+        if self.visual_prompt is not None:
+            d["visual_prompt"] = {"method": self.visual_prompt.method, "n_regions": self.visual_prompt.n_regions}
+        if self.frame_scores is not None:
+            d["frame_scores"] = [None if not np.isfinite(v) else float(v) for v in np.asarray(self.frame_scores).ravel()]
         if with_map and self.anomaly_map is not None:
             d["anomaly_map"] = np.asarray(self.anomaly_map).tolist()
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Result:
+        """A Result from its JSON form (`to_dict`); arrays come back only where the JSON has
+        them (maps with with_map=True, frame scores)."""
+        usage = d.get("usage")
+        amap = d.get("anomaly_map")
+        frames = d.get("frame_scores")
+        return cls(
+            sample_id=str(d.get("sample_id", d.get("id", ""))),
+            score=d.get("score"),
+            decision=d.get("decision"),
+            anomaly_map=None if amap is None else np.asarray(amap, dtype=np.float32),
+            regions=[Region.from_dict(r) for r in d.get("regions") or []],
+            ranges=[(int(a), int(b)) for a, b in d.get("ranges") or []],
+            explanation=d.get("explanation"),
+            threshold=d.get("threshold"),
+            timings=dict(d.get("timings") or {}),
+            usage=None if not usage else Usage(**usage),
+            error=d.get("error"),
+            extra=dict(d.get("extra") or {}),
+            frame_scores=None if frames is None else np.asarray([np.nan if v is None else v for v in frames], np.float32),
+        )
 
-def _jsonable(v: Any) -> Any:
+
+def jsonable(v: Any) -> Any:
+    """A value as JSON can hold it: numpy scalars as numbers, small arrays as lists (large
+    ones as a short note), paths as text, tuples as lists."""
     if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
+        return {str(k): jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
+        return [jsonable(x) for x in v]
     if isinstance(v, np.ndarray):
         return v.tolist() if v.size <= 4096 else f"<array {v.shape}>"
     if isinstance(v, (np.floating, np.integer, np.bool_)):

@@ -63,7 +63,8 @@ def _pick_detector(name: str | None, modality: str, params: dict[str, Any]) -> D
 
 
 def _batches(det: Detector, samples: list[Sample]) -> list[list[Sample]]:
-    bs = getattr(det, "batch_size", None)
+    caps = det.capabilities()
+    bs = None if caps.whole_batch else (caps.chunk_size or 32)
     if bs is None:
         # e.g. zero-shot mutual scoring compares the inputs with one another: all at once.
         return [samples]

@@ -25,43 +25,37 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from genad.detector import Detector
+from genad.detector import Capabilities, Detector, param
 from genad.errors import GenadError
-from genad.report.overlay import resize_map
+from genad.ops import MIN_ZERO_SHOT_BATCH, check_min_batch, label_regions, resize_map, robust_threshold
 from genad.types import ImageSample, Region, Result, Sample
 
 
 class BaselineDetector(Detector):
     """Per-position colour statistics vs normal references (or the batch median)."""
 
+    name = "baseline"
     modalities = ("image",)
     zero_shot = True
-    batch_size = None
 
-    def __init__(
-        self,
-        grid: int = 64,
-        shift: int = 1,
-        blur: float = 1.0,
-        threshold: float | None = None,
-        default_threshold: float = 6.0,
-        max_regions: int = 3,
-    ) -> None:
-        if int(grid) < 8:
-            raise GenadError(f"grid must be at least 8, got {grid}")
-        if int(shift) < 0 or float(blur) < 0:
-            raise GenadError("shift and blur must be >= 0")
-        super().__init__(
-            grid=int(grid), shift=int(shift), blur=float(blur), threshold=threshold,
-            default_threshold=float(default_threshold), max_regions=int(max_regions),
+    grid: int = param(64, low=8, high=1024, doc="cells a side of the comparison grid")
+    shift: int = param(1, low=0, high=8, doc="forgive misalignments of up to this many cells")
+    blur: float = param(1.0, low=0.0, high=32.0, doc="Gaussian blur before comparing, in cells")
+    threshold: float | None = param(None, "float", doc="fixed decision threshold (default: automatic)")
+    default_threshold: float = param(6.0, doc="threshold after fit() on a single reference")
+    max_regions: int = param(3, low=0, high=100, doc="regions listed per anomalous image")
+
+    # fitted state (fit() sets it)
+    center_: np.ndarray | None = None
+    spread_: np.ndarray | None = None
+    threshold_: float | None = None
+
+    def capabilities(self) -> Capabilities:
+        few = self.center_ is not None
+        return Capabilities(
+            self.modalities, True, whole_batch=not few, min_batch=1 if few else MIN_ZERO_SHOT_BATCH,
+            chunk_size=self.chunk_size,
         )
-        self.grid, self.shift, self.blur = int(grid), int(shift), float(blur)
-        self.threshold = None if threshold is None else float(threshold)
-        self.default_threshold = float(default_threshold)
-        self.max_regions = int(max_regions)
-        self.center_: np.ndarray | None = None
-        self.spread_: np.ndarray | None = None
-        self.threshold_: float | None = None
 
     # -- features -------------------------------------------------------------------------
     def _features(self, image: np.ndarray) -> np.ndarray:
@@ -157,18 +151,13 @@ class BaselineDetector(Detector):
             center, spread = self.center_, self.spread_
             threshold = self.threshold if self.threshold is not None else (self.threshold_ or self.default_threshold)
         else:
-            if len(ok) < 3:
-                raise GenadError(
-                    "zero-shot needs at least 3 images to compare; give normal references "
-                    "(--normal DIR) for few-shot"
-                )
+            check_min_batch(len(ok), "images")
             center, spread = self._stats(x, robust=True)
             threshold = self.threshold
         maps = self._distance(x, center, spread)
         scores = maps.reshape(len(ok), -1).max(axis=1)
         if threshold is None:  # zero-shot: an outlier among the batch's own scores
-            med = float(np.median(scores))
-            threshold = med + 3.0 * 1.4826 * float(np.median(np.abs(scores - med))) + 1e-6
+            threshold = robust_threshold(scores, 3.0)
         per_sample = (time.perf_counter() - t0) / len(samples)
         for j, i in enumerate(ok):
             shape = shapes[i]
@@ -188,16 +177,4 @@ class BaselineDetector(Detector):
 
     def _regions(self, amap: np.ndarray, threshold: float) -> list[Region]:
         """Connected areas above the threshold, strongest first, numbered 1..n."""
-        labels, n = ndimage.label(amap > threshold)
-        if n == 0:
-            return []
-        idx = np.arange(1, n + 1)
-        peaks = ndimage.maximum(amap, labels, idx)
-        slices = ndimage.find_objects(labels)
-        order = np.argsort(peaks)[::-1][: self.max_regions]
-        out = []
-        for k, j in enumerate(order, start=1):
-            sl = slices[j]
-            box = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
-            out.append(Region(float(peaks[j]), box=box, mask=labels == j + 1, index=k))
-        return out
+        return label_regions(amap, threshold, self.max_regions)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from genad.errors import GenadError
 from genad.io.folder import list_files, sample_id
+from genad.io import video as _video  # noqa: F401 - registers the frame reader
 from genad.io.images import IMAGE_SUFFIXES
 from genad.types import ImageSample, Sample
 

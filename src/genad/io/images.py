@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from genad.errors import GenadError
+from genad.types import set_reader
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -78,3 +79,9 @@ def image_size(path: str | Path) -> tuple[int, int]:
     except (UnidentifiedImageError, OSError) as e:
         raise GenadError(f"cannot read image {path}: {e}") from e
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+# Samples made with only a path read their pixels through these (genad.types has no I/O).
+set_reader("image", read_image)
+set_reader("image_size", image_size)
+set_reader("mask", read_mask)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from genad.errors import GenadError
+from genad.ops import runs_to_ranges
 from genad.types import GroundTruth, TimeSeriesSample
 
 SERIES_SUFFIXES = {".csv", ".tsv", ".npy", ".txt"}
@@ -52,16 +53,6 @@ def parse_ucr_name(name: str) -> dict | None:
     if end < start:
         start, end = end, start
     return {"id": int(ident), "name": series, "train_end": int(train_end), "range": (start, end + 1)}
-
-
-def labels_to_ranges(labels: np.ndarray) -> list[tuple[int, int]]:
-    """bool/0-1 (T,) -> [start, end) runs of True."""
-    lab = np.asarray(labels).astype(bool).ravel()
-    if lab.size == 0:
-        return []
-    d = np.diff(np.concatenate([[0], lab.astype(np.int8), [0]]))
-    starts, ends = np.flatnonzero(d == 1), np.flatnonzero(d == -1)
-    return [(int(s), int(e)) for s, e in zip(starts, ends)]
 
 
 def _truth(ranges: list[tuple[int, int]]) -> GroundTruth:
@@ -163,7 +154,7 @@ def _read_table(path: Path, delimiter: str, time_col: str | int | None,
     truth = None
     if label_idx is not None and label_idx not in v_idx:
         lab = np.array([_to_float(c) for c in cols[label_idx]])
-        truth = _truth(labels_to_ranges(np.nan_to_num(lab) > 0))
+        truth = _truth(runs_to_ranges(np.nan_to_num(lab) > 0))
     return TimeSeriesSample(
         id=path.name,
         path=path,

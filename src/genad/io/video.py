@@ -16,7 +16,7 @@ from PIL import Image
 
 from genad.errors import GenadError
 from genad.io.images import is_image_file, read_image
-from genad.types import VideoSample
+from genad.types import VideoSample, set_reader
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 # Refuse to hold more than this many bytes of frames: ask for a lower rate instead.
@@ -172,6 +172,9 @@ def video_frames(sample: VideoSample) -> np.ndarray:
         sample.meta.setdefault("frame_index", loaded.meta.get("frame_index"))
         return loaded.frames  # type: ignore[return-value]
     raise GenadError(f"video {sample.id!r} has neither frames nor a path")
+
+
+set_reader("video", video_frames)  # VideoSample.load_frames() for samples made by hand
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: float = 25.0, codec: str = "mpeg4") -> Path:

@@ -38,13 +38,13 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from genad.errors import GenadError
-from genad.io.timeseries import labels_to_ranges  # one definition, shared with the loaders
+from genad.ops import runs_to_ranges
 
 STANDARD_PROFILE = {"tp": 1.0, "fp": 0.11, "fn": 1.0}
 
 __all__ = [
     "point_auroc", "point_ap", "point_adjust", "point_adjusted_f1", "nab_score", "nab_totals", "NabTotals",
-    "ranges_to_labels", "labels_to_ranges", "range_onsets", "range_peaks", "STANDARD_PROFILE",
+    "ranges_to_labels", "range_onsets", "range_peaks", "STANDARD_PROFILE",
     "range_precision_recall",
 ]
 
@@ -87,7 +87,7 @@ def point_adjust(labels: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Flag every point of a true range in which any point is flagged."""
     y = np.asarray(labels).astype(bool)
     p = np.asarray(pred).astype(bool).copy()
-    for a, b in labels_to_ranges(y):
+    for a, b in runs_to_ranges(y):
         if p[a:b].any():
             p[a:b] = True
     return p
@@ -101,7 +101,7 @@ def point_adjusted_f1(labels: np.ndarray, scores: np.ndarray) -> tuple[float, fl
     y, s = _check(labels, scores)
     if not y.any():
         return float("nan"), float("nan")
-    ranges = labels_to_ranges(y)
+    ranges = runs_to_ranges(y)
     range_max = np.array([s[a:b].max() for a, b in ranges])
     range_len = np.array([b - a for a, b in ranges], dtype=np.float64)
     order = np.argsort(range_max)

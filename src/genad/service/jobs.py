@@ -20,7 +20,7 @@ from genad import registry
 from genad.errors import GenadError
 from genad.service.inspector import check_params
 from genad.service.store import FINAL_STATES, Job, Store, new_id
-from genad.types import _jsonable
+from genad.types import jsonable
 
 JOB_KINDS = ("evaluate", "batch")
 
@@ -219,7 +219,7 @@ class JobRunner:
             progress=False,
             on_progress=self._progress(job_id),
         )
-        summary: dict[str, Any] = _jsonable(dict(run.summary))
+        summary: dict[str, Any] = jsonable(dict(run.summary))
         summary.pop("run_dir", None)  # a server path: the job id already names the run
         try:  # the HTML report is a convenience: a failure there must not fail the job
             from genad.report.eval_report import write_eval_report
@@ -244,7 +244,8 @@ class JobRunner:
             det.fit(load_inputs([normal_dir]))
         on_progress = self._progress(job_id)
         on_progress(0, len(samples))
-        step = det.batch_size or len(samples)
+        caps = det.capabilities()
+        step = len(samples) if caps.whole_batch else (caps.chunk_size or 32)
         n_anom = n_err = 0
         scored: list[tuple[float, str]] = []
         for start in range(0, len(samples), step):

@@ -16,20 +16,22 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from genad.detector import Detector
+from genad.detector import Capabilities, Detector, param
 from genad.engines.embedded.backbones import (
     DEFAULT_BACKBONE,
     check_backbone,
     check_strides,
     default_strides,
     get_backbone,
+    with_fine_grid,
 )
 from genad.engines.embedded.features import ImageFeatures, augment, extract
 from genad.engines.embedded.few_shot import MemoryBank
 from genad.engines.embedded.geometry import batch_scale, patch_map_to_image
 from genad.engines.embedded.regions import propose_regions
-from genad.engines.embedded.zero_shot import MIN_BATCH, mutual_scores, neighbour_smooth
+from genad.engines.embedded.zero_shot import mutual_scores, neighbour_smooth
 from genad.errors import GenadError
+from genad.ops import MIN_ZERO_SHOT_BATCH, check_min_batch, robust_threshold
 from genad.types import ImageSample, Result, Sample
 
 
@@ -37,28 +39,48 @@ def _shape(s: Sample) -> tuple[int, int]:
     """(H, W) without decoding the pixels where possible."""
     if not isinstance(s, ImageSample):
         raise GenadError(f"the embedded detector reads images, got a {s.modality} sample ({s.id})")
-    if s.array is not None:
-        return int(s.array.shape[0]), int(s.array.shape[1])
-    if s.path is None:
-        raise GenadError(f"sample {s.id!r} has neither pixels nor a path")
-    from genad.io.images import image_size
-
-    w, h = image_size(s.path)
-    return h, w
+    return s.size()
 
 
-def robust_threshold(scores: np.ndarray, k: float) -> float:
-    """median + k * MAD (scaled to a standard deviation for normal data)."""
-    s = np.asarray(scores, dtype=np.float64)
-    med = float(np.median(s))
-    mad = 1.4826 * float(np.median(np.abs(s - med)))
-    return med + k * max(mad, 1e-6 * max(abs(med), 1.0))
+def _strides(value: object) -> object:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = (value,)
+    try:
+        return tuple(int(x) for x in (value.replace(" ", "").split(",") if isinstance(value, str) else value))  # type: ignore[union-attr]
+    except (TypeError, ValueError) as e:
+        raise GenadError(f"strides must be numbers such as 16 or 8,16; got {value!r}") from e
+
+
+def _aggregation(value: tuple[int, ...]) -> tuple[int, ...]:
+    if not value or any(r < 1 or r % 2 == 0 for r in value):
+        raise GenadError(f"aggregation sizes must be odd and >= 1, e.g. (1, 3, 5); got {value}")
+    return value
+
+
+def _fraction(value: float) -> float:
+    if not 0 < value <= 1:
+        raise GenadError(f"fraction must be in (0, 1], got {value}")
+    return value
+
+
+def _augment(value: object) -> object:
+    if value in (None, False) or (isinstance(value, str) and value.strip().lower() in ("none", "off", "false", "")):
+        return "none"
+    if isinstance(value, str):
+        if value.strip() == "auto":
+            return "auto"
+        return tuple(a.strip() for a in value.split(",") if a.strip())
+    if isinstance(value, (list, tuple)):
+        return tuple(str(a) for a in value)
+    raise GenadError(f"augment must be auto, none or a list such as hflip,vflip; got {value!r}")
 
 
 class EmbeddedDetector(Detector):
     """Patch features of a pretrained backbone; zero-shot mutual scoring or few-shot memory bank.
 
-    Parameters (all optional):
+    Options (all optional; see each declaration's doc and docs/embedded.md):
       backbone        "effnet-lite0" (default), "effnet-lite1", "effnet-lite2", "dinov2-s", or
                       "onnx:PATH[#OUT,...]" for your own ONNX model (backbones.OnnxBackbone)
       strides         feature strides of an EfficientNet (8, 16, 32). "auto" (default): 16 and 32
@@ -81,112 +103,98 @@ class EmbeddedDetector(Detector):
       threshold       fixed decision threshold (overrides the automatic one)
       mad_k           zero-shot automatic threshold: median + mad_k * MAD of the batch scores
       max_regions, min_area_frac   region proposals per anomalous image
-      batch_size, threads, seed
+      feature_batch (alias batch_size), threads, seed
     """
 
+    name = "embedded"
     modalities = ("image",)
     zero_shot = True
-    batch_size = None
+    chunk_size = 32  # few-shot: images per predict() when a run streams them
 
-    def __init__(
-        self,
-        backbone: str = DEFAULT_BACKBONE,
-        strides: Sequence[int] | str = "auto",
-        resolution: int = 320,
-        dims: int | None = None,
-        aggregation: Sequence[int] | None = None,
-        fraction: float = 0.3,
-        max_refs: int | None = 128,
-        neighbours: int = 3,
-        neighbour_weight: float = 0.3,
-        augment: str | Sequence[str] = "auto",
-        bank_cap: int = 16384,
-        sigma: float = 4.0,
-        image_score: str = "top1",
-        threshold: float | None = None,
-        mad_k: float = 3.0,
-        max_regions: int = 5,
-        min_area_frac: float = 0.0005,
-        batch_size: int = 8,
-        threads: int | None = None,
-        seed: int = 0,
-    ) -> None:
-        check_backbone(backbone)
-        if isinstance(aggregation, int):
-            aggregation = (aggregation,)
-        if isinstance(aggregation, str):  # from the CLI: --param aggregation=1,3,5
-            aggregation = tuple(x for x in aggregation.replace(" ", "").split(",") if x)
-        if aggregation is not None:
-            try:
-                aggregation = tuple(int(r) for r in aggregation)
-            except (TypeError, ValueError) as e:
-                raise GenadError(f"aggregation must be odd sizes such as 1,3,5; got {aggregation!r}") from e
-        if aggregation is not None and (not aggregation or any(r < 1 or r % 2 == 0 for r in aggregation)):
-            raise GenadError(f"aggregation sizes must be odd and >= 1, e.g. (1, 3, 5); got {aggregation}")
-        if not 32 <= int(resolution) <= 2048:
-            raise GenadError(f"resolution must be between 32 and 2048 pixels, got {resolution}")
-        if strides == "auto":
-            strides = default_strides(backbone, int(resolution))
-        if isinstance(strides, (int, str)):  # from the CLI: --param strides=8,16
-            strides = tuple(x for x in str(strides).replace(" ", "").split(",") if x)
+    backbone: str = param(DEFAULT_BACKBONE, convert=check_backbone, doc="feature extractor (see backbones)")
+    strides: tuple[int, ...] | str = param("auto", "any", convert=_strides, doc="feature strides, or auto")
+    resolution: int = param(320, low=32, high=2048, doc="median image side the backbone sees")
+    dims: int | None = param(None, "int", low=8, high=4096, doc="random projection to this many dimensions")
+    aggregation: tuple[int, ...] | None = param(None, "ints", convert=_aggregation, doc="neighbourhood sizes (odd)")
+    fraction: float = param(0.3, convert=_fraction, doc="zero-shot: share of closest distances averaged")
+    max_refs: int | None = param(128, "int", low=2, doc="zero-shot: images each image is compared with")
+    neighbours: int = param(3, low=0, high=1000, doc="zero-shot: image-score smoothing neighbours")
+    neighbour_weight: float = param(0.3, low=0.0, high=1.0, doc="weight of the neighbours' mean")
+    augment: str | tuple[str, ...] = param("auto", "any", convert=_augment, doc="few-shot augmentations")
+    bank_cap: int = param(16384, low=16, doc="few-shot: coreset size per neighbourhood size")
+    sigma: float = param(4.0, low=0.0, high=64.0, doc="map smoothing, in working pixels")
+    image_score: str = param("top1", choices=("max", "top1"), doc="image score from the map")
+    threshold: float | None = param(None, "float", doc="fixed decision threshold")
+    mad_k: float = param(3.0, low=0.0, high=100.0, doc="zero-shot threshold: median + mad_k * MAD")
+    max_regions: int = param(5, low=0, high=100, doc="regions proposed per anomalous image")
+    min_area_frac: float = param(0.0005, low=0.0, high=1.0, doc="smallest region, as a share of the image")
+    feature_batch: int = param(8, low=1, high=512, aliases=("batch_size",), doc="images per backbone call")
+    threads: int | None = param(None, "int", low=1, high=256, doc="CPU threads (default: the cores allowed)")
+    seed: int = param(0, doc="random subsets and coreset")
+
+    # fitted state (fit() sets it)
+    bank_: MemoryBank | None = None
+    threshold_: float | None = None
+    n_refs_: int = 0
+    scale_: float | None = None
+
+    def _configure(self) -> None:
+        # strides="auto" is resolved here (and again when backbone or resolution change);
+        # get_params still says "auto"
+        auto = self.strides == "auto" or (getattr(self, "_auto_strides", None) == self.strides)
+        strides = default_strides(self.backbone, self.resolution) if auto else self.strides
         try:
-            strides = check_strides(backbone, tuple(int(x) for x in strides))
+            self.strides = check_strides(self.backbone, tuple(int(x) for x in strides))
         except (TypeError, ValueError) as e:
             raise GenadError(f"strides must be numbers such as 16 or 8,16; got {strides!r}") from e
-        if dims is not None and not 8 <= int(dims) <= 4096:
-            raise GenadError(f"dims must be between 8 and 4096 (or None for no projection), got {dims}")
-        if not 0 < float(fraction) <= 1:
-            raise GenadError(f"fraction must be in (0, 1], got {fraction}")
-        if max_refs is not None and int(max_refs) < 2:
-            raise GenadError(f"max_refs must be at least 2 (or None for all), got {max_refs}")
-        if image_score not in ("max", "top1"):
-            raise GenadError(f"image_score must be 'max' or 'top1', got {image_score!r}")
-        super().__init__(
-            backbone=backbone, strides=strides, resolution=int(resolution),
-            dims=None if dims is None else int(dims), aggregation=aggregation,
-            fraction=float(fraction), max_refs=max_refs, neighbours=int(neighbours),
-            neighbour_weight=float(neighbour_weight), augment=augment, bank_cap=int(bank_cap),
-            sigma=float(sigma), image_score=image_score, threshold=threshold, mad_k=float(mad_k),
-            max_regions=int(max_regions), min_area_frac=float(min_area_frac),
-            batch_size=int(batch_size), threads=threads, seed=int(seed),
-        )
-        self.backbone_name = backbone
-        self.strides = strides
-        self.dims = None if dims is None else int(dims)
-        self.resolution = int(resolution)
+        self._auto_strides = self.strides if auto else None
         # One 3x3 context (as PatchCore) in both modes: on magnetic_tile zero-shot, MuSc's
         # (1, 3, 5) gave the same AUROCs (0.736 / 0.666) at three times the cost.
-        self.rs_zero = aggregation or (3,)
-        self.rs_few = aggregation or (3,)
-        self.fraction = float(fraction)
-        self.max_refs = None if max_refs is None else int(max_refs)
-        self.neighbours = int(neighbours)
-        self.neighbour_weight = float(neighbour_weight)
-        self.augment = augment
-        self.bank_cap = int(bank_cap)
-        self.sigma = float(sigma)
-        self.image_score = image_score
-        self.fixed_threshold = None if threshold is None else float(threshold)
-        self.mad_k = float(mad_k)
-        self.max_regions = int(max_regions)
-        self.min_area_frac = float(min_area_frac)
-        self.feature_batch = int(batch_size)
-        self.threads = threads
-        self.seed = int(seed)
-        self.bank_: MemoryBank | None = None
-        self.threshold_: float | None = None
-        self.n_refs_: int = 0
-        self.scale_: float | None = None
+        self._rs: tuple[int, ...] = self.aggregation or (3,)
+
+    def get_params(self, deep: bool = False) -> dict:
+        p = super().get_params(deep)
+        if self._auto_strides is not None:
+            p["strides"] = "auto"
+        return p
+
+    def capabilities(self) -> Capabilities:
+        few = self.bank_ is not None
+        return Capabilities(
+            self.modalities, True, whole_batch=not few, min_batch=1 if few else MIN_ZERO_SHOT_BATCH,
+            chunk_size=self.chunk_size,
+        )
+
+    @classmethod
+    def tuned(cls, params: dict, purpose: str) -> dict:
+        if purpose == "proposals":
+            # The finer stride-8+16 maps put their peaks on small defects more often than the
+            # default 16+32 ones (whose broad blobs win pixel AUROC on large defects): on
+            # magnetic_tile (benchmarks/look_twice_oracle.py) a proposal covered the defect in
+            # 31 of 40 defective images instead of 19; a 90%-right verifier then reached image
+            # AUROC 0.91, not 0.78.
+            return with_fine_grid(params)
+        if purpose == "depth_views":
+            # Rendered depth views show small, sharp dents and cracks on smooth surfaces: the
+            # fine stride-8+16 grid at 256 px localises them better than the image defaults
+            # (synthetic benchmark, point AUROC 0.98-0.995 vs 0.96-0.98).
+            return with_fine_grid(params, resolution=256)
+        if purpose == "video_frames":
+            # An event spans consecutive frames, so an anomalous frame finds close matches in
+            # its neighbours; averaging over half of the other frames (not the closest 30%)
+            # keeps those few neighbours from hiding it.
+            return {"fraction": 0.5, **params}
+        return dict(params)
 
     # -- plumbing -----------------------------------------------------------------------------
     def _backbone(self):  # noqa: ANN202
-        return get_backbone(self.backbone_name, self.threads, self.strides)
+        return get_backbone(self.backbone, self.threads, self.strides)
 
-    def _features(self, samples: Sequence[Sample], rs: Sequence[int], fix_scale: bool = False):  # noqa: ANN202
+    def _features(self, samples: Sequence[Sample], scale: float | None = None):  # noqa: ANN202
         """Yield (index, ImageFeatures | error message), batched by working size.
 
-        The resize factor comes from the references in few-shot mode (test images then share
-        their pixel scale) and from the batch itself in zero-shot mode."""
+        The resize factor `scale` comes from the references in few-shot mode (test images
+        then share their pixel scale); None: from the batch itself (zero-shot)."""
         shapes: list[tuple[int, int]] = []
         ok: list[int] = []
         for i, s in enumerate(samples):
@@ -196,21 +204,18 @@ class EmbeddedDetector(Detector):
             except GenadError as e:
                 yield i, str(e)
         loaders = [samples[i].load for i in ok]  # type: ignore[attr-defined]
-        if fix_scale or self.scale_ is None:
-            self.scale_ = batch_scale(shapes, self.resolution)
+        if scale is None:
+            scale = batch_scale(shapes, self.resolution)
         for j, f in extract(
-            self._backbone(), loaders, shapes, self.resolution, rs, self.feature_batch, self.scale_,
-            self.dims,
+            self._backbone(), loaders, shapes, self.resolution, self._rs, self.feature_batch, scale, self.dims,
         ):
             yield ok[j], (str(f) if isinstance(f, Exception) else f)
 
     def _augmentations(self, n_refs: int) -> list[str]:
         if self.augment == "auto":
             return ["hflip", "vflip"] if n_refs < 8 else []
-        if self.augment in (None, "none", False):
+        if self.augment == "none":
             return []
-        if isinstance(self.augment, str):
-            return [a.strip() for a in self.augment.split(",") if a.strip()]
         return list(self.augment)
 
     def _finish(self, f: ImageFeatures, patch: np.ndarray) -> tuple[np.ndarray, float]:
@@ -233,7 +238,7 @@ class EmbeddedDetector(Detector):
                 regions = propose_regions(m, self.max_regions, self.min_area_frac)
         return Result(
             sample_id=s.id, score=score, decision=decision, anomaly_map=m, regions=regions,
-            threshold=thr, timings=t, extra={"mode": mode, "backbone": self.backbone_name},
+            threshold=thr, timings=t, extra={"mode": mode, "backbone": self.backbone},
         )
 
     # -- few-shot -----------------------------------------------------------------------------
@@ -244,7 +249,14 @@ class EmbeddedDetector(Detector):
             raise GenadError("fit() needs at least one normal reference image")
         feats: list[ImageFeatures] = []
         originals: list[np.ndarray] = []
-        for i, f in self._features(normal_samples, self.rs_few, fix_scale=True):
+        shapes0: list[tuple[int, int]] = []
+        for s in normal_samples:
+            try:
+                shapes0.append(_shape(s))
+            except GenadError as e:
+                raise GenadError(f"cannot use normal reference {s.id}: {e}") from e
+        scale = batch_scale(shapes0, self.resolution)
+        for i, f in self._features(normal_samples, scale):
             if isinstance(f, str):
                 raise GenadError(f"cannot use normal reference {normal_samples[i].id}: {f}")
             feats.append(f)
@@ -258,14 +270,14 @@ class EmbeddedDetector(Detector):
                 loaders = [(lambda a=a: a) for a in arrs]
                 shapes = [a.shape[:2] for a in arrs]
                 for _, f in extract(
-                    self._backbone(), loaders, shapes, self.resolution, self.rs_few, self.feature_batch,
-                    self.scale_, self.dims,
+                    self._backbone(), loaders, shapes, self.resolution, self._rs, self.feature_batch, scale, self.dims,
                 ):
                     aug_feats[i].append(f)  # type: ignore[arg-type]
         bank_feats = list(feats)
         if kinds:
             bank_feats += [f for fs in aug_feats for f in fs]
         self.bank_ = MemoryBank(self.bank_cap, self.seed).build(bank_feats)
+        self.scale_ = scale
         self.n_refs_ = len(feats)
         self.threshold_ = self._reference_threshold(feats, aug_feats)
         self.fitted_ = True
@@ -300,10 +312,10 @@ class EmbeddedDetector(Detector):
 
     def _predict_few_shot(self, samples: list[Sample]) -> list[Result]:
         assert self.bank_ is not None and self.threshold_ is not None
-        thr = self.fixed_threshold if self.fixed_threshold is not None else self.threshold_
+        thr = self.threshold if self.threshold is not None else self.threshold_
         results: list[Result | None] = [None] * len(samples)
         t0 = time.perf_counter()
-        for i, f in self._features(samples, self.rs_few):
+        for i, f in self._features(samples, self.scale_):
             if isinstance(f, str):
                 results[i] = Result(samples[i].id, error=f)
                 continue
@@ -318,15 +330,11 @@ class EmbeddedDetector(Detector):
         return [r if r is not None else Result(s.id, error="not scored") for r, s in zip(results, samples)]
 
     def _predict_zero_shot(self, samples: list[Sample]) -> list[Result]:
-        if len(samples) < MIN_BATCH:
-            raise GenadError(
-                f"zero-shot needs a batch of at least {MIN_BATCH} images to compare with each other, "
-                f"got {len(samples)}: give normal references for few-shot (--normal DIR, or fit())"
-            )
+        check_min_batch(len(samples), "images")
         t0 = time.perf_counter()
         feats: dict[int, ImageFeatures] = {}
         errors: dict[int, str] = {}
-        for i, f in self._features(samples, self.rs_zero, fix_scale=True):
+        for i, f in self._features(samples):
             if isinstance(f, str):
                 errors[i] = f
             else:
@@ -343,8 +351,7 @@ class EmbeddedDetector(Detector):
         scores = neighbour_smooth(
             np.asarray(raw), torch.stack([f.global_vec for f in fl]), self.neighbours, self.neighbour_weight
         )
-        thr = self.fixed_threshold if self.fixed_threshold is not None else robust_threshold(scores, self.mad_k)
-        self.threshold_ = thr
+        thr = self.threshold if self.threshold is not None else robust_threshold(scores, self.mad_k)
         t2 = time.perf_counter()
         n = max(1, len(order))
         per = {"features": (t1 - t0) / n, "scoring": (t2 - t1) / n}

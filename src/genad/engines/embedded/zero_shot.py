@@ -22,10 +22,7 @@ import numpy as np
 import torch
 
 from genad.engines.embedded.features import ImageFeatures
-from genad.errors import GenadError
-
-MIN_BATCH = 3
-
+from genad.ops import check_min_batch
 
 def _pairs(n: int, max_refs: int | None, seed: int) -> list[list[int]]:
     """partners[i] = images j > i compared with i (each pair once, used both ways)."""
@@ -55,11 +52,7 @@ def mutual_scores(
 ) -> list[np.ndarray]:
     """Patch scores (h, w) per image, higher = more anomalous (mean Euclidean distance)."""
     n = len(feats)
-    if n < MIN_BATCH:
-        raise GenadError(
-            f"zero-shot needs at least {MIN_BATCH} images to compare with each other, got {n}: "
-            "give normal references for few-shot (--normal DIR, or detector.fit(normals))"
-        )
+    check_min_batch(n, "images")
     rs = sorted(feats[0].by_r)
     # Work in order of patch count, so that a chunk of consecutive partners pads to about the
     # same length (magnetic-tile-like batches mix many image sizes).

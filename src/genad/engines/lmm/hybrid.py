@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from genad.detector import Detector
+from genad.detector import Capabilities, Detector
 from genad.engines.lmm.text2seg import knowledge_text
 from genad.engines.lmm.visual_prompt import (
     as_labels,
@@ -308,6 +308,11 @@ class LookTwiceDetector(Detector):
         self.references_: list[Sample] = []
         # Zero-shot mutual scoring needs the whole batch at once; after fit() chunks of 4 do.
         self.batch_size = None  # type: ignore[misc]
+
+    def capabilities(self) -> Capabilities:
+        # as the inner engine needs: zero-shot embedded scoring wants the whole batch
+        inner = self.embedded.capabilities()
+        return Capabilities(self.modalities, True, inner.whole_batch, inner.min_batch, chunk_size=4)
 
     @property
     def client(self) -> LMMClient:

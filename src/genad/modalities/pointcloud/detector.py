@@ -21,65 +21,40 @@ from typing import Any
 import numpy as np
 
 from genad import registry
-from genad.detector import Detector
+from genad.detector import Capabilities, Detector, check_image_detector, image_detector_class, param
 from genad.errors import GenadError
 from genad.modalities.pointcloud.render import View, colorize_points, project_to_points, render_views
 from genad.types import ImageSample, PointCloudSample, Result, Sample
+from genad.types import View as ResultView
 
 
 class PointCloudDetector(Detector):
     """Multi-view rendering + any image detector, scores mapped back to the points."""
 
+    name = "pointcloud"
     modalities = ("pointcloud",)
     zero_shot = True
-    batch_size = None
 
-    def __init__(
-        self,
-        image_detector: str = "embedded",
-        image_params: dict[str, Any] | None = None,
-        views: int = 6,
-        layout: str = "top",
-        size: int = 224,
-        elevation: float = 45.0,
-        point_reduce: str = "mean",
-        view_reduce: str = "max",
-        keep_views: bool = False,
-    ) -> None:
-        if int(views) < 1:
-            raise GenadError(f"views must be >= 1, got {views}")
-        if int(size) < 32:
-            raise GenadError(f"size must be >= 32 pixels, got {size}")
-        if layout not in ("top", "sphere"):
-            raise GenadError(f"unknown layout {layout!r}: use 'top' (parts seen from above) or 'sphere'")
-        if point_reduce not in ("mean", "max") or view_reduce not in ("mean", "max"):
-            raise GenadError("point_reduce and view_reduce must be 'mean' or 'max'")
-        if image_detector in ("pointcloud", "video", "video-rules"):
-            raise GenadError(f"image_detector must be an image detector such as 'embedded', not {image_detector!r}")
-        super().__init__(
-            image_detector=image_detector, image_params=dict(image_params or {}), views=int(views),
-            layout=layout, size=int(size), elevation=float(elevation), point_reduce=point_reduce,
-            view_reduce=view_reduce, keep_views=bool(keep_views),
-        )
-        self.image_detector = image_detector
-        self.image_params = dict(image_params or {})
-        self.views, self.layout, self.size = int(views), layout, int(size)
-        self.elevation = float(elevation)
-        self.point_reduce, self.view_reduce, self.keep_views = point_reduce, view_reduce, bool(keep_views)
-        self.view_detectors_: list[Detector] | None = None
-        # fail now, not after rendering, if the image engine is missing
-        registry.get(image_detector)
+    image_detector: str = param("embedded", convert=check_image_detector, doc="the image detector that scores views")
+    image_params: dict = param({}, doc="options of that image detector (they win over its tuning for depth views)")
+    views: int = param(6, low=1, high=64, doc="rendered views per cloud")
+    layout: str = param("top", choices=("top", "sphere"), doc="top: parts seen from above; sphere: all around")
+    size: int = param(224, low=32, high=2048, doc="side of each rendered view, in pixels")
+    elevation: float = param(45.0, low=-90.0, high=90.0, doc="camera elevation of the side views, in degrees")
+    point_reduce: str = param("mean", choices=("mean", "max"), doc="a point's score over the views that see it")
+    view_reduce: str = param("max", choices=("mean", "max"), doc="the object score over the views")
+    keep_views: bool = param(False, doc="keep the rendered views in Result.views")
+
+    view_detectors_: list[Detector] | None = None  # fitted: one image detector per view
+
+    def capabilities(self) -> Capabilities:
+        few = self.view_detectors_ is not None
+        # zero-shot, view v of every cloud is scored against view v of the others
+        return Capabilities(self.modalities, True, whole_batch=not few, chunk_size=self.chunk_size)
 
     def _new_image_detector(self) -> Detector:
-        params = dict(self.image_params)
-        if self.image_detector == "embedded":
-            from genad.engines.embedded.backbones import with_fine_grid
-
-            # Rendered depth views show small, sharp dents and cracks on smooth surfaces: the
-            # fine stride-8+16 grid at 256 px localises them better than the image defaults
-            # (synthetic benchmark, point AUROC 0.98-0.995 vs 0.96-0.98). image_params win.
-            params = with_fine_grid(params, resolution=256)
-        return registry.create(self.image_detector, **params)
+        cls = image_detector_class(self.image_detector)
+        return registry.create(self.image_detector, **cls.tuned(self.image_params, "depth_views"))
 
     def render(self, sample: PointCloudSample) -> list[View]:
         """The views this detector shows the image engine (for reports and debugging)."""
@@ -177,10 +152,8 @@ class PointCloudDetector(Detector):
         result.extra["view_scores"] = [None if not r.ok else float(r.score) for r in vres]  # type: ignore[arg-type]
         result.extra["best_view"] = best
         if self.keep_views:
-            result.extra["view_images"] = [v.image for v in views]
-            result.extra["view_maps"] = maps
-            if point_scores is not None:
-                result.extra["view_overlays"] = colorize_points(views, point_scores)
+            overlays = colorize_points(views, point_scores) if point_scores is not None else [None] * len(views)
+            result.views = [ResultView(v.image, m, o) for v, m, o in zip(views, maps, overlays)]
 
 
 def views_points(sample: PointCloudSample) -> np.ndarray:

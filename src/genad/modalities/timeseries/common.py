@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from genad.errors import GenadError
+from genad.ops import merge_ranges, runs_to_ranges
 from genad.types import TimeSeriesSample
 
 MAX_LISTED = 1000  # cap on indices listed in Result.extra, so results stay small
@@ -191,36 +192,14 @@ def windows_to_points(win_scores: np.ndarray, starts: np.ndarray, m: int, n: int
     return out.astype(np.float32)
 
 
-def robust_center_scale(scores: np.ndarray) -> tuple[float, float]:
-    """(median, MAD scaled to a Gaussian sigma); the std when MAD is 0 (0 for a constant)."""
-    s = np.asarray(scores, dtype=np.float64)
-    med = float(np.median(s))
-    sigma = 1.4826 * float(np.median(np.abs(s - med)))
-    return med, sigma if sigma > 0 else float(s.std())
-
-
-def robust_threshold(scores: np.ndarray, k: float) -> float:
-    """median + k * (MAD scaled to a Gaussian sigma); falls back to the std when MAD is 0."""
-    med, sigma = robust_center_scale(scores)
-    return med + k * sigma if sigma > 0 else float("inf")
-
-
 def ranges_above(scores: np.ndarray, threshold: float, merge_gap: int = 0,
                  max_ranges: int | None = None, min_len: int = 1) -> list[tuple[int, int]]:
     """[start, end) runs where scores >= threshold; runs closer than merge_gap are joined, runs
     shorter than min_len dropped (a real finding of a window detector spans part of a window,
     a lone point above the line is noise); the max_ranges with the highest peaks are kept, in
     index order."""
-    above = np.asarray(scores) >= threshold
-    d = np.diff(np.concatenate([[0], above.astype(np.int8), [0]]))
-    runs = list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()))
-    merged: list[tuple[int, int]] = []
-    for a, b in runs:
-        if merged and a - merged[-1][1] <= merge_gap:
-            merged[-1] = (merged[-1][0], b)
-        else:
-            merged.append((a, b))
-    merged = [(a, b) for a, b in merged if b - a >= min_len]
+    runs = runs_to_ranges(np.asarray(scores) >= threshold)
+    merged = [(a, b) for a, b in merge_ranges(runs, merge_gap) if b - a >= min_len]
     if max_ranges is not None and len(merged) > max_ranges:
         peaks = [float(np.max(scores[a:b])) for a, b in merged]
         keep = sorted(np.argsort(peaks)[::-1][:max_ranges].tolist())

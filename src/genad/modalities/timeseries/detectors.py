@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from genad.detector import Detector
+from genad.detector import Detector, param
 from genad.errors import GenadError
 from genad.modalities.timeseries.common import (
     Prepared,
@@ -28,10 +28,9 @@ from genad.modalities.timeseries.common import (
     describe_ranges,
     prepare,
     ranges_above,
-    robust_center_scale,
-    robust_threshold,
     windows_to_points,
 )
+from genad.ops import robust_threshold, robust_z
 from genad.types import Result, Sample, TimeSeriesSample
 
 
@@ -43,22 +42,15 @@ class _SeriesDetector(Detector):
     zero_shot = True
     method = "series detector"
 
-    def __init__(self, window: int | str = "auto", threshold: float | None = None,
-                 threshold_k: float = 5.0, max_ranges: int = 5, max_nan_frac: float = 0.2,
-                 use_train: bool = True, **params: Any) -> None:
-        super().__init__(window=window, threshold=threshold, threshold_k=threshold_k,
-                         max_ranges=max_ranges, max_nan_frac=max_nan_frac, use_train=use_train, **params)
-        if threshold_k <= 0:
-            raise GenadError("threshold_k must be positive (it counts robust standard deviations)")
-        if max_ranges < 1:
-            raise GenadError("max_ranges must be 1 or more")
-        self.window = window
-        self.threshold = threshold
-        self.threshold_k = float(threshold_k)
-        self.max_ranges = int(max_ranges)
-        self.max_nan_frac = float(max_nan_frac)
-        self.use_train = bool(use_train)
-        self.refs_: list[np.ndarray] = []
+    # checked per series (a bad value is that series' error): "auto" or a whole number >= 3
+    window: int | str = param("auto", "any", doc="points per window, or auto (the period)")
+    threshold: float | None = param(None, "float", doc="fixed threshold on the point scores")
+    threshold_k: float = param(5.0, low=1e-6, high=1000.0, doc="automatic threshold: robust sigmas above the median")
+    max_ranges: int = param(5, low=1, high=10_000, doc="most anomalous ranges reported")
+    max_nan_frac: float = param(0.2, low=0.0, high=1.0, doc="largest share of missing values tolerated")
+    use_train: bool = param(True, doc="use a series' normal training prefix (UCR) as its reference")
+
+    refs_: list[np.ndarray] = []  # fitted: normal reference series
 
     def fit(self, normal_samples: Sequence[Sample]) -> _SeriesDetector:
         """Keep normal series as references (NaNs interpolated)."""
@@ -140,6 +132,21 @@ class _SeriesDetector(Detector):
         )
 
 
+def _normalize(value: object) -> bool | str:
+    key = str(value).strip().lower()
+    if key not in ("true", "false", "both"):
+        raise GenadError(f"normalize must be true, false or both, got {value!r}")
+    return "both" if key == "both" else key == "true"
+
+
+def _max_samples(value: object) -> int | str:
+    if value == "auto":
+        return "auto"
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool) and str(value).isdigit() and int(value) >= 1:
+        return int(value)
+    raise GenadError(f"max_samples must be auto or a whole number >= 1, got {value!r}")
+
+
 def _join_refs(refs: list[np.ndarray], d: int) -> np.ndarray:
     """Reference series of one column, joined with a NaN between them so that no window
     spans two of them (stumpy gives such windows an infinite distance)."""
@@ -163,11 +170,6 @@ def _profile(stumpy: Any, x: np.ndarray, m: int, tb: np.ndarray | None, znorm: b
     return p / (2.0 * math.sqrt(m)) if znorm else p
 
 
-def _robust_z(p: np.ndarray) -> np.ndarray:
-    med, sigma = robust_center_scale(p)
-    return (p - med) / (sigma or 1.0)
-
-
 class MatrixProfileDetector(_SeriesDetector):
     """Matrix profile discords (stumpy): a window is anomalous when even its nearest neighbour
     elsewhere in the series (or in the normal references) is far away.
@@ -182,19 +184,13 @@ class MatrixProfileDetector(_SeriesDetector):
     Multivariate: the mean of the per-column profiles.
     """
 
+    name = "ts-matrix-profile"
     method = "matrix profile"
 
-    def __init__(self, window: int | str = "auto", normalize: bool | str = "both", threshold: float | None = None,
-                 threshold_k: float = 5.0, max_ranges: int = 5, max_nan_frac: float = 0.2,
-                 use_train: bool = True) -> None:
-        super().__init__(window=window, threshold=threshold, threshold_k=threshold_k, max_ranges=max_ranges,
-                         max_nan_frac=max_nan_frac, use_train=use_train, normalize=normalize)
-        kinds = {"true": (True,), "false": (False,), "both": (True, False)}
-        key = str(normalize).strip().lower()
-        if key not in kinds:
-            raise GenadError(f"normalize must be true, false or both, got {normalize!r}")
-        self.normalize: bool | str = "both" if key == "both" else key == "true"
-        self._kinds = kinds[key]
+    normalize: bool | str = param("both", "any", convert=_normalize, doc="true (shape), false (raw) or both")
+
+    def _configure(self) -> None:
+        self._kinds = {True: (True,), False: (False,), "both": (True, False)}[self.normalize]
 
     def _score(self, prep: Prepared, sample: TimeSeriesSample) -> tuple[np.ndarray, dict]:
         stumpy = _stumpy()
@@ -215,7 +211,7 @@ class MatrixProfileDetector(_SeriesDetector):
                     raise GenadError(f"the normal references are shorter than the window {m}")
             parts = [_profile(stumpy, x, m, tb, z) for z in self._kinds]
             # "both": each profile in robust standard deviations, so that neither unit dominates
-            profiles.append(parts[0] if len(parts) == 1 else np.mean([_robust_z(p) for p in parts], axis=0))
+            profiles.append(parts[0] if len(parts) == 1 else np.mean([robust_z(p) for p in parts], axis=0))
         profile = np.mean(profiles, axis=0)
         scores = np.zeros(prep.n, dtype=np.float32)
         scores[start:] = windows_to_points(profile, np.arange(profile.size), m, test.shape[0])
@@ -235,19 +231,13 @@ class IsolationForestSeriesDetector(_SeriesDetector):
     window: as for the matrix profile. max_cells bounds memory: windows are taken with a stride
     so that at most this many values are held (scores are interpolated between them)."""
 
+    name = "ts-iforest"
     method = "isolation forest"
 
-    def __init__(self, window: int | str = "auto", n_estimators: int = 100, max_samples: int | str = "auto",
-                 random_state: int = 0, max_cells: int = 4_000_000, threshold: float | None = None,
-                 threshold_k: float = 5.0, max_ranges: int = 5, max_nan_frac: float = 0.2,
-                 use_train: bool = True) -> None:
-        super().__init__(window=window, threshold=threshold, threshold_k=threshold_k, max_ranges=max_ranges,
-                         max_nan_frac=max_nan_frac, use_train=use_train, n_estimators=n_estimators,
-                         max_samples=max_samples, random_state=random_state, max_cells=max_cells)
-        self.n_estimators = int(n_estimators)
-        self.max_samples = max_samples
-        self.random_state = random_state
-        self.max_cells = int(max_cells)
+    n_estimators: int = param(100, low=1, high=10_000, doc="trees in the forest")
+    max_samples: int | str = param("auto", "any", convert=_max_samples, doc="windows per tree, or auto")
+    random_state: int = param(0, doc="seed of the forest")
+    max_cells: int = param(4_000_000, low=1000, doc="values held at once (windows are strided to fit)")
 
     def _windows(self, v: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
         """(features (W, F), window starts), strided so that at most max_cells values are read

@@ -7,8 +7,9 @@
 
 Zero-shot, the frames of each video are scored against each other (the image engine's own
 zero-shot: frames that look like the rest of the video are normal), so an event must fill
-clearly less than half of the video to stand out (for "embedded", zero-shot averages each
-patch's distances over the closest `zero_shot_fraction` = 50% of the other frames). Scores are smoothed with a running median
+clearly less than half of the video to stand out (the image engine is asked for its settings
+for video frames: "embedded" then averages each patch's distances over the closest 50% of
+the other frames, see `Detector.tuned`). Scores are smoothed with a running median
 (drops one-frame flickers) then a small Gaussian; frames above the threshold form the ranges.
 The threshold is the image engine's own (few-shot) or median + k * MAD of the video's scores.
 """
@@ -23,9 +24,9 @@ import numpy as np
 from scipy import ndimage
 
 from genad import registry
-from genad.detector import Detector
+from genad.detector import Detector, check_image_detector, image_detector_class, param
 from genad.errors import GenadError
-from genad.io.video import video_frames
+from genad.ops import check_min_batch, robust_threshold, runs_to_ranges
 from genad.types import ImageSample, Result, Sample, VideoSample
 
 
@@ -46,69 +47,28 @@ def smooth_scores(scores: np.ndarray, window: int = 5, sigma: float = 1.0) -> np
     return s
 
 
-def mask_to_ranges(mask: np.ndarray, min_length: int = 1) -> list[tuple[int, int]]:
-    """[start, end) runs of True, dropping runs shorter than min_length."""
-    m = np.asarray(mask, dtype=bool)
-    d = np.diff(np.r_[0, m.astype(np.int8), 0])
-    starts, ends = np.flatnonzero(d == 1), np.flatnonzero(d == -1)
-    return [(int(a), int(b)) for a, b in zip(starts, ends) if b - a >= min_length]
-
-
-def robust_threshold(scores: np.ndarray, k: float = 3.0) -> float:
-    """median + k * (scaled MAD): most frames of a video are normal."""
-    med = float(np.median(scores))
-    mad = 1.4826 * float(np.median(np.abs(scores - med)))
-    if mad <= 1e-12:
-        mad = float(np.std(scores)) or 1e-6
-    return med + k * mad
-
-
 class VideoDetector(Detector):
     """Frames through any image detector, then temporal smoothing and range finding."""
 
+    name = "video"
     modalities = ("video",)
     zero_shot = True
-    batch_size = 1  # videos are scored independently: let the evaluator write results as they come
+    chunk_size = 1  # videos are scored independently: a run writes results as they come
 
-    def __init__(
-        self,
-        image_detector: str = "embedded",
-        image_params: dict[str, Any] | None = None,
-        smooth: int = 5,
-        sigma: float = 1.0,
-        k: float = 3.0,
-        threshold: float | None = None,
-        min_range: int = 2,
-        max_ref_frames: int = 32,
-        zero_shot_fraction: float | None = 0.5,
-    ) -> None:
-        if int(smooth) < 1 or float(sigma) < 0:
-            raise GenadError("smooth must be >= 1 frame and sigma >= 0")
-        if int(max_ref_frames) < 1 or int(min_range) < 1:
-            raise GenadError("max_ref_frames and min_range must be >= 1")
-        if image_detector in ("pointcloud", "video", "video-rules"):
-            raise GenadError(f"image_detector must be an image detector such as 'embedded', not {image_detector!r}")
-        super().__init__(
-            image_detector=image_detector, image_params=dict(image_params or {}), smooth=int(smooth),
-            sigma=float(sigma), k=float(k), threshold=threshold, min_range=int(min_range),
-            max_ref_frames=int(max_ref_frames), zero_shot_fraction=zero_shot_fraction,
-        )
-        self.image_detector = image_detector
-        self.image_params = dict(image_params or {})
-        self.smooth, self.sigma, self.k = int(smooth), float(sigma), float(k)
-        self.threshold = None if threshold is None else float(threshold)
-        self.min_range, self.max_ref_frames = int(min_range), int(max_ref_frames)
-        self.zero_shot_fraction = zero_shot_fraction
-        self.frame_detector_: Detector | None = None
-        registry.get(image_detector)  # fail now if the engine is missing
+    image_detector: str = param("embedded", convert=check_image_detector, doc="the image detector that scores frames")
+    image_params: dict = param({}, doc="options of that image detector")
+    smooth: int = param(5, low=1, high=1001, doc="running median over this many frames")
+    sigma: float = param(1.0, low=0.0, high=100.0, doc="then a Gaussian of this many frames")
+    k: float = param(3.0, low=0.0, high=100.0, doc="zero-shot threshold: median + k * MAD of the frame scores")
+    threshold: float | None = param(None, "float", doc="fixed threshold on the smoothed frame scores")
+    min_range: int = param(2, low=1, doc="shortest anomalous range, in frames")
+    max_ref_frames: int = param(32, low=1, high=100_000, doc="normal frames kept for fit()")
+
+    frame_detector_: Detector | None = None  # fitted: the image detector, fit on normal frames
 
     def _new(self, zero_shot: bool = False) -> Detector:
-        params = dict(self.image_params)
-        if zero_shot and self.image_detector == "embedded" and self.zero_shot_fraction is not None:
-            # An event spans consecutive frames, so an anomalous frame finds close matches in
-            # its neighbours; averaging over half of the other frames (not the closest 30%)
-            # keeps those few neighbours from hiding it.
-            params.setdefault("fraction", self.zero_shot_fraction)
+        cls = image_detector_class(self.image_detector)
+        params = cls.tuned(self.image_params, "video_frames") if zero_shot else dict(self.image_params)
         return registry.create(self.image_detector, **params)
 
     def fit(self, normal_samples: Sequence[Sample]) -> VideoDetector:
@@ -116,7 +76,7 @@ class VideoDetector(Detector):
         pools: list[list[ImageSample]] = []
         for s in normal_samples:
             if isinstance(s, VideoSample):
-                pools.append([ImageSample(id=f"{s.id}#{j}", array=f) for j, f in enumerate(video_frames(s))])
+                pools.append([ImageSample(id=f"{s.id}#{j}", array=f) for j, f in enumerate(s.load_frames())])
             elif isinstance(s, ImageSample):
                 pools.append([s])
             else:
@@ -147,23 +107,26 @@ class VideoDetector(Detector):
     def _predict_one(self, sample: Sample, result: Result) -> None:
         if not isinstance(sample, VideoSample):
             raise GenadError(f"sample {sample.id!r} is a {sample.modality}, not a video")
-        frames = video_frames(sample)
+        frames = sample.load_frames()
         n = len(frames)
-        if self.frame_detector_ is None and n < 3:
-            raise GenadError(f"video {sample.id!r} has {n} frame(s): zero-shot needs >= 3, or fit() normal videos first")
+        if self.frame_detector_ is None:
+            try:
+                check_min_batch(n, "frames")
+            except GenadError as e:
+                raise GenadError(f"video {sample.id!r} has {n} frame(s): {e}") from None
         images = [ImageSample(id=f"{sample.id}#{j}", array=f) for j, f in enumerate(frames)]
         det = self.frame_detector_ if self.frame_detector_ is not None else self._new(zero_shot=True)
         frame_results = det.predict(images)
         raw = np.array([r.score if r.ok else np.nan for r in frame_results], dtype=np.float64)
         smoothed = smooth_scores(raw, self.smooth, self.sigma)
         thr = self._threshold(frame_results, smoothed)
-        ranges = mask_to_ranges(smoothed > thr, self.min_range)
+        ranges = runs_to_ranges(smoothed > thr, self.min_range)
         result.anomaly_map = smoothed.astype(np.float32)
         result.score = float(smoothed.max())
         result.threshold = thr
         result.decision = bool(ranges)
         result.ranges = ranges
-        result.extra["raw_frame_scores"] = raw.astype(np.float32)
+        result.frame_scores = raw.astype(np.float32)
         failed = int(np.isnan(raw).sum())
         if failed:
             result.extra["failed_frames"] = failed

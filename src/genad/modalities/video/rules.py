@@ -32,8 +32,7 @@ from genad.engines.lmm.config import LMMConfig
 from genad.engines.lmm.parse import extract_json
 from genad.engines.lmm.provider import BudgetExceeded, LMMClient, system
 from genad.errors import GenadError
-from genad.io.video import video_frames
-from genad.modalities.video.detector import mask_to_ranges
+from genad.ops import runs_to_ranges
 from genad.types import ImageSample, Result, Sample, Usage, VideoSample
 
 _CONFIG_FIELDS = {f.name for f in fields(LMMConfig)}
@@ -234,7 +233,7 @@ class RuleVideoDetector(Detector):
         frames: list[np.ndarray] = []
         for s in normal_samples:
             if isinstance(s, VideoSample):
-                frames.extend(video_frames(s))
+                frames.extend(s.load_frames())
             elif isinstance(s, ImageSample):
                 frames.append(s.load())
             else:
@@ -270,7 +269,7 @@ class RuleVideoDetector(Detector):
     def _predict_one(self, sample: Sample, result: Result) -> None:
         if not isinstance(sample, VideoSample):
             raise GenadError(f"sample {sample.id!r} is a {sample.modality}, not a video")
-        frames = video_frames(sample)
+        frames = sample.load_frames()
         n = len(frames)
         usage = Usage()
         rules = self.rules_
@@ -320,7 +319,7 @@ class RuleVideoDetector(Detector):
         # each frame takes the vote of its nearest judged frame
         nearest = np.clip(np.searchsorted(jidx, all_idx - self.stride / 2.0), 0, len(jidx) - 1)
         frame_vote = smooth_vote[nearest]
-        ranges = mask_to_ranges(frame_vote)
+        ranges = runs_to_ranges(frame_vote)
         result.anomaly_map = frame_scores.astype(np.float32)
         result.score = float(frame_scores.max())
         result.decision = bool(ranges)

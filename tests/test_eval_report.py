@@ -1,29 +1,23 @@
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from genad.evaluate import EvalRun, summarise
 from genad.report.eval_report import write_eval_report
+from genad.run import RunFolder
 from genad.types import GroundTruth, ImageSample, Region, Result
 
 
-@dataclass
-class FakeRun:
-    summary: dict[str, Any]
-    samples: list
-    results: list
-    extra: dict = field(default_factory=dict)
-
-
-def _make_run(tmp_path: Path, keep_maps: bool = True) -> FakeRun:
-    """10 normals and 6 anomalies (a bright square); scores are known, maps peak on the defect."""
+def _make_run(tmp_path: Path, keep_maps: bool = True, write_maps: bool = True, masks: bool = True) -> EvalRun:
+    """10 normals and 6 anomalies (a bright square); scores are known, maps peak on the defect.
+    The run folder is written as a run writes it; the summary's headline figures are then set
+    by hand so that the page's numbers are known."""
     rng = np.random.default_rng(0)
     samples, results = [], []
-    run_dir = tmp_path / "run"
-    (run_dir / "maps").mkdir(parents=True)
+    folder = RunFolder(tmp_path / "run")
+    folder.start({})
     normal_scores = [0.1, 0.2, 0.15, 0.05, 0.3, 0.25, 0.12, 0.9, 0.18, 0.22]  # 0.9: the worst FP
     anomal_scores = [0.8, 0.95, 0.7, 0.02, 0.85, 0.6]  # 0.02: the worst FN
     for n, sc in enumerate(normal_scores + anomal_scores):
@@ -43,28 +37,32 @@ def _make_run(tmp_path: Path, keep_maps: bool = True) -> FakeRun:
         samples.append(
             ImageSample(
                 id=sid, array=img,
-                truth=GroundTruth(label=label, defect_type="crack" if label else "good", mask=mask),
+                truth=GroundTruth(label=label, defect_type="crack" if label else "good", mask=mask if masks else None),
             )
         )
         r = Result(sid, score=sc, explanation="looks <b>odd</b>" if n == 7 else None,
-                   regions=[Region(score=sc, box=(12, 10, 22, 20), index=1)] if label else [])
-        np.savez_compressed(run_dir / "maps" / f"{n}.npz", map=amap.astype(np.float16))
-        if keep_maps:
-            r.anomaly_map = amap
+                   regions=[Region(score=sc, box=(12, 10, 22, 20), index=1)] if label else [],
+                   anomaly_map=amap if write_maps else None)
         results.append(r)
     results.append(Result("broken", error="decoder failed"))
     samples.append(ImageSample(id="broken", array=np.zeros((8, 8, 3), np.uint8), truth=GroundTruth(label=0)))
-    summary = {
+    with folder:
+        records = [folder.append(s, r, n) for n, (s, r) in enumerate(zip(samples, results))]
+    summary, curves = summarise(samples, records, folder)
+    if not keep_maps:
+        for r in results:
+            r.anomaly_map = None
+    summary |= {
         "image_auroc": 0.8, "image_ap": 0.75, "image_f1_max": 0.7, "image_f1_threshold": 0.5,
         "decision": {"precision": 0.8, "recall": 0.667, "f1": 0.727, "accuracy": 0.812,
                      "false_alarms": 1, "misses": 2, "n": 16},
         "pixel_auroc": 0.9, "pixel_ap": 0.6, "aupro": 0.7, "n_images": 17, "detector": "embedded",
-        "data_dir": "data/<tile>", "run_dir": str(run_dir),
+        "data_dir": "data/<tile>", "run_dir": str(folder.path),
         "params": {"api_key": "sk-SECRET-123", "extra_headers": {"Authorization": "Bearer XYZ"}, "shots": 4},
         "usage": {"prompt_tokens": 1234, "completion_tokens": 56},
         "failed": [{"id": "broken", "error": "decoder failed"}],
     }
-    return FakeRun(summary, samples, results)
+    return EvalRun(summary, samples, results, folder.path, records=records, curves=curves)
 
 
 def _gallery_ids(page: str, heading: str) -> list[str]:
@@ -122,10 +120,7 @@ def test_maps_read_from_run_dir_when_not_kept(tmp_path):
 
 
 def test_image_level_only_without_masks_or_maps(tmp_path):
-    run = _make_run(tmp_path, keep_maps=False)
-    run.summary.pop("run_dir")
-    for s in run.samples:
-        s.truth.mask = None
+    run = _make_run(tmp_path, keep_maps=False, write_maps=False, masks=False)
     out = tmp_path / "r3"
     page = write_eval_report(out, run).read_text(encoding="utf-8")
     assert (out / "img" / "roc.png").exists() and not (out / "img" / "pro.png").exists()

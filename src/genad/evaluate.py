@@ -9,27 +9,26 @@ Protocol
   where there is no train split (e.g. brain_mri) they come from `test/good` and are left out
   of the scored set.
 * `limit`: a subsample stratified by defect type, drawn with `seed`.
-* The detector gets `fit(refs)` when shots > 0, then `predict` on chunks of its `batch_size`
-  (None = the whole set at once).
-* Every result is appended to `run_dir/results.jsonl` as soon as its chunk is scored, and its
-  map to `run_dir/maps/<n>.npz` (float16, compressed), so a crash loses nothing and
-  `resume=True` scores only what is missing (LMM runs cost money). Failed samples are retried
-  on resume.
+* The detector gets `fit(refs)` when shots > 0, then runs through genad.run's one loop (chunks
+  as the detector's capabilities ask: the whole set at once for zero-shot comparison).
+* Every result goes to the run folder (genad.run.rundir) as soon as it is scored: a line of
+  `results.jsonl` and its map in `maps/<n>.npz`, so a crash loses nothing and `resume=True`
+  scores only what is missing (LMM runs cost money). Failed samples are retried on resume.
 * Metrics (genad.metrics) are computed from those files at the end, one accumulator at a
-  time, so memory stays bounded however large the set. Failed samples are counted, listed and
-  left out of the metrics.
+  time, so memory stays bounded however large the set; `summary.json` holds the figures and
+  `curves.json` the curves behind them, which the report draws. Failed samples are counted,
+  listed and left out of the metrics.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import resource
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,47 +40,37 @@ from genad.detector import Detector
 from genad.errors import GenadError
 from genad.io.images import image_size
 from genad.io.mvtec import categories, load_mvtec, load_mvtec_train
-from genad.types import ImageSample, Region, Result, Sample, Usage, jsonable
+from genad.ops import resize_map
+from genad.run import RunFolder, run_detector
+from genad.types import ImageSample, Result, Sample, Usage, jsonable
 
-RESULTS_FILE = "results.jsonl"
-CONFIG_FILE = "config.json"
-SUMMARY_FILE = "summary.json"
-MAPS_DIR = "maps"
 # Settings that must match for a run directory to be resumed.
 _RESUME_KEYS = ("data_dir", "detector", "params", "shots", "seed", "limit")
+CURVE_POINTS = 1000  # points kept per curve in curves.json
 
 
 @dataclass
 class EvalRun:
     """What a benchmark run produced. `results[i]` belongs to `samples[i]`; maps are kept on
-    disk (not in memory): read one with `load_map(i)`."""
+    disk (not in memory): read one with `load_map(i)`. `curves` are those behind the summary's
+    figures (what the report draws)."""
 
     summary: dict[str, Any]
     samples: list[Sample]
     results: list[Result]
     run_dir: Path
     refs: list[Sample] = field(default_factory=list)
-    map_files: list[Path | None] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    curves: dict[str, Any] | None = None
+
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.run_dir)
 
     def load_map(self, i: int) -> np.ndarray | None:
         """The anomaly map of sample i as float32, or None if it has none."""
-        path = self.map_files[i] if i < len(self.map_files) else None
-        return None if path is None else read_map(path)
-
-
-def read_map(path: Path) -> np.ndarray:
-    with np.load(path) as z:
-        return z["map"].astype(np.float32)
-
-
-def _write_map(path: Path, amap: np.ndarray) -> None:
-    a = np.asarray(amap, dtype=np.float32)
-    info = np.finfo(np.float16)
-    # float16 halves the disk cost; clip so that a huge score does not become inf.
-    a = np.clip(np.nan_to_num(a, nan=0.0, posinf=info.max, neginf=info.min), info.min, info.max)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, map=a.astype(np.float16))
-    tmp.replace(path)  # atomic: a crash never leaves half a map behind
+        rec = self.records[i] if i < len(self.records) else None
+        return None if rec is None else self.folder.load_map(rec)
 
 
 _SECRET = re.compile(r"key|token|secret|password|authorization", re.IGNORECASE)
@@ -173,64 +162,6 @@ def check_masks(samples: Sequence[ImageSample]) -> None:
             )
 
 
-# -- the run directory -----------------------------------------------------------------------
-def _read_done(path: Path) -> dict[str, dict[str, Any]]:
-    """Lines of results.jsonl by sample id; a later line for the same id wins. A torn last
-    line (a crash mid-write) is ignored."""
-    done: dict[str, dict[str, Any]] = {}
-    if not path.exists():
-        return done
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            done[rec["id"]] = rec
-    return done
-
-
-def _prepare_run_dir(run_dir: Path, config: dict[str, Any], resume: bool) -> dict[str, dict[str, Any]]:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / MAPS_DIR).mkdir(exist_ok=True)
-    results = run_dir / RESULTS_FILE
-    cfg_path = run_dir / CONFIG_FILE
-    if results.exists() and results.stat().st_size > 0 and not resume:
-        raise GenadError(
-            f"{run_dir} already holds results: pass --resume to continue that run, or choose a new --run-dir"
-        )
-    if resume and cfg_path.exists():
-        old = json.loads(cfg_path.read_text(encoding="utf-8"))
-        diff = [k for k in _RESUME_KEYS if old.get(k) != config.get(k)]
-        if diff:
-            raise GenadError(
-                f"cannot resume {run_dir}: it was run with different {', '.join(diff)} "
-                f"(was {', '.join(f'{k}={old.get(k)!r}' for k in diff)}); use the same options or a new --run-dir"
-            )
-    cfg_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
-    return _read_done(results) if resume else {}
-
-
-def _result_from_record(rec: dict[str, Any]) -> Result:
-    usage = Usage(**rec["usage"]) if rec.get("usage") else None
-    regions = [
-        Region(
-            score=float(r["score"]), box=tuple(r["box"]) if r.get("box") else None,
-            label=r.get("label"), index=r.get("index"), explanation=r.get("explanation"),
-        )
-        for r in rec.get("regions") or []
-    ]
-    return Result(
-        rec["id"], score=rec.get("score"), decision=rec.get("decision"), regions=regions,
-        ranges=[tuple(x) for x in rec.get("ranges") or []], explanation=rec.get("explanation"),
-        threshold=rec.get("threshold"), timings=rec.get("timings") or {}, usage=usage,
-        error=rec.get("error"), extra=rec.get("extra") or {},
-    )
-
-
 # -- the protocol ----------------------------------------------------------------------------
 def run_benchmark(
     data_dir: Path | str,
@@ -243,12 +174,14 @@ def run_benchmark(
     resume: bool = False,
     progress: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
+    stop: Callable[[], str | None] | None = None,
 ) -> EvalRun:
     """Run `detector` on the MVTec-style dataset at `data_dir` and compute its figures.
 
     `detector` is a registry name (built with `detector_params`) or a Detector instance.
-    `run_dir` keeps results.jsonl, maps/ and summary.json (a fresh temporary folder when
-    None). `resume=True` continues a run in `run_dir`, scoring only samples not yet done.
+    `run_dir` keeps results.jsonl, maps/, summary.json and curves.json (a fresh temporary
+    folder when None). `resume=True` continues a run in `run_dir`, scoring only samples not
+    yet done. `on_progress(done, total)` and `stop()` as for genad.run.run_detector.
     Raises GenadError for a bad folder, too many shots, a mask of the wrong size, or a run
     directory that holds a different run.
     """
@@ -296,29 +229,30 @@ def run_benchmark(
         "reference_source": ref_source,
     }
     run_dir = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="genad-run-"))
-    done = _prepare_run_dir(run_dir, config, resume)
+    folder = RunFolder(run_dir)
+    done = folder.start(config, resume=resume, must_match=_RESUME_KEYS)
 
     index = {s.id: n for n, s in enumerate(test)}
     todo = [s for s in test if s.id not in done or done[s.id].get("error") or done[s.id].get("score") is None]
     n_resumed = len(test) - len(todo)
 
     t_fit = t_pred = 0.0
-    if todo:
-        t0 = time.perf_counter()
-        if refs:
-            det.fit(refs)
+    t0 = time.perf_counter()
+    if todo and refs:
+        det.fit(refs)
         t_fit = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for rec in _score(det, test, todo, index, run_dir, progress, on_progress, n_resumed):
-            done[rec["id"]] = rec
-        t_pred = time.perf_counter() - t0
-    elif on_progress is not None:
-        on_progress(len(test), len(test))
+    t0 = time.perf_counter()
+    with folder:
+        for s, r in run_detector(
+            det, test, todo=todo, on_progress=on_progress, stop=stop, progress_bar=progress,
+            desc=f"genad eval {det.name}",
+            sink=lambda s, r: done.__setitem__(s.id, folder.append(s, r, index[s.id])),
+        ):
+            pass
+    t_pred = time.perf_counter() - t0 if todo else 0.0
 
     records = [done[s.id] for s in test]
-    results = [_result_from_record(r) for r in records]
-    map_files = [run_dir / r["map"] if r.get("map") and (run_dir / r["map"]).is_file() else None for r in records]
-    summary = _summarise(test, records, map_files)
+    summary, curves = summarise(test, records, folder)
     summary.update(
         {
             "seconds": round(time.perf_counter() - t_start, 3),
@@ -338,129 +272,78 @@ def run_benchmark(
             "run_dir": str(run_dir),
         }
     )
-    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    return EvalRun(summary, list(test), results, run_dir, list(refs), map_files)
-
-
-def _chunks(det: Detector, test: list[Sample], todo: list[Sample]) -> Iterator[tuple[list[Sample], set[str]]]:
-    """(batch to predict, ids in it to record). A zero-shot detector that scores the whole
-    set at once (batch_size None) must see every sample even when some are already done."""
-    caps = det.capabilities()
-    bs = None if caps.whole_batch else (caps.chunk_size or 32)
-    want = {s.id for s in todo}
-    if bs is None:
-        batch = todo if det.fitted_ else test
-        yield batch, want
-        return
-    for i in range(0, len(todo), max(1, int(bs))):
-        chunk = todo[i : i + int(bs)]
-        yield chunk, {s.id for s in chunk}
-
-
-def _score(
-    det: Detector,
-    test: list[Sample],
-    todo: list[Sample],
-    index: dict[str, int],
-    run_dir: Path,
-    progress: bool,
-    on_progress: Callable[[int, int], None] | None,
-    n_done: int,
-) -> Iterator[dict[str, Any]]:
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(test), initial=n_done, disable=not progress, unit="img", desc=f"genad eval {det.name}", leave=False)
-    done = n_done
-    try:
-        with (run_dir / RESULTS_FILE).open("a", encoding="utf-8") as out:
-            for batch, want in _chunks(det, test, todo):
-                try:
-                    results = det.predict(batch)
-                    if len(results) != len(batch):
-                        raise RuntimeError(f"predict returned {len(results)} results for {len(batch)} samples")
-                except (GenadError, KeyboardInterrupt):
-                    raise
-                except Exception as e:  # noqa: BLE001 - one broken chunk must not end a paid run
-                    msg = f"{type(e).__name__}: {e}"
-                    results = [Result(s.id, error=msg) for s in batch]
-                for s, r in zip(batch, results):
-                    if s.id not in want:
-                        continue
-                    rec = _record(s, r, index[s.id], run_dir)
-                    out.write(json.dumps(rec) + "\n")
-                    out.flush()
-                    done += 1
-                    bar.update(1)
-                    if on_progress is not None:
-                        on_progress(done, len(test))
-                    yield rec
-    finally:
-        bar.close()
-
-
-def _record(s: Sample, r: Result, n: int, run_dir: Path) -> dict[str, Any]:
-    d = r.to_dict()
-    if r.score is not None and not math.isfinite(float(r.score)):
-        d["score"], d["error"] = None, d["error"] or f"non-finite score {r.score}"
-    map_rel = None
-    if r.anomaly_map is not None and d["error"] is None:
-        map_rel = f"{MAPS_DIR}/{n}.npz"
-        _write_map(run_dir / map_rel, r.anomaly_map)
-    d.pop("sample_id", None)
-    return {
-        "id": s.id,
-        "n": n,
-        "label": s.label,
-        "defect_type": s.truth.defect_type if s.truth else None,
-        **d,
-        "map": map_rel,
-    }
+    folder.write_summary(summary)
+    folder.write_curves(curves)
+    results = [folder.result(r) for r in records]
+    return EvalRun(summary, list(test), results, run_dir, list(refs), records, curves)
 
 
 # -- figures ---------------------------------------------------------------------------------
-def _add_maps(pm: Any, samples: Sequence[Sample], map_files: Sequence[Path | None], keep: Sequence[int]) -> None:
+def _add_maps(pm: Any, samples: Sequence[Sample], records: Sequence[dict[str, Any]], folder: RunFolder,
+              keep: Sequence[int]) -> None:
     """Add the samples `keep` that have a map and pixel truth (normal images count as
     all-normal masks) to the accumulator, reading maps from disk one at a time."""
-    from genad.report.overlay import resize_map
-
     for i in keep:
-        s, path = samples[i], map_files[i]
-        if path is None or not isinstance(s, ImageSample):
+        s = samples[i]
+        if not isinstance(s, ImageSample):
             continue
-        if s.label == 1 and (s.truth is None or s.truth.mask_path is None):
+        if s.label == 1 and (s.truth is None or (s.truth.mask_path is None and s.truth.mask is None)):
             continue  # anomalous but no mask: no pixel truth for it
+        amap = folder.load_map(records[i])
+        if amap is None:
+            continue
+        from_disk = s.truth is not None and s.truth.mask is None
         mask = None if s.label == 0 else s.truth.get_mask()  # type: ignore[union-attr]
-        amap = read_map(path)
         if mask is not None and amap.shape != mask.shape:
             amap = resize_map(amap, mask.shape)
         pm.add(amap, mask)
-        if s.truth is not None:
+        if s.truth is not None and from_disk:
             s.truth.mask = None  # do not keep every mask in memory
 
 
 def _pixel_figures(
-    samples: Sequence[Sample], map_files: Sequence[Path | None], good: Sequence[int], by_type: dict[str, list[int]]
-) -> tuple[dict[str, float | None], dict[str, dict[str, float | None]]]:
+    samples: Sequence[Sample], records: Sequence[dict[str, Any]], folder: RunFolder, good: Sequence[int],
+    by_type: dict[str, list[int]],
+) -> tuple[dict[str, float | None], dict[str, dict[str, float | None]], dict[str, Any] | None]:
     """Pixel AUROC / AP / AUPRO over everything, and per defect type (that type + the good
-    images). The good images are read once: their accumulated state is copied for each type,
-    so maps are read about twice in all and at most two accumulators live at a time."""
+    images), and the curves over everything. The good images are read once: their
+    accumulated state is copied for each type, so maps are read about twice in all and at
+    most two accumulators live at a time."""
     import copy
 
     from genad.metrics.pixel import PixelMetrics
 
     base = PixelMetrics()
-    _add_maps(base, samples, map_files, good)
+    _add_maps(base, samples, records, folder, good)
     per: dict[str, dict[str, float | None]] = {}
     for t, idx in by_type.items():
         pm = copy.deepcopy(base)
-        _add_maps(pm, samples, map_files, idx)
+        _add_maps(pm, samples, records, folder, idx)
         per[t] = pm.compute()
         del pm
-    _add_maps(base, samples, map_files, [i for idx in by_type.values() for i in idx])
-    return base.compute(), per
+    _add_maps(base, samples, records, folder, [i for idx in by_type.values() for i in idx])
+    curves = base.curves(max_points=CURVE_POINTS)
+    return base.compute(), per, curves
 
 
-def _summarise(samples: list[Sample], records: list[dict[str, Any]], map_files: list[Path | None]) -> dict[str, Any]:
+def _thin(points: dict[str, np.ndarray], n: int = CURVE_POINTS) -> dict[str, list[float]]:
+    """Curves thinned to about n points each, as rounded lists for curves.json."""
+    out = {}
+    for k, v in points.items():
+        v = np.asarray(v, dtype=np.float64)
+        if v.size > n:
+            v = v[np.unique(np.linspace(0, v.size - 1, n).round().astype(int))]
+        out[k] = [round(float(x), 6) for x in v]
+    return out
+
+
+def summarise(
+    samples: list[Sample], records: list[dict[str, Any]], folder: RunFolder
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(summary, curves) of a run from its records (`records[i]` belongs to `samples[i]`) and
+    the maps in its folder."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
     from genad.metrics.image import decision_metrics, f1_max, image_ap, image_auroc
 
     ok = [i for i, r in enumerate(records) if r.get("error") is None and r.get("score") is not None]
@@ -472,7 +355,8 @@ def _summarise(samples: list[Sample], records: list[dict[str, Any]], map_files: 
     decision = decision_metrics([int(samples[i].label) for i in decided],  # type: ignore[arg-type]
                                 [bool(records[i]["decision"]) for i in decided])
     has_masks = any(
-        isinstance(s, ImageSample) and s.truth is not None and s.truth.mask_path is not None for s in samples
+        isinstance(s, ImageSample) and s.truth is not None and (s.truth.mask_path is not None or s.truth.mask is not None)
+        for s in samples
     )
     per_type: dict[str, dict[str, Any]] = {}
     by_type: dict[str, list[int]] = defaultdict(list)
@@ -481,13 +365,15 @@ def _summarise(samples: list[Sample], records: list[dict[str, Any]], map_files: 
     ok_set = set(ok)
     good_ok = [i for i in by_type.get("good", []) if i in ok_set]
     none: dict[str, float | None] = {"pixel_auroc": None, "pixel_ap": None, "aupro": None}
-    pixel, pixel_per_type = none, {}
+    pixel, pixel_per_type, pixel_curves = none, {}, None
     if has_masks:
         defect_ok = {
             t: [i for i in idx if i in ok_set and samples[i].label is not None]
             for t, idx in by_type.items() if t != "good"
         }
-        pixel, pixel_per_type = _pixel_figures(samples, map_files, [i for i in good_ok if samples[i].label is not None], defect_ok)
+        pixel, pixel_per_type, pixel_curves = _pixel_figures(
+            samples, records, folder, [i for i in good_ok if samples[i].label is not None], defect_ok
+        )
     for t in sorted(by_type):
         idx = by_type[t]
         idx_ok = [i for i in idx if i in ok_set]
@@ -513,7 +399,7 @@ def _summarise(samples: list[Sample], records: list[dict[str, Any]], map_files: 
         if r.get("usage"):
             usage = (usage or Usage()) + Usage(**r["usage"])
     failed = [{"id": r["id"], "error": r["error"]} for r in records if r.get("error") or r.get("score") is None]
-    return {
+    summary = {
         "image_auroc": image_auroc(labels, scores) if labelled else None,
         "image_ap": image_ap(labels, scores) if labelled else None,
         "image_f1_max": f1,
@@ -526,6 +412,14 @@ def _summarise(samples: list[Sample], records: list[dict[str, Any]], map_files: 
         "n_anomalous": sum(1 for s in samples if s.label == 1),
         "n_normal": sum(1 for s in samples if s.label == 0),
         "per_type": per_type,
-        "usage": None if usage is None else usage.__dict__.copy(),
+        "usage": None if usage is None else usage.to_dict(),
         "failed": failed,
     }
+    curves: dict[str, Any] = {"image": None, "pixel": None}
+    if labelled and 0 < sum(labels) < len(labels):
+        fpr, tpr, _ = roc_curve(labels, scores)
+        precision, recall, _ = precision_recall_curve(labels, scores)
+        curves["image"] = _thin({"fpr": fpr, "tpr": tpr, "recall": recall, "precision": precision})
+    if pixel_curves is not None:
+        curves["pixel"] = _thin(pixel_curves)
+    return summary, curves

@@ -16,6 +16,8 @@ from genad import registry
 from genad.cli.app import app
 from genad.detector import Detector
 from genad.errors import GenadError
+from genad.evaluate import public_params
+from genad.run import RunFolder, run_detector
 from genad.types import ImageSample, PointCloudSample, Result, Sample, TimeSeriesSample, VideoSample
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -62,15 +64,6 @@ def _pick_detector(name: str | None, modality: str, params: dict[str, Any]) -> D
     return det
 
 
-def _batches(det: Detector, samples: list[Sample]) -> list[list[Sample]]:
-    caps = det.capabilities()
-    bs = None if caps.whole_batch else (caps.chunk_size or 32)
-    if bs is None:
-        # e.g. zero-shot mutual scoring compares the inputs with one another: all at once.
-        return [samples]
-    return [samples[i : i + int(bs)] for i in range(0, len(samples), max(1, int(bs)))]
-
-
 def _apply_threshold(r: Result, threshold: float | None) -> None:
     if threshold is not None and r.score is not None:
         r.threshold = threshold
@@ -78,19 +71,21 @@ def _apply_threshold(r: Result, threshold: float | None) -> None:
 
 
 class _Writer:
-    """Writes results.jsonl line by line, overlay PNGs, and keeps what index.html needs."""
+    """The run folder (results.jsonl as it goes, maps/), overlay PNGs, and what index.html
+    needs. Without --out it only keeps the rows for the table."""
 
-    def __init__(self, out: Path | None) -> None:
+    def __init__(self, out: Path | None, config: dict[str, Any]) -> None:
         self.out = out
         self.rows: list[Any] = []
-        self._fh = None
+        self.folder: RunFolder | None = None
         if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
+            self.folder = RunFolder(out)
+            self.folder.start(config, overwrite=True)  # a new detection replaces the old one
             (out / "overlays").mkdir(exist_ok=True)
-            self._fh = (out / "results.jsonl").open("w", encoding="utf-8")
+            self.folder.__enter__()
 
-    def add(self, sample: Sample, r: Result) -> None:
-        if self.out is None or self._fh is None:
+    def add(self, sample: Sample, r: Result, n: int) -> None:
+        if self.out is None or self.folder is None:
             return
         from genad.report.detect_index import IndexRow, thumbnail_data_url
 
@@ -120,10 +115,7 @@ class _Writer:
                 r.error = r.error or str(e)
         elif r.error is None:
             link, thumb = self._picture(sample, r)
-        rec = {"id": sample.id, **r.to_dict(), "overlay": link}
-        rec.pop("sample_id", None)
-        self._fh.write(json.dumps(rec) + "\n")
-        self._fh.flush()
+        self.folder.append(sample, r, n, overlay=link)
         truth = None
         if sample.truth is not None and sample.truth.label is not None:
             truth = sample.truth.defect_type or ("anomalous" if sample.truth.label else "normal")
@@ -164,11 +156,11 @@ class _Writer:
             return None, None
 
     def close(self, meta: str) -> Path | None:
-        if self.out is None or self._fh is None:
+        if self.out is None or self.folder is None:
             return None
         from genad.report.detect_index import write_detect_index
 
-        self._fh.close()
+        self.folder.__exit__(None, None, None)
         return write_detect_index(self.out, self.rows, meta=meta)
 
 
@@ -247,10 +239,20 @@ def detect(
             f"the inputs mix {', '.join(sorted(groups))}; one --detector cannot read them all: run them separately"
         )
 
-    writer = _Writer(out)
+    config = {"inputs": [str(p) for p in paths], "normal": [str(p) for p in normal or []],
+              "detector": detector, "params": public_params(params), "threshold": threshold}
+    writer = _Writer(out, config)
+    order = {s.id: i for i, s in enumerate(samples)}
     pairs: list[tuple[Sample, Result]] = []
     names: list[str] = []
     t0 = time.perf_counter()
+
+    def sink(s: Sample, r: Result) -> None:
+        _apply_threshold(r, threshold)
+        writer.add(s, r, order[s.id])
+        r.anomaly_map = None  # written to the run folder: the table does not need it in memory
+        pairs.append((s, r))
+
     try:
         for mod, group in groups.items():
             det = _pick_detector(detector, mod, params)
@@ -258,21 +260,14 @@ def detect(
             group_refs = [r for r in refs if r.modality == mod]
             if refs and not group_refs:
                 raise GenadError(f"the --normal examples are not {mod} files like the inputs: give matching references")
-            if group_refs:
-                det.fit(group_refs)
-            elif not det.zero_shot:
+            if not group_refs and not det.zero_shot:
                 raise GenadError(f"detector {det.name!r} needs normal examples: add --normal DIR")
-            for batch in _batches(det, group):
-                results = det.predict(batch)
-                for s, r in zip(batch, results):
-                    _apply_threshold(r, threshold)
-                    writer.add(s, r)
-                    pairs.append((s, r))
+            for _ in run_detector(det, group, refs=group_refs, sink=sink):
+                pass
     finally:
         meta = f"detector: {', '.join(names) or '?'}; {'few-shot, ' + str(len(refs)) + ' normal examples' if refs else 'zero-shot'}"
         index = writer.close(meta)
 
-    order = {s.id: i for i, s in enumerate(samples)}
     pairs.sort(key=lambda p: order[p[0].id])
     _print_table(pairs)
     n_bad = sum(1 for _, r in pairs if r.decision)

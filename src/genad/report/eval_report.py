@@ -17,7 +17,6 @@ import html
 import json
 import math
 import re
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +27,6 @@ from PIL import Image
 from scipy import ndimage
 
 from genad.errors import GenadError
-from genad.metrics.image import image_auroc
-from genad.metrics.pixel import PixelMetrics
 from genad.types import ImageSample, Result, Sample
 
 IMG_DIR = "img"
@@ -50,11 +47,15 @@ _LABELS = {
 
 
 class RunLike(Protocol):
-    """What the report reads from genad.evaluate.EvalRun."""
+    """What the report reads from genad.evaluate.EvalRun: the summary and the curves the run
+    wrote (it computes no figure itself), the samples and results, and their maps."""
 
     summary: dict[str, Any]
     samples: list[Sample]
     results: list[Result]
+    curves: dict[str, Any] | None
+
+    def load_map(self, i: int) -> np.ndarray | None: ...
 
 
 @dataclass
@@ -97,27 +98,13 @@ def _fmt(v: Any) -> str:
 
 
 def _load_map(run: RunLike, i: int) -> np.ndarray | None:
-    """The anomaly map of sample i: kept in the result, else from the run's maps/ folder."""
+    """The anomaly map of sample i: kept in the result, else as the run wrote it."""
     r = run.results[i]
     if r.anomaly_map is not None:
         return np.asarray(r.anomaly_map, dtype=np.float32)
-    loader = getattr(run, "load_map", None)
-    if callable(loader):
-        try:
-            return loader(i)
-        except (OSError, ValueError, KeyError):
-            return None
-    run_dir = run.summary.get("run_dir")
-    if not run_dir:
-        return None
-    path = Path(run_dir) / "maps" / f"{i}.npz"
-    if not path.exists():
-        return None
     try:
-        with np.load(path) as z:
-            key = "map" if "map" in z.files else z.files[0]
-            return z[key].astype(np.float32)
-    except (OSError, ValueError, IndexError):
+        return run.load_map(i)
+    except (OSError, ValueError, KeyError):
         return None
 
 
@@ -136,14 +123,6 @@ def _mask(sample: Sample, shape: tuple[int, int] | None = None) -> np.ndarray | 
     if m is not None and shape is not None and m.shape != tuple(shape):
         return None
     return m
-
-
-def _resize(amap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    if amap.shape == tuple(shape):
-        return amap
-    from genad.report.overlay import resize_map
-
-    return resize_map(amap, shape)
 
 
 # -- plots -----------------------------------------------------------------------------------
@@ -169,31 +148,27 @@ def _save(fig: Any, path: Path) -> str:
     return f"{IMG_DIR}/{path.name}"
 
 
-def _curve_plots(
-    img_dir: Path, labels: np.ndarray, scores: np.ndarray, pixel: dict[str, np.ndarray] | None, summary: dict[str, Any]
-) -> list[tuple[str, str]]:
-    """(caption, relative png path) for ROC, PR and (with masks) PRO curves."""
-    from sklearn.metrics import precision_recall_curve, roc_curve
-
+def _curve_plots(img_dir: Path, curves: dict[str, Any] | None, summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """(caption, relative png path) for ROC, PR and (with masks) PRO curves, drawn from the
+    curves the run wrote (curves.json)."""
     plots: list[tuple[str, str]] = []
-    have_image = labels.size > 0 and labels.min() != labels.max()
-    if not have_image and pixel is None:
+    image = (curves or {}).get("image")
+    pixel = (curves or {}).get("pixel")
+    if image is None and pixel is None:
         return plots
 
     fig, ax = _figure("ROC", "false positive rate", "true positive rate")
     ax.plot([0, 1], [0, 1], color="0.7", lw=1, ls="--")
-    if have_image:
-        fpr, tpr, _ = roc_curve(labels, scores)
-        ax.plot(fpr, tpr, lw=2, label=f"image (AUROC {_fmt(summary.get('image_auroc'))})")
+    if image is not None:
+        ax.plot(image["fpr"], image["tpr"], lw=2, label=f"image (AUROC {_fmt(summary.get('image_auroc'))})")
     if pixel is not None:
         ax.plot(pixel["fpr"], pixel["tpr"], lw=2, label=f"pixel (AUROC {_fmt(summary.get('pixel_auroc'))})")
     ax.legend(loc="lower right")
     plots.append(("ROC curves", _save(fig, img_dir / "roc.png")))
 
     fig, ax = _figure("Precision-recall", "recall", "precision")
-    if have_image:
-        p, r, _ = precision_recall_curve(labels, scores)
-        ax.step(r, p, where="post", lw=2, label=f"image (AP {_fmt(summary.get('image_ap'))})")
+    if image is not None:
+        ax.step(image["recall"], image["precision"], where="post", lw=2, label=f"image (AP {_fmt(summary.get('image_ap'))})")
     if pixel is not None:
         ax.plot(pixel["recall"], pixel["precision"], lw=2, label=f"pixel (AP {_fmt(summary.get('pixel_ap'))})")
     ax.legend(loc="lower left")
@@ -283,25 +258,11 @@ def _gallery_html(
 
 
 # -- tables ----------------------------------------------------------------------------------
-def _per_type(summary: dict[str, Any], entries: Sequence[_Entry]) -> dict[str, dict[str, Any]]:
+def _per_type(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
     given = summary.get("per_type")
-    if isinstance(given, dict) and given:
-        return {str(k): (v if isinstance(v, dict) else {"value": v}) for k, v in given.items()}
-    # Not in the summary: n, mean score and AUROC of each type against the normals.
-    by_type: dict[str, list[_Entry]] = defaultdict(list)
-    for e in entries:
-        t = e.sample.truth.defect_type if e.sample.truth and e.sample.truth.defect_type else ("good" if e.label == 0 else "anomalous")
-        by_type[t].append(e)
-    goods = [e for e in entries if e.label == 0]
-    table = {}
-    for t, es in sorted(by_type.items()):
-        both = goods + [e for e in es if e.label == 1]
-        table[t] = {
-            "n": len(es),
-            "mean_score": float(np.mean([e.score for e in es])),
-            "image_auroc": image_auroc([e.label for e in both], [e.score for e in both]) if t != "good" else None,
-        }
-    return table
+    if not isinstance(given, dict):
+        return {}
+    return {str(k): (v if isinstance(v, dict) else {"value": v}) for k, v in given.items()}
 
 
 def _table(rows: dict[str, dict[str, Any]], first: str) -> str:
@@ -354,25 +315,8 @@ def write_eval_report(out_dir: Path, run: RunLike, gallery_size: int = 8, thumb_
         if r.ok and s.label is not None and math.isfinite(float(r.score))  # type: ignore[arg-type]
     ]
     labels = np.array([e.label for e in entries], dtype=np.int64)
-    scores = np.array([e.score for e in entries], dtype=np.float64)
 
-    # Pixel-level curves need maps and masks: one image at a time.
-    pixel = None
-    if any(_mask_known(e.sample) for e in entries):
-        pm = PixelMetrics()
-        for e in entries:
-            if e.label == 1 and not _mask_known(e.sample):
-                continue  # anomalous without a mask: no pixel truth
-            amap = _load_map(run, e.i)
-            if amap is None or amap.ndim != 2:
-                continue
-            mask = _mask(e.sample) if e.label == 1 else None
-            if e.label == 1 and mask is None:
-                continue
-            pm.add(_resize(amap, mask.shape) if mask is not None else amap, mask)
-        pixel = pm.curves()
-
-    plots = _curve_plots(img_dir, labels, scores, pixel, summary)
+    plots = _curve_plots(img_dir, getattr(run, "curves", None), summary)
 
     threshold = summary.get("image_f1_threshold")
     threshold = float(threshold) if isinstance(threshold, (int, float)) else None
@@ -426,7 +370,7 @@ def write_eval_report(out_dir: Path, run: RunLike, gallery_size: int = 8, thumb_
 <h2>Curves</h2>
 <div class="plots">{plots_html or '<p class="muted">Curves need both normal and anomalous images.</p>'}</div>
 <h2>Per defect type</h2>
-{_table(_per_type(summary, entries), "type")}
+{_table(_per_type(summary), "type")}
 <h2>Worst false positives: highest-scoring normal images</h2>
 <p class="muted">{scale_note}</p>
 {_gallery_html(run, fps, img_dir, "fp", thumb_px, vmin, vmax, threshold)}
@@ -440,8 +384,3 @@ def write_eval_report(out_dir: Path, run: RunLike, gallery_size: int = 8, thumb_
     index = out_dir / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
-
-
-def _mask_known(sample: Sample) -> bool:
-    t = sample.truth
-    return t is not None and (t.mask is not None or t.mask_path is not None)

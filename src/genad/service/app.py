@@ -245,7 +245,7 @@ def create_app(
     ) -> dict[str, Any]:
         """Per-input results of a batch job, in input order."""
         _job(job_id)
-        return {"results": store.job_results(job_id, limit, offset)}
+        return {"results": jobs.results(job_id, limit, offset)}
 
     @app.post("/v1/jobs/{job_id}/cancel", tags=["jobs"])
     async def cancel_job(job_id: str) -> dict[str, Any]:

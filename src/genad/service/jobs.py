@@ -1,5 +1,7 @@
 """Background jobs: an evaluation (genad.evaluate.run_benchmark) or a batch detection over a
-folder, run one at a time in a worker thread, with progress and results kept in the store.
+folder, run one at a time in a worker thread. Both go through genad.run's loop into a run
+folder under storage/jobs/<id>/run (results as they come, resumable); the store keeps each
+job's status, progress and summary.
 
 Folders come only from the allow-list of data roots given at start-up: a request names a folder
 relative to a root (or an absolute path inside one); anything that resolves outside, through
@@ -18,6 +20,7 @@ from typing import Any
 
 from genad import registry
 from genad.errors import GenadError
+from genad.run import RunCancelled, RunFolder, run_detector
 from genad.service.inspector import check_params
 from genad.service.store import FINAL_STATES, Job, Store, new_id
 from genad.types import jsonable
@@ -31,14 +34,6 @@ class AccessDenied(GenadError):
 
 class NotFound(GenadError):
     """No such job, inspection or folder (HTTP 404)."""
-
-
-class _Stop(Exception):
-    """Raised from the progress callback to stop a job that was cancelled or is shutting down."""
-
-    def __init__(self, status: str) -> None:
-        super().__init__(status)
-        self.status = status
 
 
 @dataclass
@@ -160,12 +155,27 @@ class JobRunner:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self.store.mark_interrupted()
 
+    def run_folder(self, job_id: str) -> RunFolder:
+        return RunFolder(self.jobs_dir / job_id / "run")
+
+    def results(self, job_id: str, limit: int, offset: int) -> list[dict[str, Any]]:
+        """A job's per-input results in input order, as its run folder holds them."""
+        self.get(job_id)
+        out = []
+        for rec in self.run_folder(job_id).ordered()[offset : offset + limit]:
+            d = {k: v for k, v in rec.items() if k not in ("id", "map")}
+            out.append({"sample_id": rec["id"], **d})
+        return out
+
     # -- work --------------------------------------------------------------------------------
-    def _check(self, job_id: str) -> None:
+    def _stop_status(self, job_id: str) -> str | None:
         with self._lock:
-            status = self._stop.get(job_id)
+            return self._stop.get(job_id)
+
+    def _check(self, job_id: str) -> None:
+        status = self._stop_status(job_id)
         if status:
-            raise _Stop(status)
+            raise RunCancelled(status)
 
     def _run(self, job_id: str, req: JobRequest, data_dir: Path, normal_dir: Path | None,
              resume: bool) -> None:
@@ -175,9 +185,9 @@ class JobRunner:
             if req.kind == "evaluate":
                 summary = self._evaluate(job_id, req, data_dir, resume)
             else:
-                summary = self._batch(job_id, req, data_dir, normal_dir)
+                summary = self._batch(job_id, req, data_dir, normal_dir, resume)
             self.store.update_job(job_id, status="done", finished=time.time(), summary=summary)
-        except _Stop as stop:
+        except RunCancelled as stop:
             self.store.update_job(job_id, status=stop.status, finished=time.time(),
                                   error=f"job {stop.status}")
         except GenadError as e:
@@ -193,7 +203,6 @@ class JobRunner:
         last = [0.0]
 
         def on_progress(done: int, total: int) -> None:
-            self._check(job_id)
             now = time.monotonic()
             # A progress write per sample would make SQLite the bottleneck on fast detectors.
             if done >= total or now - last[0] >= 0.25:
@@ -218,6 +227,7 @@ class JobRunner:
             resume=resume,
             progress=False,
             on_progress=self._progress(job_id),
+            stop=lambda: self._stop_status(job_id),
         )
         summary: dict[str, Any] = jsonable(dict(run.summary))
         summary.pop("run_dir", None)  # a server path: the job id already names the run
@@ -230,7 +240,9 @@ class JobRunner:
             summary["report_error"] = f"{type(e).__name__}: {e}"
         return summary
 
-    def _batch(self, job_id: str, req: JobRequest, data_dir: Path, normal_dir: Path | None) -> dict[str, Any]:
+    def _batch(self, job_id: str, req: JobRequest, data_dir: Path, normal_dir: Path | None,
+               resume: bool) -> dict[str, Any]:
+        from genad.evaluate import public_params
         from genad.io import load_inputs
 
         t0 = time.perf_counter()
@@ -240,31 +252,32 @@ class JobRunner:
         if not samples:
             raise GenadError(f"no readable inputs in data_dir {req.data_dir!r}")
         det = registry.create(req.detector, **req.params)
-        if normal_dir is not None:
-            det.fit(load_inputs([normal_dir]))
+        refs = load_inputs([normal_dir]) if normal_dir is not None else []
+        if not refs and not det.zero_shot:
+            raise GenadError(f"detector {det.name!r} needs normal references: give normal_dir")
+        folder = self.run_folder(job_id)
+        config = {"data_dir": str(data_dir), "normal_dir": None if normal_dir is None else str(normal_dir),
+                  "detector": det.name, "params": public_params(det.params), "limit": req.limit}
+        done = folder.start(config, resume=resume, overwrite=not resume,
+                            must_match=("data_dir", "normal_dir", "detector", "params", "limit"))
+        todo = [s for s in samples if s.id not in done or done[s.id].get("error") or done[s.id].get("score") is None]
+        index = {s.id: n for n, s in enumerate(samples)}
         on_progress = self._progress(job_id)
-        on_progress(0, len(samples))
-        caps = det.capabilities()
-        step = len(samples) if caps.whole_batch else (caps.chunk_size or 32)
-        n_anom = n_err = 0
-        scored: list[tuple[float, str]] = []
-        for start in range(0, len(samples), step):
-            chunk = samples[start : start + step]
-            results = det.predict(chunk)
-            dicts = [r.to_dict() for r in results]
-            self.store.add_job_results(job_id, start, dicts)
-            for r in results:
-                n_anom += bool(r.decision)
-                n_err += r.error is not None
-                if r.score is not None:
-                    scored.append((float(r.score), r.sample_id))
-            on_progress(start + len(chunk), len(samples))
-        scored.sort(reverse=True)
+        on_progress(len(samples) - len(todo), len(samples))
+        with folder:
+            for _ in run_detector(
+                det, samples, todo=todo, refs=refs, on_progress=on_progress,
+                stop=lambda: self._stop_status(job_id),
+                sink=lambda s, r: done.__setitem__(s.id, folder.append(s, r, index[s.id])),
+            ):
+                pass
+        records = [done[s.id] for s in samples]
+        scored = sorted(((float(r["score"]), r["id"]) for r in records if r.get("score") is not None), reverse=True)
         return {
             "n_samples": len(samples),
-            "n_anomalous": n_anom,
-            "n_errors": n_err,
+            "n_anomalous": sum(1 for r in records if r.get("decision")),
+            "n_errors": sum(1 for r in records if r.get("error")),
             "seconds": round(time.perf_counter() - t0, 3),
-            "top": [{"sample_id": s, "score": v} for v, s in scored[:10]],
+            "top": [{"sample_id": sid, "score": v} for v, sid in scored[:10]],
             "results_url": f"/v1/jobs/{job_id}/results",
         }

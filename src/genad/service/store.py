@@ -46,12 +46,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created);
-CREATE TABLE IF NOT EXISTS job_results (
-    job_id TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    result TEXT NOT NULL,
-    PRIMARY KEY (job_id, idx)
-);
 """
 
 #: job states; the last three are final
@@ -183,21 +177,6 @@ class Store:
         vals = [json.dumps(v) if isinstance(v, dict) else v for v in fields.values()]
         with self._tx() as db:
             db.execute(f"UPDATE jobs SET {cols} WHERE id=?", (*vals, job_id))
-
-    def add_job_results(self, job_id: str, start: int, results: list[dict[str, Any]]) -> None:
-        with self._tx() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO job_results VALUES (?,?,?)",
-                [(job_id, start + i, json.dumps(r)) for i, r in enumerate(results)],
-            )
-
-    def job_results(self, job_id: str, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
-        with self._tx() as db:
-            rows = db.execute(
-                "SELECT result FROM job_results WHERE job_id=? ORDER BY idx LIMIT ? OFFSET ?",
-                (job_id, limit, offset),
-            ).fetchall()
-        return [json.loads(r[0]) for r in rows]
 
     def mark_interrupted(self) -> int:
         """At start-up: jobs that were queued or running when the last process ended can no

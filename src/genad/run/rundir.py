@@ -1,0 +1,211 @@
+"""The run folder: what a run of a detector leaves on disk, written as results come.
+
+    run_dir/
+      config.json      what was run (detector, public parameters, data, references...)
+      results.jsonl    one JSON line per scored sample, appended as soon as it is scored
+      maps/<n>.npz     the anomaly map of sample n (float16, compressed), when it has one
+      summary.json     the figures (evaluation runs)
+      curves.json      ROC / PR / PRO curves behind those figures (evaluation runs)
+
+A results line is the sample's id, its position `n` in the run, its label and defect type
+when known, the Result's JSON form (`Result.to_dict`, without `sample_id`), `map` (the map's
+path relative to the folder, or null) and any fields the writer adds (e.g. `overlay`). A
+later line for the same id wins, so a sample retried on resume simply appears again; a torn
+last line (a crash mid-write) is ignored. Everything that reads results (resume, reports, the
+service) reads them through this class.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from genad.errors import GenadError
+from genad.types import Result, Sample, jsonable
+
+RESULTS_FILE = "results.jsonl"
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"
+CURVES_FILE = "curves.json"
+MAPS_DIR = "maps"
+
+
+def write_map(path: Path, amap: np.ndarray) -> None:
+    """An anomaly map as float16 npz, atomically (a crash never leaves half a map)."""
+    a = np.asarray(amap, dtype=np.float32)
+    info = np.finfo(np.float16)
+    # float16 halves the disk cost; clip so that a huge score does not become inf.
+    a = np.clip(np.nan_to_num(a, nan=0.0, posinf=info.max, neginf=info.min), info.min, info.max)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, map=a.astype(np.float16))
+    tmp.replace(path)
+
+
+def read_map(path: Path) -> np.ndarray:
+    with np.load(path) as z:
+        return z["map"].astype(np.float32)
+
+
+class RunFolder:
+    """One run's folder (see the module doc)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._fh: IO[str] | None = None
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    @property
+    def results_path(self) -> Path:
+        return self.path / RESULTS_FILE
+
+    # -- starting -----------------------------------------------------------------------------
+    def start(
+        self,
+        config: dict[str, Any],
+        *,
+        resume: bool = False,
+        must_match: Sequence[str] = (),
+        overwrite: bool = False,
+    ) -> dict[str, dict[str, Any]]:
+        """Create the folder and write config.json; returns the records already done (by id)
+        when resuming, else {}. A folder that holds results is refused unless `resume` (its
+        config must then agree on the keys `must_match`) or `overwrite` (start afresh)."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            (self.path / MAPS_DIR).mkdir(exist_ok=True)
+        except OSError as e:
+            raise GenadError(f"cannot create the run folder {self.path}: {e}") from e
+        has_results = self.results_path.exists() and self.results_path.stat().st_size > 0
+        if has_results and not resume and not overwrite:
+            raise GenadError(
+                f"{self.path} already holds results: pass --resume to continue that run, or choose a new --run-dir"
+            )
+        cfg_path = self.path / CONFIG_FILE
+        if resume and cfg_path.exists():
+            old = json.loads(cfg_path.read_text(encoding="utf-8"))
+            diff = [k for k in must_match if old.get(k) != config.get(k)]
+            if diff:
+                raise GenadError(
+                    f"cannot resume {self.path}: it was run with different {', '.join(diff)} "
+                    f"(was {', '.join(f'{k}={old.get(k)!r}' for k in diff)}); use the same options or a new --run-dir"
+                )
+        if overwrite and not resume:
+            self.results_path.unlink(missing_ok=True)
+            for p in (self.path / MAPS_DIR).glob("*.npz"):
+                p.unlink()
+            for name in (SUMMARY_FILE, CURVES_FILE):
+                (self.path / name).unlink(missing_ok=True)
+        cfg_path.write_text(json.dumps(jsonable(config), indent=2), encoding="utf-8")
+        return self.records() if resume else {}
+
+    def config(self) -> dict[str, Any]:
+        path = self.path / CONFIG_FILE
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+    # -- writing ------------------------------------------------------------------------------
+    def __enter__(self) -> RunFolder:
+        self._fh = self.results_path.open("a", encoding="utf-8")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def append(self, sample: Sample, result: Result, n: int, **fields: Any) -> dict[str, Any]:
+        """Write one result (its map to maps/<n>.npz) and return its record. Inside `with`."""
+        if self._fh is None:
+            raise RuntimeError("RunFolder.append needs `with folder:` around it")
+        rec = self.record(sample, result, n, **fields)
+        self._fh.write(json.dumps(rec) + "\n")
+        self._fh.flush()
+        return rec
+
+    def record(self, sample: Sample, result: Result, n: int, **fields: Any) -> dict[str, Any]:
+        d = result.to_dict()
+        d.pop("sample_id", None)
+        if d["score"] is not None and not math.isfinite(float(d["score"])):
+            d["score"], d["error"] = None, d["error"] or f"non-finite score {result.score}"
+        map_rel = None
+        if result.anomaly_map is not None and d["error"] is None:
+            map_rel = f"{MAPS_DIR}/{n}.npz"
+            write_map(self.path / map_rel, result.anomaly_map)
+        truth = sample.truth
+        return {
+            "id": sample.id,
+            "n": int(n),
+            "label": sample.label,
+            "defect_type": truth.defect_type if truth else None,
+            **d,
+            "map": map_rel,
+            **jsonable(fields),
+        }
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        (self.path / SUMMARY_FILE).write_text(json.dumps(jsonable(summary), indent=2), encoding="utf-8")
+
+    def write_curves(self, curves: dict[str, Any]) -> None:
+        (self.path / CURVES_FILE).write_text(json.dumps(jsonable(curves)), encoding="utf-8")
+
+    # -- reading ------------------------------------------------------------------------------
+    def iter_records(self) -> Iterator[dict[str, Any]]:
+        """Every results line in file order (torn or blank lines skipped)."""
+        if not self.results_path.exists():
+            return
+        with self.results_path.open(encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(rec, dict) and "id" in rec:
+                    yield rec
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        """The latest record of each sample, by id."""
+        return {rec["id"]: rec for rec in self.iter_records()}
+
+    def ordered(self) -> list[dict[str, Any]]:
+        """The latest record of each sample, in run order (`n`)."""
+        return sorted(self.records().values(), key=lambda r: (r.get("n") is None, r.get("n") or 0))
+
+    def map_path(self, rec: dict[str, Any]) -> Path | None:
+        rel = rec.get("map")
+        if not rel:
+            return None
+        path = (self.path / rel).resolve()
+        root = self.path.resolve()
+        return path if path.is_relative_to(root) and path.is_file() else None
+
+    def load_map(self, rec: dict[str, Any]) -> np.ndarray | None:
+        """The record's anomaly map as float32, or None when it has none (or it is unreadable)."""
+        path = self.map_path(rec)
+        if path is None:
+            return None
+        try:
+            return read_map(path)
+        except (OSError, ValueError, KeyError):
+            return None
+
+    @staticmethod
+    def result(rec: dict[str, Any]) -> Result:
+        """The Result a record holds (without its map: `load_map`)."""
+        return Result.from_dict({**rec, "sample_id": rec["id"]})
+
+    def summary(self) -> dict[str, Any] | None:
+        path = self.path / SUMMARY_FILE
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+    def curves(self) -> dict[str, Any] | None:
+        path = self.path / CURVES_FILE
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None

@@ -23,7 +23,6 @@ Protocol
 from __future__ import annotations
 
 import math
-import re
 import resource
 import tempfile
 import time
@@ -42,6 +41,7 @@ from genad.io.images import image_size
 from genad.io.mvtec import categories, load_mvtec, load_mvtec_train
 from genad.ops import resize_map
 from genad.run import RunFolder, run_detector
+from genad.secrets import redact
 from genad.types import ImageSample, Result, Sample, Usage, jsonable
 
 # Settings that must match for a run directory to be resumed.
@@ -73,12 +73,9 @@ class EvalRun:
         return None if rec is None else self.folder.load_map(rec)
 
 
-_SECRET = re.compile(r"key|token|secret|password|authorization", re.IGNORECASE)
-
-
 def public_params(params: dict[str, Any]) -> dict[str, Any]:
     """Detector parameters fit for files and logs: secrets (api_key, tokens...) masked."""
-    return {k: ("***" if _SECRET.search(str(k)) and v else jsonable(v)) for k, v in params.items()}
+    return redact(dict(params))
 
 
 # -- choosing what to score -----------------------------------------------------------------

@@ -22,7 +22,8 @@ from genad.errors import GenadError
 Modality = Literal["image", "timeseries", "pointcloud", "video"]
 
 # kind -> reader: "image" (path -> uint8 HxWx3), "image_size" (path -> (w, h)),
-# "mask" (path -> bool HxW), "video" (VideoSample -> uint8 (F, H, W, 3))
+# "mask" (path -> bool HxW), "video" (VideoSample -> uint8 (F, H, W, 3)),
+# "pil" (PIL image of any mode -> uint8 HxWx3)
 _READERS: dict[str, Callable[..., Any]] = {}
 
 
@@ -32,7 +33,8 @@ def set_reader(kind: str, reader: Callable[..., Any]) -> None:
     _READERS[kind] = reader
 
 
-def _read(kind: str, *args: Any) -> Any:
+def read(kind: str, *args: Any) -> Any:
+    """Read with the registered reader of `kind` (see set_reader)."""
     reader = _READERS.get(kind)
     if reader is None:  # pragma: no cover - genad/__init__ imports genad.io, which registers
         raise GenadError(f"no reader for {kind} is registered: import genad.io first")
@@ -72,7 +74,7 @@ class GroundTruth:
         """The pixel mask (bool HxW), read from disk on first use. Raises GenadError if the
         mask's size differs from `shape` (the image's HxW)."""
         if self.mask is None and self.mask_path is not None:
-            self.mask = _read("mask", self.mask_path)
+            self.mask = read("mask", self.mask_path)
         if self.mask is not None and shape is not None and self.mask.shape != tuple(shape):
             where = f" ({self.mask_path})" if self.mask_path else ""
             raise GenadError(
@@ -116,14 +118,14 @@ class ImageSample(Sample):
             return self.loader()
         if self.path is None:
             raise GenadError(f"sample {self.id!r} has neither pixels nor a path")
-        return _read("image", self.path)
+        return read("image", self.path)
 
     def size(self) -> tuple[int, int]:
         """(H, W) without decoding the pixels where possible."""
         if self.array is not None:
             return int(self.array.shape[0]), int(self.array.shape[1])
         if self.path is not None:
-            w, h = _read("image_size", self.path)
+            w, h = read("image_size", self.path)
             return int(h), int(w)
         a = self.load()
         return int(a.shape[0]), int(a.shape[1])
@@ -173,7 +175,7 @@ class VideoSample(Sample):
         """The frames as uint8 (F, H, W, 3): given, from `loader()`, or read from disk."""
         if self.frames is None and self.loader is not None:
             return np.asarray(self.loader())
-        return np.asarray(_read("video", self))
+        return np.asarray(read("video", self))
 
 
 @dataclass

@@ -85,3 +85,4 @@ def image_size(path: str | Path) -> tuple[int, int]:
 set_reader("image", read_image)
 set_reader("image_size", image_size)
 set_reader("mask", read_mask)
+set_reader("pil", to_rgb_array)

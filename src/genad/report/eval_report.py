@@ -27,14 +27,10 @@ from PIL import Image
 from scipy import ndimage
 
 from genad.errors import GenadError
+from genad.secrets import redact
 from genad.types import ImageSample, Result, Sample
 
 IMG_DIR = "img"
-# Key names whose values are masked (usage's prompt_tokens etc. must stay visible).
-_SECRET = re.compile(
-    r"(api[_-]?key|secret|passw(or)?d|authori[sz]ation|credential|bearer|access[_-]?token|auth[_-]?token|^token$|^key$)",
-    re.IGNORECASE,
-)
 _HEADLINE = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "aupro")
 _LABELS = {
     "image_auroc": "Image AUROC",
@@ -70,17 +66,6 @@ class _Entry:
 # -- small helpers ---------------------------------------------------------------------------
 def _esc(v: Any) -> str:
     return html.escape(str(v), quote=True)
-
-
-def _redact(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {
-            k: ("***" if _SECRET.search(str(k)) and x is not None and x != "" else _redact(x))
-            for k, x in v.items()
-        }
-    if isinstance(v, (list, tuple)):
-        return [_redact(x) for x in v]
-    return v
 
 
 def _fmt(v: Any) -> str:
@@ -307,7 +292,7 @@ def write_eval_report(out_dir: Path, run: RunLike, gallery_size: int = 8, thumb_
     for old in img_dir.glob("*.png"):
         if re.fullmatch(r"(roc|pr|pro|f[pn]_\d+)\.png", old.name):
             old.unlink()
-    summary = _redact(dict(run.summary))
+    summary = redact(dict(run.summary))
 
     entries = [
         _Entry(i, s, r, int(s.label), float(r.score))  # type: ignore[arg-type]

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from genad.detector import Capabilities, Detector
+from genad.engines.lmm.templates import templates_for
 from genad.engines.lmm.text2seg import knowledge_text
 from genad.engines.lmm.visual_prompt import (
     as_labels,
@@ -51,11 +52,8 @@ if TYPE_CHECKING:
     from genad.engines.lmm.config import LMMConfig
     from genad.engines.lmm.provider import LMMClient, LMMReply
 
-LOOK_TWICE_SYSTEM = (
-    "You are an expert visual inspector for anomaly detection. An automatic detector has marked "
-    "candidate defect regions on an image; it is often wrong. You check each candidate and say "
-    "whether it is a real anomaly, and why."
-)
+# The prompts are in prompts/look_twice.toml (keys listed there; the knowledge phrases in
+# localize.toml), overridable by a prompts folder.
 
 VERDICT_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -418,36 +416,26 @@ class LookTwiceDetector(Detector):
     def _messages(self, s: Sample, plan: _Plan, refs: list[np.ndarray]) -> list[dict[str, Any]]:
         from genad.engines.lmm.provider import system
 
+        t = templates_for(self.client)
         cls = s.class_name or self.class_name
-        what = f"an image of {cls}" if cls else "an image"
+        what = t.text("look_twice", "inspected_class", object=cls) if cls else t.text("look_twice", "inspected")
         k = plan.n
-        regions = "region 1" if k == 1 else f"regions 1 to {k}"
+        regions = t.text("look_twice", "region_one") if k == 1 else t.text("look_twice", "regions_many", n=k)
         parts: list[Any] = []
         if self.include_original:
-            parts += [f"The first image is {what} to be inspected.", plan.image,
-                      f"The second image is the same image with {regions} outlined and numbered "
-                      "by an automatic detector (each number is on a black box inside its region, "
-                      "or next to it when the region is small).", plan.som]
+            parts += [t.text("look_twice", "original", what=what), plan.image,
+                      t.text("look_twice", "marked", what=what, regions=regions), plan.som]
         else:
-            parts += [f"This is {what} to be inspected, with {regions} outlined and numbered by "
-                      "an automatic detector.", plan.som]
+            parts += [t.text("look_twice", "marked_only", what=what, regions=regions), plan.som]
         if refs:
-            parts.append("The next image is a normal reference of the same kind, without anomalies:"
-                         if len(refs) == 1 else
-                         f"The next {len(refs)} images are normal references of the same kind, without anomalies:")
+            parts.append(t.text("look_twice", "reference_one") if len(refs) == 1
+                         else t.text("look_twice", "reference_many", n=len(refs)))
             parts += refs
-        know = knowledge_text(s.knowledge or self.knowledge)
+        know = knowledge_text(s.knowledge or self.knowledge, t)
         if know:
             parts.append(know)
-        parts.append(
-            "For each numbered region, decide whether it really contains an anomaly or defect. "
-            "Answer in JSON: {\"regions\": [{\"region\": 1, \"anomalous\": true or false, "
-            "\"confidence\": c, \"defect_type\": \"...\" or null, \"reason\": \"...\"}, ...], "
-            "\"image_anomaly_score\": x}, with one entry per region; confidence is how sure you "
-            "are of your verdict, from 0.5 (a guess) to 1 (certain); image_anomaly_score is from "
-            "0 (surely normal) to 1 (surely anomalous)."
-        )
-        return [system(LOOK_TWICE_SYSTEM), self.client.user(*parts)]
+        parts.append(t.text("look_twice", "task", n=k))
+        return [system(t.text("look_twice", "system")), self.client.user(*parts)]
 
     def _finish(self, s: Sample, base: Result, plan: _Plan, reply: LMMReply | Exception | None) -> Result:
         e, labels, n = plan.e, plan.labels, plan.n

@@ -34,6 +34,7 @@ from genad.engines.lmm.cache import ResponseCache, request_key
 from genad.engines.lmm.config import LMMConfig
 from genad.engines.lmm.pricing import PriceTable, image_tokens
 from genad.errors import ConfigError, GenadError
+from genad.secrets import scrub
 from genad.types import Usage
 
 __all__ = [
@@ -97,12 +98,12 @@ def encode_image(image: ImageLike, max_side: int = DEFAULT_MAX_SIDE) -> str:
 
 
 def _to_pil(image: ImageLike) -> Image.Image:
-    from genad.io.images import read_image, to_rgb_array
+    from genad.types import read
 
     if isinstance(image, Image.Image):
-        return Image.fromarray(to_rgb_array(image))
+        return Image.fromarray(read("pil", image))
     if isinstance(image, (str, Path)):
-        return Image.fromarray(read_image(Path(image)))
+        return Image.fromarray(read("image", Path(image)))
     if isinstance(image, np.ndarray):
         a = image
         if a.dtype != np.uint8:
@@ -420,7 +421,7 @@ class LMMClient:
         body = getattr(e, "body", None)
         if isinstance(body, dict) and isinstance(body.get("message"), str):
             msg = body["message"]
-        return _scrub(str(msg), self.config.api_key)[:300]
+        return scrub(str(msg), self.config.api_key)[:300]
 
     # -- many at once
     def chat_many(
@@ -481,10 +482,6 @@ def _retry_after(headers: Any) -> float | None:
             return min(MAX_RETRY_AFTER, max(0.0, dt.timestamp() - time.time()))
     except (TypeError, ValueError, AttributeError):
         return None
-
-
-def _scrub(text: str, secret: str) -> str:
-    return text.replace(secret, "***") if secret and len(secret) >= 4 else text
 
 
 def _json_data(text: str) -> dict[str, Any] | None:

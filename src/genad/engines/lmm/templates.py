@@ -6,6 +6,12 @@ naive, class (with class information) and expertise (with human expertise: norma
 known defect types). A user folder (LMMConfig.prompts_dir, `--prompts DIR`) holding files of
 the same names overrides the packaged ones key by key. Templates use $placeholders
 (string.Template), so JSON braces in them need no escaping.
+
+The other LMM-backed detectors keep their prompts in files of their own, read with
+Templates.text(file, key, **fields): look_twice.toml ("lmm+embedded"), localize.toml
+(text2seg.localize, and the knowledge phrases look twice shares), series.toml ("ts-lmm") and
+video_rules.toml ("video-rules"). They have no zero_shot/few_shot tables, so they are not
+domains. Each file's header comment lists its keys and placeholders.
 """
 
 from __future__ import annotations
@@ -73,6 +79,26 @@ class Templates:
                 "(or add NAME.toml to your prompts folder)"
             )
         return self.files[name]
+
+    def text(self, file: str, key: str, **fields: Any) -> str:
+        """Template `key` of prompt file `file` (NAME.toml without .toml; a dotted key reaches
+        into a table) with its $placeholders filled from `fields`; placeholders without a field
+        stay as written. Nothing else is changed: no whitespace is tidied."""
+        if file not in self.files:
+            raise GenadError(
+                f"no prompt file {file}.toml among the packaged prompts"
+                + (f" or in {self.source_dir}" if self.source_dir else "")
+            )
+        node: Any = self.files[file]
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise GenadError(
+                    f"prompt file {file}.toml has no key {key!r}: add it (see the packaged {file}.toml)"
+                )
+            node = node[part]
+        if not isinstance(node, str):
+            raise GenadError(f"key {key!r} of prompt file {file}.toml must be a string, not {type(node).__name__}")
+        return Template(node).safe_substitute(fields)
 
     def answer_instruction(self, json_answer: bool) -> str:
         return str(self.files.get("answer", {}).get("json" if json_answer else "text", ""))
@@ -181,3 +207,15 @@ def load_templates(prompts_dir: str | Path | None = None) -> Templates:
         for p in sorted(src.glob("*.toml")):
             files[p.stem] = _merge(files.get(p.stem, {}), _read_toml(p.read_text(encoding="utf-8"), str(p)))
     return Templates(files, src)
+
+
+@lru_cache(maxsize=32)
+def _cached(prompts_dir: str | None) -> Templates:
+    return load_templates(prompts_dir)
+
+
+def templates_for(client: Any) -> Templates:
+    """The templates an LMM client's config asks for (its prompts_dir, if it has one), loaded
+    once per folder. Test doubles whose config has no prompts_dir get the packaged ones."""
+    folder = getattr(getattr(client, "config", None), "prompts_dir", None)
+    return _cached(None if folder is None else str(Path(folder).expanduser()))

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import ndimage
 
+from genad.engines.lmm.templates import Templates, templates_for
 from genad.engines.lmm.visual_prompt import (
     as_labels,
     divide,
@@ -67,25 +68,7 @@ def image_score(stated: float | None, region_scores: dict[int, float]) -> float 
 
 
 # --------------------------------------------------------------------------- prompting
-LOCALIZE_SYSTEM = (
-    "You are an expert visual inspector for anomaly detection. You judge images of objects, "
-    "textures and medical scans, and you locate anomalies by the numbered regions marked on them."
-)
-
-LOCALIZE_FORMAT = (
-    "Give the image anomaly score and the scores of the anomalous regions (0 = surely normal, "
-    "1 = surely anomalous), in exactly this format:\n"
-    "image anomaly score: X; region i: s; region j: s.\n"
-    "List only regions that contain an anomaly; regions not listed count as normal. Then, on a "
-    "new line, name the defect type and give a short reason."
-)
-
-LOCALIZE_JSON = (
-    "Answer in JSON: {\"image_anomaly_score\": X, \"regions\": [{\"region\": i, \"score\": s}], "
-    "\"defect_type\": \"...\", \"reason\": \"...\"} with scores from 0 (surely normal) to 1 "
-    "(surely anomalous). List only regions that contain an anomaly; regions not listed count "
-    "as normal."
-)
+# The prompts are in prompts/localize.toml (keys listed there), overridable by a prompts folder.
 
 LOCALIZE_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -106,17 +89,19 @@ LOCALIZE_SCHEMA: dict[str, Any] = {
 }
 
 
-def knowledge_text(knowledge: Knowledge | str | None) -> str:
-    """Class knowledge as prompt sentences ("" when there is none)."""
+def knowledge_text(knowledge: Knowledge | str | None, templates: Templates | None = None) -> str:
+    """Class knowledge as prompt sentences ("" when there is none), phrased by the standards and
+    defects keys of localize.toml (`templates`; the packaged ones when not given)."""
     if knowledge is None:
         return ""
     if isinstance(knowledge, str):
         return knowledge.strip()
+    t = templates or templates_for(None)  # None: the packaged files
     parts = []
     if knowledge.normal_standards:
-        parts.append(f"What normal looks like: {knowledge.normal_standards.strip()}")
+        parts.append(t.text("localize", "standards", standards=knowledge.normal_standards.strip()))
     if knowledge.defect_types:
-        parts.append("Known defect types: " + ", ".join(knowledge.defect_types) + ".")
+        parts.append(t.text("localize", "defects", defects=", ".join(knowledge.defect_types)))
     if knowledge.notes:
         parts.append(knowledge.notes.strip())
     return "\n".join(parts)
@@ -138,33 +123,29 @@ def build_localize_messages(
     question and the answer format. Images go in that order."""
     from genad.engines.lmm.provider import system
 
-    what = f"an image of {class_name}" if class_name else "an image"
+    t = templates_for(client)
+    what = t.text("localize", "inspected_class", object=class_name) if class_name else t.text("localize", "inspected")
     parts: list[Any] = []
     if include_original:
-        parts += [f"The first image is {what} to be inspected.", image,
-                  f"The second image is the same image divided into {n_regions} regions.", som]
+        parts += [t.text("localize", "original", what=what), image,
+                  t.text("localize", "divided", n=n_regions), som]
     else:
-        parts += [f"This is {what} to be inspected, divided into {n_regions} regions.", som]
-    parts.append(
-        "Each region is outlined and marked with a number (1 to "
-        f"{n_regions}) on a black box at a point inside it or, for a small region, next to it."
-    )
+        parts += [t.text("localize", "divided_only", what=what, n=n_regions), som]
+    parts.append(t.text("localize", "marks", n=n_regions))
     refs = list(references)
     if refs:
         parts.append(
-            "The next image is a normal reference of the same kind, without anomalies:"
+            t.text("localize", "reference_one")
             if len(refs) == 1
-            else f"The next {len(refs)} images are normal references of the same kind, without anomalies:"
+            else t.text("localize", "reference_many", n=len(refs))
         )
         parts += [_pixels(r) for r in refs]
-    know = knowledge_text(knowledge)
+    know = knowledge_text(knowledge, t)
     if know:
         parts.append(know)
-    parts.append(
-        "Please determine whether the inspected image contains anomalies or defects, and in "
-        "which marked regions. " + (LOCALIZE_JSON if json_answer else LOCALIZE_FORMAT)
-    )
-    return [system(LOCALIZE_SYSTEM), client.user(*parts)]
+    answer = t.text("localize", "answer_json" if json_answer else "answer_text")
+    parts.append(t.text("localize", "task", answer=answer))
+    return [system(t.text("localize", "system")), client.user(*parts)]
 
 
 def _pixels(ref: Any) -> Any:

@@ -26,15 +26,13 @@ from typing import Any
 import numpy as np
 
 from genad.detector import Detector
+from genad.engines.lmm.templates import Templates, templates_for
 from genad.errors import ConfigError, GenadError
 from genad.modalities.timeseries.common import Prepared, prepare
 from genad.types import Result, Sample, TimeSeriesSample
 
-SYSTEM_PROMPT = (
-    "You are an expert in time-series anomaly detection. You are shown a line chart of a series "
-    "(x axis: point index) and its numbers. You point out the stretches of points that break the "
-    "series' normal behaviour, and you answer in JSON only."
-)
+# The prompts are in genad/engines/lmm/prompts/series.toml (keys listed there), overridable by
+# a prompts folder.
 
 ANSWER_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -98,17 +96,12 @@ def summarize(values: np.ndarray, sample: TimeSeriesSample, max_values: int = 12
     return "\n".join(lines)
 
 
-def task_text(n: int, context: str | None) -> str:
-    ctx = f"\nAbout this series: {context}" if context else ""
-    return (
-        f"{ctx}\nTask: find anomalous stretches of this series (spikes, dips, level shifts, changes "
-        "of rhythm, period or noise, flat lines, drifts) that differ from its normal behaviour.\n"
-        "Answer with JSON only, in this form:\n"
-        '{"anomalous": true, "score": 0.9, "ranges": [{"start": 120, "end": 135, "score": 0.9, '
-        '"reason": "sudden spike to 3x the usual level"}]}\n'
-        f"start and end are point indices from 0 to {n} (end exclusive); score is 0 (normal) to 1 "
-        '(certainly anomalous). If the series looks normal, answer {"anomalous": false, "score": 0.1, "ranges": []}.'
-    )
+def task_text(n: int, context: str | None, templates: Templates | None = None) -> str:
+    """The task after the numbers: the context sentence (if any), what to find, the JSON form;
+    from the about and task keys of series.toml (`templates`; the packaged ones when not given)."""
+    t = templates or templates_for(None)  # None: the packaged files
+    about = t.text("series", "about", context=context) if context else ""
+    return t.text("series", "task", about=about, n=n)
 
 
 def png_part(image: np.ndarray) -> dict[str, Any]:
@@ -246,8 +239,10 @@ class SeriesLMMDetector(Detector):
         if w > side:  # draw at the size that is sent, rather than letting it be shrunk to blur
             w, h = side, max(200, int(h * side / w))
         chart = render_chart(prep.values, title=f"{sample.id} (x: point index)", columns=sample.columns, size=(w, h))
-        text = summarize(prep.values, sample, self.max_values) + "\n" + task_text(prep.n, self.context)
-        return [system(SYSTEM_PROMPT), {"role": "user", "content": [png_part(chart), {"type": "text", "text": text}]}]
+        t = templates_for(self.client)
+        text = summarize(prep.values, sample, self.max_values) + "\n" + task_text(prep.n, self.context, t)
+        content = [png_part(chart), {"type": "text", "text": text}]
+        return [system(t.text("series", "system")), {"role": "user", "content": content}]
 
     def predict(self, samples: Sequence[Sample]) -> list[Result]:
         results: list[Result | None] = [None] * len(samples)

@@ -31,6 +31,7 @@ from genad.detector import Detector
 from genad.engines.lmm.config import LMMConfig
 from genad.engines.lmm.parse import extract_json
 from genad.engines.lmm.provider import BudgetExceeded, LMMClient, system
+from genad.engines.lmm.templates import Templates, templates_for
 from genad.errors import GenadError
 from genad.ops import runs_to_ranges
 from genad.types import ImageSample, Result, Sample, Usage, VideoSample
@@ -39,10 +40,8 @@ _CONFIG_FIELDS = {f.name for f in fields(LMMConfig)}
 _ALIASES = {"budget": "budget_usd", "prices": "price_table", "concurrency": "max_concurrency",
             "rpm": "requests_per_minute"}
 
-SYSTEM = (
-    "You are a careful video surveillance and process-monitoring analyst. You describe what you "
-    "see precisely and judge events against explicit rules."
-)
+# The prompts are in genad/engines/lmm/prompts/video_rules.toml (keys listed there), overridable
+# by a prompts folder.
 
 INDUCTION_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -84,41 +83,28 @@ class Rules:
     abnormal: list[str] = field(default_factory=list)
     description: str = ""
 
-    def as_text(self) -> str:
-        lines = ["Rules of NORMAL activity:"]
-        lines += [f"N{i}. {r}" for i, r in enumerate(self.normal, 1)] or ["(none)"]
-        lines += ["Rules of ABNORMAL activity:"]
-        lines += [f"A{i}. {r}" for i, r in enumerate(self.abnormal, 1)] or ["(none)"]
+    def as_text(self, templates: Templates | None = None) -> str:
+        """The rules as the judgement prompt lists them (video_rules.toml: normal_heading,
+        normal_rule, ...; `templates`, the packaged ones when not given)."""
+        t = templates or templates_for(None)  # None: the packaged files
+        none = [t.text("video_rules", "no_rules")]
+        lines = [t.text("video_rules", "normal_heading")]
+        lines += [t.text("video_rules", "normal_rule", i=i, rule=r) for i, r in enumerate(self.normal, 1)] or none
+        lines += [t.text("video_rules", "abnormal_heading")]
+        lines += [t.text("video_rules", "abnormal_rule", i=i, rule=r) for i, r in enumerate(self.abnormal, 1)] or none
         return "\n".join(lines)
 
 
-def induction_prompt(n: int, context: str | None, from_video_itself: bool) -> str:
-    where = f" of {context}" if context else ""
-    if from_video_itself:
-        intro = (f"These {n} frames are spread over one video{where}. Most of the video is normal; "
-                 "judge what is typical from what recurs.")
-    else:
-        intro = f"These {n} frames come from NORMAL footage{where}: nothing in them is anomalous."
-    return (
-        f"{intro}\n"
-        "1. Describe the scene: the objects and people present, where they are, what they do.\n"
-        "2. Induce rules of normal activity (what is expected here: objects, actions, places, "
-        "colours, motion), then rules of abnormal activity (what would be an anomaly here, "
-        "derived from the normal rules). Keep each rule short and checkable on one frame.\n"
-        'Answer with JSON only: {"description": "...", "normal_rules": ["..."], "abnormal_rules": ["..."]}'
-    )
+def induction_prompt(n: int, context: str | None, from_video_itself: bool, templates: Templates | None = None) -> str:
+    t = templates or templates_for(None)
+    where = t.text("video_rules", "where", context=context) if context else ""
+    intro = t.text("video_rules", "induction_video" if from_video_itself else "induction_normal", n=n, where=where)
+    return t.text("video_rules", "induction", intro=intro)
 
 
-def judge_prompt(rules: Rules, indices: list[int]) -> str:
-    return (
-        f"{rules.as_text()}\n\n"
-        f"Judge each of the {len(indices)} frames above (frames {', '.join(map(str, indices))}) against the "
-        "rules. A frame is anomalous if it violates a normal rule or matches an abnormal rule. "
-        "Give a score from 0 (clearly normal) to 1 (clearly anomalous) and name the rule (e.g. "
-        "'A2: ...') that the frame breaks, or null.\n"
-        'Answer with JSON only: {"frames": [{"frame": <index>, "anomalous": true|false, '
-        '"score": 0.0-1.0, "rule": "..." | null, "reason": "..."}]}'
-    )
+def judge_prompt(rules: Rules, indices: list[int], templates: Templates | None = None) -> str:
+    t = templates or templates_for(None)
+    return t.text("video_rules", "judge", rules=rules.as_text(t), n=len(indices), frames=", ".join(map(str, indices)))
 
 
 def majority_smooth(votes: np.ndarray, window: int) -> np.ndarray:
@@ -222,8 +208,10 @@ class RuleVideoDetector(Detector):
         parts: list[Any] = []
         for i, f in enumerate(frames):
             parts += [f"Frame {i + 1}:", self._small(f)]
-        parts.append(induction_prompt(len(frames), self.context, from_video_itself))
-        reply = self.client.chat([system(SYSTEM), self.client.user(*parts)], schema=INDUCTION_SCHEMA,
+        t = templates_for(self.client)
+        parts.append(induction_prompt(len(frames), self.context, from_video_itself, t))
+        sys_msg = system(t.text("video_rules", "system"))
+        reply = self.client.chat([sys_msg, self.client.user(*parts)], schema=INDUCTION_SCHEMA,
                                  max_tokens=self.max_tokens)
         data = reply.data if reply.data is not None else extract_json(reply.text)
         rules = _read_rules(data, reply.text)
@@ -279,14 +267,16 @@ class RuleVideoDetector(Detector):
             usage = usage + u
         judged = list(range(0, n, self.stride))
         batches = [judged[i : i + self.batch_frames] for i in range(0, len(judged), self.batch_frames)]
+        t = templates_for(self.client)
+        sys_msg = system(t.text("video_rules", "system"))
 
         def judge(batch: list[int]) -> tuple[dict[int, dict[str, Any]], Usage, str | None]:
             parts: list[Any] = []
             for j in batch:
                 parts += [f"Frame {j}:", self._small(frames[j])]
-            parts.append(judge_prompt(rules, batch))
+            parts.append(judge_prompt(rules, batch, t))
             try:
-                reply = self.client.chat([system(SYSTEM), self.client.user(*parts)], schema=JUDGE_SCHEMA,
+                reply = self.client.chat([sys_msg, self.client.user(*parts)], schema=JUDGE_SCHEMA,
                                          max_tokens=self.max_tokens)
             except BudgetExceeded:
                 raise

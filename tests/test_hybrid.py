@@ -107,9 +107,9 @@ def test_confirmed_region_rises_and_rejected_region_drops():
     assert "fallback" not in res.extra
     v = {d["region"]: d for d in res.extra["verdicts"]}
     assert v[1]["probability"] == pytest.approx(0.9) and v[2]["probability"] == pytest.approx(0.2)
-    labels = res.extra["region_masks"]
+    labels = res.visual_prompt.labels
     assert (labels[a] == 1).all() and (labels[b] == 2).all() and (labels[~(a | b)] == 0).all()
-    assert res.extra["som_image"].shape == (H, W, 3)
+    assert res.visual_prompt.image.shape == (H, W, 3)
 
 
 def test_rejecting_everything_clears_a_false_alarm():
@@ -157,7 +157,7 @@ def test_request_holds_image_then_set_of_mark_then_reference_in_order():
     images = [decode(u) for u in FakeOpenAI.images_in(sent)]
     assert len(images) == 3  # one reference by default
     assert np.abs(images[0] - s.array).mean() < 15
-    assert np.abs(images[1] - res.extra["som_image"]).mean() < 15
+    assert np.abs(images[1] - res.visual_prompt.image).mean() < 15
     assert np.abs(images[1] - s.array).mean() > np.abs(images[0] - s.array).mean()  # it is marked
     assert np.abs(images[2] - 230).mean() < 3
     text = FakeOpenAI.text_in(sent)
@@ -212,7 +212,7 @@ def test_with_the_real_baseline_engine_the_defect_is_proposed_and_confirmed():
     assert all(r.ok for r in results)
     best = max(results, key=lambda r: r.score)
     assert best.sample_id == "3.png" and best.decision is True
-    labels = best.extra["region_masks"]
+    labels = best.visual_prompt.labels
     assert (labels[22:30, 38:46] == 1).mean() > 0.9  # region 1 is the defect
     assert best.anomaly_map[26, 42] > best.anomaly_map[5, 5]
     # in the clean images region 1 is noise confirmed by this scripted model, but their
@@ -221,9 +221,9 @@ def test_with_the_real_baseline_engine_the_defect_is_proposed_and_confirmed():
 
 
 def test_embedded_proposals_use_the_fine_grid_unless_told_otherwise():
-    assert LookTwiceDetector().embedded.strides == (8, 16)
-    assert LookTwiceDetector(embedded_params={"strides": "16,32"}).embedded.strides == (16, 32)
-    assert LookTwiceDetector(embedded_params={"backbone": "dinov2-s"}).embedded.strides == (14,)
+    assert LookTwiceDetector().engine.strides == (8, 16)
+    assert LookTwiceDetector(embedded_params={"strides": "16,32"}).engine.strides == (16, 32)
+    assert LookTwiceDetector(embedded_params={"backbone": "dinov2-s"}).engine.strides == (14,)
 
 
 def test_option_mistakes_are_one_line_errors():
@@ -262,7 +262,7 @@ def test_only_the_top_k_are_asked_about_and_a_failed_sample_does_not_stop_the_re
     amap, a, b = two_blob_map()
     e = normalise_embedded(amap, 1.0)
     assert res[0].ok and res[2].ok
-    labels = res[0].extra["region_masks"]
+    labels = res[0].visual_prompt.labels
     assert labels.max() == 1 and (labels[b] == 0).all()
     # region 2 was not proposed (k=1): it keeps the embedded value; the verdict on a
     # "region 2" that was never marked is dropped

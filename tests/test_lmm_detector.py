@@ -176,7 +176,7 @@ def test_regions_delegate_to_text2seg(tmp_path):
         n_images = len(FakeOpenAI.images_in(srv.chat_requests()[0]))
     assert r.score == 0.8 and r.anomaly_map.shape == (64, 64)
     assert r.anomaly_map[40:, 40:].min() == pytest.approx(0.9) and r.anomaly_map[:30, :30].max() == 0
-    assert n_images == 2 and "transcript" in r.extra and "som_image" not in r.extra
+    assert n_images == 2 and "transcript" in r.extra and r.visual_prompt.image is None
 
 
 def test_user_templates_override_key_by_key(tmp_path):

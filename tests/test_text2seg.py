@@ -69,14 +69,14 @@ def test_localize_gpt4v_ad_answer_maps_to_region_3_only():
     np.testing.assert_array_equal(res.anomaly_map[~masks[2]], 0.0)
     assert [r.index for r in res.regions] == [3]
     assert res.regions[0].box == (0, 45, 60, 90)
-    np.testing.assert_array_equal(res.extra["region_masks"], masks_to_labels(masks))
-    assert res.extra["som_image"].shape == img.shape
+    np.testing.assert_array_equal(res.visual_prompt.labels, masks_to_labels(masks))
+    assert res.visual_prompt.image.shape == img.shape
     assert res.usage.calls == 1 and res.usage.prompt_tokens == 100
     # the request: original first, then its set-of-mark version; the format is asked for
     images = FakeOpenAI.images_in(sent)
     assert len(images) == 2
     assert np.abs(decode(images[0]) - img).mean() < 12
-    assert np.abs(decode(images[1]) - res.extra["som_image"]).mean() < 12
+    assert np.abs(decode(images[1]) - res.visual_prompt.image).mean() < 12
     text = FakeOpenAI.text_in(sent)
     assert "image anomaly score: X; region i: s" in text and "bottle" in text
     assert "divided into 4 regions" in text
@@ -116,5 +116,5 @@ def test_localize_with_proposals_marks_the_engine_regions_and_the_background():
         res = localize(client_for(srv), img, method="proposals", n=3, anomaly_map=amap)
         text = FakeOpenAI.text_in(srv.chat_requests()[0])
     assert "divided into 2 regions" in text  # one proposal + the background
-    assert res.extra["region_method"] == "proposals:3"
+    assert res.visual_prompt.method == "proposals:3"
     np.testing.assert_array_equal(res.anomaly_map > 0, amap > 0)

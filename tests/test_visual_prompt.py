@@ -18,7 +18,7 @@ from genad.engines.lmm.visual_prompt import (
     save_visual_prompt,
 )
 from genad.errors import GenadError
-from genad.types import Region, Result
+from genad.types import Region, Result, VisualPrompt
 
 
 def textured(h: int = 120, w: int = 160, seed: int = 0) -> np.ndarray:
@@ -168,7 +168,7 @@ def test_save_visual_prompt_writes_som_label_image_and_json(tmp_path):
     res = Result(
         sample_id="a.png", score=0.8,
         regions=[Region(score=0.8, index=3, label="scratch", explanation="thin line")],
-        extra={"som_image": som, "region_masks": labels, "region_method": "grid:2"},
+        visual_prompt=VisualPrompt(labels, "grid:2", som),
     )
     paths = save_visual_prompt(tmp_path / "vp", res)
     np.testing.assert_array_equal(np.asarray(Image.open(paths["som"])), som)
@@ -187,7 +187,7 @@ def test_save_visual_prompt_writes_som_label_image_and_json(tmp_path):
 def test_save_visual_prompt_redraws_a_dropped_set_of_mark_from_the_image(tmp_path):
     img = textured(60, 80)
     masks = divide(img, "grid", 3)
-    res = Result(sample_id="a.png", extra={"region_masks": masks_to_labels(masks).astype(np.uint8)})
+    res = Result(sample_id="a.png", visual_prompt=VisualPrompt(masks_to_labels(masks).astype(np.uint8), "grid:3"))
     paths = save_visual_prompt(tmp_path, res, image=img)
     np.testing.assert_array_equal(np.asarray(Image.open(paths["som"])), render_set_of_mark(img, masks))
 

@@ -337,7 +337,7 @@ class Detector(ABC):
         out = {k: v for k, v in self._given.items() if k not in ("api_key", "client", "config")}
         for name, p in declared.items():
             if p.public:
-                out[name] = getattr(self, name)
+                out[name] = _public_value(getattr(self, name))
         return out
 
     def get_params(self, deep: bool = False) -> dict[str, Any]:
@@ -399,6 +399,18 @@ def check_image_detector(name: str) -> str:
     an image engine inside: video frames, point-cloud views)."""
     image_detector_class(name)
     return name
+
+
+def _public_value(v: Any) -> Any:
+    """An option's value as files and logs show it: a detector by its name, a dataclass (such
+    as Knowledge) as its fields."""
+    import dataclasses
+
+    if isinstance(v, Detector):
+        return v.name if v.name != Detector.name else type(v).__name__
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return dataclasses.asdict(v)
+    return v
 
 
 def image_detector_class(name: str) -> type[Detector]:

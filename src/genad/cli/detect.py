@@ -105,7 +105,7 @@ class _Writer:
                     link = f"overlays/{_safe_name(sample.id)}.png"
                     Image.fromarray(shown).save(self.out / link)
                 thumb = thumbnail_data_url(shown)
-                if r.extra.get("region_masks") is not None:
+                if r.visual_prompt is not None:
                     # What the LMM saw (set-of-mark image, region labels) so anyone can check
                     # how its region numbers became the map.
                     from genad.engines.lmm.visual_prompt import save_visual_prompt

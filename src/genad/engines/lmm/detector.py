@@ -17,126 +17,63 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields
-from pathlib import Path
 from typing import Any
 
-from genad.detector import Detector
-from genad.engines.lmm.config import LMMConfig
+from genad.detector import param
+from genad.engines.lmm.base import LMMImageDetector
 from genad.engines.lmm.parse import ANSWER_SCHEMA, Answer, parse_answer
-from genad.engines.lmm.provider import BudgetExceeded, LMMClient, LMMReply, system
-from genad.engines.lmm.templates import Templates, load_templates, normalise_variant
+from genad.engines.lmm.provider import BudgetExceeded, LMMReply, system
+from genad.engines.lmm.templates import Templates, normalise_variant
 from genad.errors import ConfigError, GenadError
-from genad.types import ImageSample, Knowledge, Result, Sample
+from genad.types import ImageSample, Result, Sample
 
-_CONFIG_FIELDS = {f.name for f in fields(LMMConfig)}
-# short names that read well on the command line (genad detect -d lmm -p budget=2)
-_ALIASES = {"prompts": "prompts_dir", "budget": "budget_usd", "prices": "price_table",
-            "concurrency": "max_concurrency", "rpm": "requests_per_minute"}
+def _regions(value: str) -> str:
+    if value not in ("grid", "slic"):
+        # "proposals" needs the embedded engine's map: that is detector "lmm+embedded"
+        raise GenadError(f"regions must be grid or slic (or use detector 'lmm+embedded'), not {value!r}")
+    return value
 
 
-class LMMDetector(Detector):
-    modalities = ("image",)
+class LMMDetector(LMMImageDetector):
+    """Ask a multimodal model about each image (see the module doc); the connection options
+    are those of every LMM-backed detector (genad.engines.lmm.base)."""
+
+    name = "lmm"
     zero_shot = True
-    batch_size = 8
 
-    def __init__(
-        self,
-        variant: str = "naive",
-        domain: str = "industrial",
-        class_name: str | None = None,
-        normal_standards: str | None = None,
-        defect_types: list[str] | str | None = None,
-        threshold: float = 0.5,
-        max_refs: int = 4,
-        regions: str | None = None,
-        n_regions: int | None = None,
-        max_tokens: int | None = None,
-        batch_size: int | None = None,
-        config: LMMConfig | str | None = None,
-        config_file: str | None = None,
-        client: LMMClient | None = None,
-        **settings: Any,
-    ) -> None:
-        settings = {_ALIASES.get(k, k): v for k, v in settings.items()}
-        if isinstance(config, (str, Path)):  # -p config=FILE from the command line
-            config, config_file = None, str(config)
-        unknown = sorted(set(settings) - _CONFIG_FIELDS)
-        if unknown:
-            raise GenadError(
-                f"unknown option(s) {', '.join(unknown)} for detector 'lmm': use variant, domain, "
-                "class_name, normal_standards, defect_types, threshold, max_refs, regions, n_regions, "
-                "max_tokens, batch_size, config_file or an LMM setting (model, base_url, ...)"
-            )
-        super().__init__(
-            variant=variant, domain=domain, class_name=class_name, threshold=threshold,
-            max_refs=max_refs, regions=regions, n_regions=n_regions,
-            **{k: v for k, v in settings.items() if k != "api_key"},  # never echo the key
-        )
-        self.variant = normalise_variant(variant)
-        self.domain = domain
-        self.class_name = class_name
-        if isinstance(defect_types, str):
-            defect_types = [s.strip() for s in defect_types.split(",") if s.strip()]
-        self.knowledge = Knowledge(normal_standards=normal_standards, defect_types=list(defect_types or []))
-        self.threshold = float(threshold)
-        self.max_refs = int(max_refs)
-        if regions is not None and regions not in ("grid", "slic"):
-            # "proposals" needs the embedded engine's map: that is detector "lmm+embedded"
-            raise GenadError(f"regions must be grid or slic (or use detector 'lmm+embedded'), not {regions!r}")
-        self.regions = regions
-        self.n_regions = n_regions
-        self.max_tokens = max_tokens
-        if batch_size is not None:
-            self.batch_size = int(batch_size)  # instance value shadows the class default
-        self._config = config
-        self._config_file = config_file
-        self._settings = settings
-        self._client = client
-        self._templates: Templates | None = None
-        self.references: list[ImageSample] = []
-        self._ref_parts: dict[str, dict[str, Any]] = {}
+    variant: str = param("naive", convert=normalise_variant, doc="prompt: naive, class or expertise")
+    domain: str = param("industrial", doc="prompt file: industrial, medical, logical, depth or yours")
+    max_refs: int = param(4, low=0, high=16, doc="normal references shown per image")
+    regions: str | None = param(None, "str", convert=_regions, doc="localise by grid or slic regions (set-of-mark)")
+    n_regions: int | None = param(None, "int", low=1, high=1024, doc="how many regions")
 
-    # -- set-up
-    @property
-    def client(self) -> LMMClient:
-        if self._client is None:
-            from genad.engines.lmm.provider import client_from
-
-            self._client = client_from(self._config, self._config_file, self._settings)
-        return self._client
+    references_: list[ImageSample] = []  # fitted: the normal references shown to the model
 
     @property
     def templates(self) -> Templates:
-        if self._templates is None:
-            self._templates = load_templates(self.client.config.prompts_dir)
-        self._templates.domain(self.domain)  # unknown domain: fail early, clearly
-        return self._templates
+        t = super().templates
+        t.domain(self.domain)  # unknown domain: fail early, clearly
+        return t
 
     def fit(self, normal_samples: Sequence[Sample]) -> LMMDetector:
         refs = [s for s in normal_samples if isinstance(s, ImageSample)]
         if len(refs) != len(normal_samples):
             raise GenadError("detector 'lmm' takes image references only")
-        self.references = list(refs)
-        self._ref_parts = {}
+        self.references_ = list(refs)
+        self._ref_parts: dict[str, dict[str, Any]] = {}
         self.fitted_ = True
         return self
 
     def _refs_for(self, sample: Sample) -> list[ImageSample]:
-        same = [r for r in self.references if r.class_name == sample.class_name]
-        return (same or self.references)[: self.max_refs]
+        same = [r for r in self.references_ if r.class_name == sample.class_name]
+        return (same or self.references_)[: self.max_refs]
 
     def _ref_part(self, ref: ImageSample) -> dict[str, Any]:
-        # encode each reference once, not once per sample
-        if ref.id not in self._ref_parts:
-            self._ref_parts[ref.id] = self.client.user(ref.load())["content"][0]
-        return self._ref_parts[ref.id]
-
-    def _knowledge(self, sample: Sample) -> Knowledge:
-        k = sample.knowledge
-        if k is not None and not k.is_empty():
-            return k
-        return self.knowledge
+        # encode each reference once, not once per sample (a cache, not fitted state)
+        parts = self.__dict__.setdefault("_ref_parts", {})
+        if ref.id not in parts:
+            parts[ref.id] = self.client.user(ref.load())["content"][0]
+        return parts[ref.id]
 
     # -- prompts
     def build_messages(self, sample: ImageSample) -> tuple[list[dict[str, Any]], dict[str, Any] | None, dict[str, Any]]:
@@ -144,7 +81,7 @@ class LMMDetector(Detector):
         refs = self._refs_for(sample)
         domain = str(sample.meta.get("domain") or self.domain)
         class_name = self.class_name or sample.class_name
-        prompt, note = self.templates.render(domain, self.variant, len(refs), class_name, self._knowledge(sample))
+        prompt, note = self.templates.render(domain, self.variant, len(refs), class_name, self.knowledge_for(sample))
         json_answer = self.client.config.json_mode != "off"
         instruction = self.templates.answer_instruction(json_answer)
         parts: list[Any] = [self._ref_part(r) for r in refs]
@@ -186,13 +123,10 @@ class LMMDetector(Detector):
         t0 = time.perf_counter()
         replies = client.chat_many(requests)
         elapsed = (time.perf_counter() - t0) / max(1, len(requests))
-        stop: Exception | None = None
+        stop = self.stop_error(replies)
         for (i, info, msgs), rep in zip(owners, replies, strict=True):
             sid = samples[i].id
-            if isinstance(rep, (BudgetExceeded, ConfigError)):
-                stop = stop or rep
-                results[i] = Result(sample_id=sid, error=str(rep))
-            elif isinstance(rep, Exception):
+            if isinstance(rep, Exception):
                 results[i] = Result(sample_id=sid, error=str(rep) if isinstance(rep, GenadError) else f"{type(rep).__name__}: {rep}")
             else:
                 results[i] = self._to_result(sid, rep, info, msgs)
@@ -237,7 +171,7 @@ class LMMDetector(Detector):
                 refs = [r.load() for r in self._refs_for(s)]
                 r = localize(
                     client, s.load(), method=self.regions or "grid", n=self.n_regions,
-                    class_name=self.class_name or s.class_name, knowledge=self._knowledge(s),
+                    class_name=self.class_name or s.class_name, knowledge=self.knowledge_for(s),
                     references=refs, sample_id=s.id, threshold=self.threshold,
                     json_answer=client.config.json_mode != "off", max_tokens=self.max_tokens,
                 )
@@ -245,7 +179,8 @@ class LMMDetector(Detector):
                 raise
             except GenadError as e:
                 return Result(sample_id=s.id, error=str(e))
-            r.extra.pop("som_image", None)  # large; E's save_visual_prompt re-renders when asked
+            if r.visual_prompt is not None:
+                r.visual_prompt.image = None  # large; save_visual_prompt re-draws it from the labels
             r.extra["transcript"] = [{"role": "assistant", "content": r.extra.get("answer", "")}]
             r.timings.setdefault("lmm", time.perf_counter() - t0)
             return r

@@ -30,12 +30,13 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from genad.detector import Capabilities, Detector
+from genad.detector import Capabilities, Detector, check_image_detector, image_detector_class, param
+from genad.engines.lmm.base import LMMImageDetector
 from genad.engines.lmm.templates import templates_for
 from genad.engines.lmm.text2seg import knowledge_text
 from genad.engines.lmm.visual_prompt import (
@@ -46,11 +47,11 @@ from genad.engines.lmm.visual_prompt import (
     render_set_of_mark,
 )
 from genad.errors import GenadError
-from genad.types import ImageSample, Knowledge, Region, Result, Sample, Usage
+from genad.registry import create
+from genad.types import ImageSample, Knowledge, Region, Result, Sample, Usage, VisualPrompt
 
 if TYPE_CHECKING:
-    from genad.engines.lmm.config import LMMConfig
-    from genad.engines.lmm.provider import LMMClient, LMMReply
+    from genad.engines.lmm.provider import LMMReply
 
 # The prompts are in prompts/look_twice.toml (keys listed there; the knowledge phrases in
 # localize.toml), overridable by a prompts folder.
@@ -213,130 +214,86 @@ def fuse(
 
 
 # --------------------------------------------------------------------------- detector
-class LookTwiceDetector(Detector):
+def _knowledge(value: Any) -> Any:
+    if value is None or isinstance(value, (str, Knowledge)):
+        return value
+    if isinstance(value, dict):
+        return Knowledge(**value)
+    raise GenadError(f"knowledge must be text or a Knowledge, got {type(value).__name__}")
+
+
+def _engine(value: Any) -> Any:
+    if isinstance(value, Detector):
+        if "image" not in value.modalities:
+            raise GenadError(f"embedded must be an image detector, got one that reads {', '.join(value.modalities)}")
+        return value
+    if isinstance(value, str):
+        return check_image_detector(value)
+    raise GenadError(f"embedded must be an image detector's name or instance, got {value!r}")
+
+
+class LookTwiceDetector(LMMImageDetector):
     """Embedded proposals verified by a multimodal model ("lmm+embedded").
 
     Options: k (regions to verify, 3), weight (w of the LMM in the fusion, 0.5), threshold
     (decision on the fused score, 0.5), scale (embedded normaliser; default its threshold),
-    embedded (detector name or instance, "embedded"), embedded_params (dict for it; for
-    "embedded" the default adds strides=(8, 16), see backbones.with_fine_grid),
-    references (normal images shown to the LMM after fit, 1), class_name, knowledge (text or
-    Knowledge; a sample's own class_name/knowledge win), include_original (send the unmarked
-    image too, True), max_tokens, normal_standards / defect_types (build the knowledge).
-    LMM connection as for detector "lmm": any LMMConfig field (model, base_url, api_key,
-    budget_usd, ...), or `config` (LMMConfig), `config_file`, or a ready `client` (LMMClient).
+    embedded (an image detector's name or instance, "embedded"), embedded_params (its options;
+    the engine's own settings for proposals come first, see Detector.tuned: for "embedded",
+    strides 8+16), references (normal images shown to the LMM after fit, 1), class_name,
+    knowledge (text or Knowledge; a sample's own class_name/knowledge win), include_original
+    (send the unmarked image too, True), normal_standards / defect_types (build the knowledge),
+    and the connection options of every LMM-backed detector (genad.engines.lmm.base).
     """
 
-    modalities = ("image",)
+    name = "lmm+embedded"
     zero_shot = True
-    batch_size = 4  # few-shot: small chunks so an evaluation writes results as it goes
 
-    def __init__(
-        self,
-        k: int = 3,
-        weight: float = 0.5,
-        threshold: float = 0.5,
-        scale: float | None = None,
-        embedded: str | Detector = "embedded",
-        embedded_params: dict[str, Any] | None = None,
-        references: int = 1,
-        class_name: str | None = None,
-        knowledge: str | Knowledge | None = None,
-        include_original: bool = True,
-        max_tokens: int | None = None,
-        normal_standards: str | None = None,
-        defect_types: list[str] | str | None = None,
-        config: LMMConfig | None = None,
-        config_file: str | None = None,
-        client: LMMClient | None = None,
-        **settings: Any,
-    ) -> None:
-        from genad.engines.lmm.config import LMMConfig
+    k: int = param(3, low=1, high=64, doc="regions to verify per image")
+    weight: float = param(0.5, low=0.0, high=1.0, doc="weight of the model in the fused score")
+    scale: float | None = param(None, "float", low=1e-12, doc="embedded normaliser (default: its threshold)")
+    embedded: Any = param("embedded", "any", convert=_engine, doc="the image detector that proposes regions")
+    embedded_params: dict = param({}, doc="its options (they win over its tuning for proposals)")
+    references: int = param(1, low=0, high=16, doc="normal images shown to the model after fit()")
+    knowledge: Any = param(None, "any", convert=_knowledge, doc="what a person knows about the class")
+    include_original: bool = param(True, doc="send the unmarked image too")
+    batch_size: int = param(4, low=1, high=10_000, doc="few-shot: images per predict() when a run streams them")
 
-        valid = {f.name for f in fields(LMMConfig)}
-        unknown = sorted(set(settings) - valid)
-        if unknown:
-            raise GenadError(
-                f"unknown option(s) {', '.join(unknown)} for detector 'lmm+embedded': use k, weight, "
-                "threshold, scale, embedded, embedded_params, references, class_name, knowledge, "
-                "normal_standards, defect_types, include_original, max_tokens, config_file or an "
-                "LMM setting (model, base_url, ...)"
-            )
-        if int(k) < 1:
-            raise GenadError(f"k (regions to verify) must be at least 1, got {k}")
-        if not 0.0 <= float(weight) <= 1.0:
-            raise GenadError(f"weight must be between 0 and 1, got {weight}")
-        if scale is not None and float(scale) <= 0:
-            raise GenadError(f"scale must be positive, got {scale}")
-        if isinstance(defect_types, str):
-            defect_types = [d.strip() for d in defect_types.split(",") if d.strip()]
-        if knowledge is None and (normal_standards or defect_types):
-            knowledge = Knowledge(normal_standards=normal_standards, defect_types=list(defect_types or []))
-        super().__init__(
-            k=int(k), weight=float(weight), threshold=float(threshold), scale=scale,
-            embedded=embedded if isinstance(embedded, str) else type(embedded).__name__,
-            embedded_params=embedded_params, references=int(references), class_name=class_name,
-            knowledge=knowledge if not isinstance(knowledge, Knowledge) else asdict(knowledge),
-            include_original=include_original, max_tokens=max_tokens, config_file=config_file,
-            **{k_: v for k_, v in settings.items() if k_ != "api_key"},  # never echo the key
-        )
-        self.k, self.weight, self.threshold = int(k), float(weight), float(threshold)
-        self.scale = None if scale is None else float(scale)
-        self.n_references = int(references)
-        self.class_name, self.knowledge = class_name, knowledge
-        self.include_original, self.max_tokens = bool(include_original), max_tokens
-        if isinstance(embedded, Detector):
-            self.embedded = embedded
+    references_: list[Sample] = []  # fitted: normal images shown to the model
+
+    def _configure(self) -> None:
+        if isinstance(self.embedded, Detector):
+            self.engine = self.embedded
         else:
-            from genad.registry import create
-
-            params = dict(embedded_params or {})
-            if embedded == "embedded":
-                from genad.engines.embedded.backbones import with_fine_grid
-
-                # The finer stride-8+16 maps put their peaks on small defects more often than
-                # the default 16+32 ones (whose broad blobs win pixel AUROC on large defects): on
-                # magnetic_tile (benchmarks/look_twice_oracle.py) a proposal covered the defect in
-                # 31 of 40 defective images instead of 19; a 90%-right verifier then reached image
-                # AUROC 0.91, not 0.78.
-                params = with_fine_grid(params)
-            self.embedded = create(embedded, **params)
-        self._config, self._config_file, self._settings = config, config_file, settings
-        self._client = client
-        self.references_: list[Sample] = []
-        # Zero-shot mutual scoring needs the whole batch at once; after fit() chunks of 4 do.
-        self.batch_size = None  # type: ignore[misc]
+            cls = image_detector_class(self.embedded)
+            self.engine = create(self.embedded, **cls.tuned(self.embedded_params, "proposals"))
 
     def capabilities(self) -> Capabilities:
         # as the inner engine needs: zero-shot embedded scoring wants the whole batch
-        inner = self.embedded.capabilities()
-        return Capabilities(self.modalities, True, inner.whole_batch, inner.min_batch, chunk_size=4)
+        inner = self.engine.capabilities()
+        return Capabilities(self.modalities, True, inner.whole_batch, inner.min_batch, chunk_size=self.batch_size)
 
-    @property
-    def client(self) -> LMMClient:
-        if self._client is None:
-            from genad.engines.lmm.provider import client_from
-
-            self._client = client_from(self._config, self._config_file, self._settings)
-        return self._client
+    def knowledge_for(self, sample: Sample) -> Any:
+        if sample.knowledge is not None and not sample.knowledge.is_empty():
+            return sample.knowledge
+        if self.knowledge is not None:
+            return self.knowledge
+        if self.normal_standards or self.defect_types:
+            return super().knowledge_for(sample)
+        return None
 
     def fit(self, normal_samples: Sequence[Sample]) -> LookTwiceDetector:
         """Few-shot: the embedded engine learns the normals; the first `references` of them
         are shown to the LMM as what normal looks like."""
         normal_samples = list(normal_samples)
-        self.embedded.fit(normal_samples)
+        self.engine.fit(normal_samples)
         self.references_ = [s for s in normal_samples if isinstance(s, ImageSample)]
         self.fitted_ = True
-        self.batch_size = type(self).batch_size  # type: ignore[misc]
         return self
 
     def predict(self, samples: Sequence[Sample]) -> list[Result]:
-        from genad.engines.lmm.provider import BudgetExceeded
-        from genad.errors import ConfigError
-
         samples = list(samples)
         t0 = time.perf_counter()
-        base = self.embedded.predict(samples)
+        base = self.engine.predict(samples)
         t_emb = (time.perf_counter() - t0) / max(1, len(samples))
         ref_cache: dict[str, np.ndarray] = {}
         out: list[Result] = []
@@ -366,9 +323,9 @@ class LookTwiceDetector(Detector):
                 # As for detector "lmm": a wrong key/URL or a spent budget stops the run (the
                 # evaluator keeps results so far; answers are cached) rather than quietly
                 # turning every later image into an embedded-only result.
-                for r in got:
-                    if isinstance(r, (BudgetExceeded, ConfigError)):
-                        raise r
+                stop = self.stop_error(got)
+                if stop is not None:
+                    raise stop
                 replies = dict(zip(todo, got))
             for i in idx:
                 plan = plans[i]
@@ -387,7 +344,7 @@ class LookTwiceDetector(Detector):
     def _refs_for(self, s: Sample, cache: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Up to `references` normals shown to the LMM, of the sample's class when there are."""
         same = [r for r in self.references_ if r.class_name == s.class_name]
-        chosen = (same or self.references_)[: self.n_references]
+        chosen = (same or self.references_)[: self.references]
         for r in chosen:
             if r.id not in cache:
                 cache[r.id] = _pixels(r)
@@ -431,7 +388,7 @@ class LookTwiceDetector(Detector):
             parts.append(t.text("look_twice", "reference_one") if len(refs) == 1
                          else t.text("look_twice", "reference_many", n=len(refs)))
             parts += refs
-        know = knowledge_text(s.knowledge or self.knowledge, t)
+        know = knowledge_text(self.knowledge_for(s), t)
         if know:
             parts.append(know)
         parts.append(t.text("look_twice", "task", n=k))
@@ -440,10 +397,8 @@ class LookTwiceDetector(Detector):
     def _finish(self, s: Sample, base: Result, plan: _Plan, reply: LMMReply | Exception | None) -> Result:
         e, labels, n = plan.e, plan.labels, plan.n
         boxes = region_boxes(labels, n)
+        prompt = VisualPrompt(labels.astype(np.uint8 if n <= 255 else np.uint16), f"proposals:{self.k}", plan.som)
         extra: dict[str, Any] = {
-            "som_image": plan.som,
-            "region_masks": labels.astype(np.uint8 if n <= 255 else np.uint16),
-            "region_method": f"proposals:{self.k}",
             "embedded_score": base.score,
             "embedded_threshold": base.threshold,
             "fusion": {"weight": self.weight, "scale": plan.scale},
@@ -476,7 +431,7 @@ class LookTwiceDetector(Detector):
                 s.id, score=score, decision=score >= self.threshold, anomaly_map=e,
                 regions=[r for r in regions if r.score >= self.threshold],
                 explanation=f"embedded engine only ({fallback})", threshold=self.threshold,
-                usage=usage, extra=extra,
+                usage=usage, extra=extra, visual_prompt=prompt,
             )
         probs = {i: p for i, v in verdicts.items() if (p := v.probability) is not None}
         fused, region_scores = fuse(e, labels, n, probs, self.weight)
@@ -508,7 +463,7 @@ class LookTwiceDetector(Detector):
         return Result(
             s.id, score=score, decision=score >= self.threshold, anomaly_map=fused,
             regions=sorted(regions, key=lambda r: -r.score), explanation="\n".join(lines),
-            threshold=self.threshold, usage=usage, extra=extra,
+            threshold=self.threshold, usage=usage, extra=extra, visual_prompt=prompt,
         )
 
 

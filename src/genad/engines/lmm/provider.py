@@ -452,15 +452,6 @@ class LMMClient:
         return results
 
 
-def client_from(config: Any, config_file: Any, settings: dict[str, Any]) -> LMMClient:
-    """The client an LMM-backed detector builds on first use: its own LMMConfig if given, else
-    the environment / config file with the detector's settings on top. Built lazily so that a
-    detector can be created (and listed, validated) without a key."""
-    from genad.engines.lmm.config import LMMConfig
-
-    return LMMClient(config or LMMConfig.from_env(config_file, **settings))
-
-
 def _mentions_response_format(e: Exception) -> bool:
     text = (str(getattr(e, "message", "")) + " " + json.dumps(getattr(e, "body", None), default=str)).lower()
     return any(w in text for w in ("response_format", "json_schema", "json schema", "structured output"))

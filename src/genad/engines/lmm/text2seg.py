@@ -25,7 +25,7 @@ from genad.engines.lmm.visual_prompt import (
     region_boxes,
     render_set_of_mark,
 )
-from genad.types import ImageSample, Knowledge, Region, Result, Usage
+from genad.types import ImageSample, Knowledge, Region, Result, Usage, VisualPrompt
 
 if TYPE_CHECKING:
     from genad.engines.lmm.parse import Answer
@@ -179,8 +179,8 @@ def localize(
     the embedded engine's `anomaly_map` or `regions`), marked, and sent with any normal
     `references` and class `knowledge`. The answer's region scores become Result.anomaly_map
     (image resolution), its stated image score (else the highest region score) Result.score.
-    Result.extra holds "som_image", "region_masks" (int label image: pixel = region number),
-    "region_method", "region_scores" and "answer" (the raw reply text).
+    Result.visual_prompt holds the set-of-mark image, the label image (pixel = region number)
+    and the method; Result.extra "region_scores" and "answer" (the raw reply text).
     json_answer=True asks for JSON with a schema (servers without structured output still
     answer in text, which is parsed the same way).
     Raises what the client raises (GenadError subclasses) when the call itself fails.
@@ -207,12 +207,12 @@ def localize(
         answer, region_scores, masks, (h, w), sample_id=sample_id,
         smooth_sigma=smooth_sigma, threshold=threshold, usage=reply.usage,
     )
-    result.extra.update(
-        som_image=som,
-        region_masks=as_labels(masks)[0].astype(np.uint16 if len(masks) > 255 else np.uint8),
-        region_method=method if n is None else f"{method}:{n}",
-        answer=reply.text,
+    result.visual_prompt = VisualPrompt(
+        labels=as_labels(masks)[0].astype(np.uint16 if len(masks) > 255 else np.uint8),
+        method=method if n is None else f"{method}:{n}",
+        image=som,
     )
+    result.extra["answer"] = reply.text
     result.timings.update(visual_prompt=t1 - t0, lmm=t2 - t1)
     return result
 

@@ -335,11 +335,12 @@ def save_visual_prompt(
     """Write what the model saw and how its numbers map to pixels, so anyone can check it:
     som.png (the marked image), regions.png (label image: pixel value = region number,
     16-bit when there are more than 255 regions) and regions.json (per region: index, box,
-    area, score, label, explanation). When the result no longer holds its set-of-mark image
-    (detector "lmm" drops it to save memory), give the original `image` and it is re-rendered
-    from the region masks. Returns the written paths by name."""
-    som = result.extra.get("som_image")
-    masks = result.extra.get("region_masks")
+    area, score, label, explanation), from the result's `visual_prompt`. When it no longer
+    holds its set-of-mark image (detector "lmm" drops it to save memory), give the original
+    `image` and it is re-rendered from the region labels. Returns the written paths by name."""
+    vp = result.visual_prompt
+    som = None if vp is None else vp.image
+    masks = None if vp is None else vp.labels
     if som is None and masks is not None and image is not None:
         som = render_set_of_mark(np.asarray(image), masks)
     if som is None or masks is None:
@@ -373,7 +374,7 @@ def save_visual_prompt(
         )
     meta = {
         "sample_id": result.sample_id,
-        "method": result.extra.get("region_method"),
+        "method": None if vp is None else vp.method,
         "image_score": result.score,
         "regions": rows,
     }

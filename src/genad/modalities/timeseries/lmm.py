@@ -20,12 +20,12 @@ import io
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import fields
 from typing import Any
 
 import numpy as np
 
-from genad.detector import Detector
+from genad.detector import param
+from genad.engines.lmm.base import LMMDetectorBase
 from genad.engines.lmm.templates import Templates, templates_for
 from genad.errors import ConfigError, GenadError
 from genad.modalities.timeseries.common import Prepared, prepare
@@ -170,64 +170,37 @@ def ranges_to_map(ranges: list[dict[str, Any]], n: int, default_score: float) ->
     return m, kept, dropped
 
 
-_CONFIG_FIELDS: set[str] | None = None
+def _chart_size(value: Any) -> tuple[int, int]:
+    try:
+        w, h = (int(x) for x in (value.replace("x", ",").split(",") if isinstance(value, str) else value))
+    except (TypeError, ValueError):
+        raise GenadError(f"chart_size must be width,height in pixels such as 1024,448; got {value!r}") from None
+    if not (64 <= w <= 4096 and 64 <= h <= 4096):
+        raise GenadError(f"chart_size must be between 64 and 4096 pixels a side, got {w}x{h}")
+    return w, h
 
 
-def _config_fields() -> set[str]:
-    global _CONFIG_FIELDS
-    if _CONFIG_FIELDS is None:
-        from genad.engines.lmm.config import LMMConfig
-
-        _CONFIG_FIELDS = {f.name for f in fields(LMMConfig)}
-    return _CONFIG_FIELDS
-
-
-class SeriesLMMDetector(Detector):
+class SeriesLMMDetector(LMMDetectorBase):
     """Zero-shot series anomaly detection by a multimodal model (any OpenAI-compatible server).
 
     max_values: buckets of the numeric summary. context: a sentence about the series (what it
     measures, what normal is) added to the prompt. chart_size: (width, height) of the chart; the
     width is capped at the config's max_image_side so the PNG is sent as drawn. threshold:
-    decision threshold on the score when the model gives no yes/no. LMM settings (model,
-    base_url, api_key, cache_dir, ...) as keyword options, a config, a config file or GENAD_LMM_*.
+    decision threshold on the score when the model gives no yes/no. The connection options are
+    those of every LMM-backed detector (genad.engines.lmm.base).
     """
 
+    name = "ts-lmm"
     modalities = ("timeseries",)
     zero_shot = True
-    batch_size = 4
 
-    def __init__(self, max_values: int = 120, context: str | None = None, threshold: float = 0.5,
-                 max_tokens: int | None = 800, chart_size: tuple[int, int] = (1024, 448),
-                 max_nan_frac: float = 0.2, config: Any = None, config_file: str | None = None,
-                 client: Any = None, **settings: Any) -> None:
-        unknown = sorted(set(settings) - _config_fields())
-        if unknown:
-            raise GenadError(
-                f"unknown option(s) {', '.join(unknown)} for detector 'ts-lmm': use max_values, context, "
-                "threshold, max_tokens, chart_size, max_nan_frac, config_file or an LMM setting (model, base_url, ...)"
-            )
-        super().__init__(max_values=max_values, context=context, threshold=threshold,
-                         **{k: v for k, v in settings.items() if k != "api_key"})  # never echo the key
-        if max_values < 10:
-            raise GenadError("max_values must be 10 or more")
-        self.max_values = int(max_values)
-        self.context = context
-        self.threshold = float(threshold)
-        self.max_tokens = max_tokens
-        self.chart_size = (int(chart_size[0]), int(chart_size[1]))
-        self.max_nan_frac = float(max_nan_frac)
-        self._config = config
-        self._config_file = config_file
-        self._settings = settings
-        self._client = client
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            from genad.engines.lmm.provider import client_from
-
-            self._client = client_from(self._config, self._config_file, self._settings)
-        return self._client
+    max_values: int = param(120, low=10, high=10_000, doc="buckets of the numeric summary")
+    context: str | None = param(None, "str", doc="a sentence about the series (what it measures, what normal is)")
+    threshold: float = param(0.5, low=0.0, high=1.0, doc="decision threshold when the model gives no yes/no")
+    max_tokens: int | None = param(800, "int", low=1, high=1_000_000, doc="longest answer, in tokens")
+    chart_size: tuple[int, int] = param((1024, 448), "any", convert=_chart_size, doc="chart width,height")
+    max_nan_frac: float = param(0.2, low=0.0, high=1.0, doc="largest share of missing values tolerated")
+    batch_size: int = param(4, low=1, high=10_000, doc="series per predict() when a run streams them")
 
     def messages(self, sample: TimeSeriesSample, prep: Prepared) -> list[dict[str, Any]]:
         """The chat for one series: system prompt, then [chart PNG, numbers + task]."""
@@ -269,10 +242,11 @@ class SeriesLMMDetector(Detector):
             requests.append({"messages": msgs, "schema": ANSWER_SCHEMA, "max_tokens": self.max_tokens})
             where.append(i)
         replies = self.client.chat_many(requests) if requests else []
+        stop = self.stop_error(replies)
+        if stop is not None:
+            raise stop
         for i, reply in zip(where, replies):
             s = samples[i]
-            if isinstance(reply, ConfigError):
-                raise reply
             if isinstance(reply, Exception):
                 results[i] = Result(sample_id=s.id, error=f"model call failed: {reply}")
             else:

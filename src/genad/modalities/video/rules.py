@@ -20,25 +20,20 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from genad.detector import Detector
-from genad.engines.lmm.config import LMMConfig
+from genad.detector import param
+from genad.engines.lmm.base import LMMDetectorBase
 from genad.engines.lmm.parse import extract_json
-from genad.engines.lmm.provider import BudgetExceeded, LMMClient, system
+from genad.engines.lmm.provider import BudgetExceeded, system
 from genad.engines.lmm.templates import Templates, templates_for
 from genad.errors import GenadError
 from genad.ops import runs_to_ranges
 from genad.types import ImageSample, Result, Sample, Usage, VideoSample
-
-_CONFIG_FIELDS = {f.name for f in fields(LMMConfig)}
-_ALIASES = {"budget": "budget_usd", "prices": "price_table", "concurrency": "max_concurrency",
-            "rpm": "requests_per_minute"}
 
 # The prompts are in genad/engines/lmm/prompts/video_rules.toml (keys listed there), overridable
 # by a prompts folder.
@@ -135,67 +130,37 @@ def _moving_mean(v: np.ndarray, window: int) -> np.ndarray:
     return np.where(n > 0, (c_s[hi] - c_s[lo]) / np.maximum(n, 1), np.nan)
 
 
-class RuleVideoDetector(Detector):
-    """Induce rules from normal frames, then judge frames against them (AnomalyRuler)."""
+def _rules(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict) or not (value.get("normal") or value.get("abnormal")):
+        raise GenadError("rules= needs a 'normal' and/or 'abnormal' list of rules")
+    return {k: value[k] for k in ("normal", "abnormal", "description") if k in value}
 
+
+class RuleVideoDetector(LMMDetectorBase):
+    """Induce rules from normal frames, then judge frames against them (AnomalyRuler). The
+    connection options are those of every LMM-backed detector (genad.engines.lmm.base)."""
+
+    name = "video-rules"
     modalities = ("video",)
     zero_shot = True
-    batch_size = 1  # one video per predict() call in the evaluator: results are written as they come
 
-    def __init__(
-        self,
-        context: str | None = None,
-        n_normal_frames: int = 4,
-        batch_frames: int = 4,
-        stride: int = 1,
-        window: int = 5,
-        frame_side: int = 512,
-        rules: dict[str, list[str]] | None = None,
-        max_tokens: int | None = None,
-        config: LMMConfig | str | None = None,
-        config_file: str | None = None,
-        client: LMMClient | None = None,
-        **settings: Any,
-    ) -> None:
-        settings = {_ALIASES.get(k, k): v for k, v in settings.items()}
-        unknown = sorted(set(settings) - _CONFIG_FIELDS)
-        if unknown:
-            raise GenadError(
-                f"unknown option(s) {', '.join(unknown)} for detector 'video-rules': use context, "
-                "n_normal_frames, batch_frames, stride, window, frame_side, rules, max_tokens, "
-                "config_file or an LMM setting (model, base_url, ...)"
-            )
-        if min(int(n_normal_frames), int(batch_frames), int(stride), int(window)) < 1:
-            raise GenadError("n_normal_frames, batch_frames, stride and window must be >= 1")
-        if int(frame_side) < 32:
-            raise GenadError(f"frame_side must be >= 32 pixels, got {frame_side}")
-        super().__init__(
-            context=context, n_normal_frames=int(n_normal_frames), batch_frames=int(batch_frames),
-            stride=int(stride), window=int(window), frame_side=int(frame_side),
-            **{k: v for k, v in settings.items() if k != "api_key"},  # never echo the key
+    context: str | None = param(None, "str", doc="what the camera shows (e.g. a campus walkway)")
+    n_normal_frames: int = param(4, low=1, high=64, doc="frames shown to induce the rules")
+    batch_frames: int = param(4, low=1, high=64, doc="frames judged per call")
+    stride: int = param(1, low=1, high=10_000, doc="judge every stride-th frame")
+    window: int = param(5, low=1, high=1001, doc="majority vote over this many judged frames")
+    frame_side: int = param(512, low=32, high=4096, doc="frames are shrunk to this side")
+    rules: dict | None = param(None, "dict", convert=_rules, doc="given rules: skip induction")
+    batch_size: int = param(1, low=1, high=10_000, doc="videos per predict() when a run streams them")
+
+    rules_: Rules | None = None  # fitted: the induced rules
+    fit_usage_: Usage = Usage()
+
+    def _configure(self) -> None:
+        r = self.rules
+        self._given_rules = None if r is None else Rules(
+            list(r.get("normal", [])), list(r.get("abnormal", [])), str(r.get("description", ""))
         )
-        if isinstance(config, (str, Path)):
-            config, config_file = None, str(config)
-        self.context = context
-        self.n_normal_frames, self.batch_frames = int(n_normal_frames), int(batch_frames)
-        self.stride, self.window, self.frame_side = int(stride), int(window), int(frame_side)
-        self.max_tokens = max_tokens
-        self._config, self._config_file, self._settings, self._client = config, config_file, settings, client
-        self.rules_: Rules | None = None
-        if rules is not None:
-            self.rules_ = Rules(list(rules.get("normal", [])), list(rules.get("abnormal", [])),
-                                str(rules.get("description", "")))
-            if not (self.rules_.normal or self.rules_.abnormal):
-                raise GenadError("rules= needs a 'normal' and/or 'abnormal' list of rules")
-        self.fit_usage_ = Usage()
-
-    @property
-    def client(self) -> LMMClient:
-        if self._client is None:
-            from genad.engines.lmm.provider import client_from
-
-            self._client = client_from(self._config, self._config_file, self._settings)
-        return self._client
 
     def _small(self, frame: np.ndarray) -> Image.Image:
         im = Image.fromarray(frame)
@@ -260,7 +225,7 @@ class RuleVideoDetector(Detector):
         frames = sample.load_frames()
         n = len(frames)
         usage = Usage()
-        rules = self.rules_
+        rules = self.rules_ if self.rules_ is not None else self._given_rules
         if rules is None:  # zero-shot: rules from frames spread over this video
             pick = np.unique(np.linspace(0, n - 1, min(self.n_normal_frames, n)).round().astype(int))
             rules, u = self.induce([frames[i] for i in pick], from_video_itself=True)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from service_helpers import png, texture
 
-from genad.service.inspector import map_range
+from genad.report.overlay import threshold_scale
 from genad.service.jobs import AccessDenied, DataRoots, NotFound
 from genad.service.store import Inspection, Store, is_id, new_id
 from genad.service.uploads import PayloadTooLarge, UnsupportedMedia, decode_image, display_name
@@ -59,15 +59,15 @@ def test_data_roots_contain_requests(tmp_path: Path) -> None:
 
 def test_map_range_puts_the_threshold_mid_scale() -> None:
     amap = np.array([[0.2, 0.5], [0.6, 1.4]], np.float32)
-    lo, hi = map_range(amap, threshold=0.8)
+    lo, hi = threshold_scale(amap, threshold=0.8, at=0.5, saturate=True)
     assert (lo, hi) == pytest.approx((0.2, 1.4))
     assert (0.8 - lo) / (hi - lo) == pytest.approx(0.5)
     # a map wholly below its threshold tops out below the middle of the scale
-    lo, hi = map_range(np.array([[0.0, 0.3]], np.float32), threshold=1.0)
+    lo, hi = threshold_scale(np.array([[0.0, 0.3]], np.float32), threshold=1.0, at=0.5, saturate=True)
     assert (0.3 - lo) / (hi - lo) < 0.5
-    assert map_range(np.array([[1.0, 3.0]], np.float32), None) == (1.0, 3.0)
-    assert map_range(np.full((2, 2), np.nan, np.float32), 0.5) == (0.0, 1.0)
-    assert map_range(np.ones((2, 2), np.float32), None) == (1.0, 2.0)
+    assert threshold_scale(np.array([[1.0, 3.0]], np.float32), None, at=0.5, saturate=True) == (1.0, 3.0)
+    assert threshold_scale(np.full((2, 2), np.nan, np.float32), 0.5, at=0.5, saturate=True) == (0.0, 1.0)
+    assert threshold_scale(np.ones((2, 2), np.float32), None, at=0.5, saturate=True) == (1.0, 2.0)
 
 
 def test_store_round_trip_and_order(tmp_path: Path) -> None:

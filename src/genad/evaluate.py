@@ -195,7 +195,7 @@ def run_benchmark(
             f"{data_dir} holds {len(cats)} categories ({names}{', ...' if len(cats) > 6 else ''}): "
             f"evaluate one at a time, e.g. genad eval {cats[0]}"
         )
-    test = load_mvtec(data_dir, "test")
+    loaded = load_mvtec(data_dir, "test")
 
     if isinstance(detector, Detector):
         det = detector
@@ -208,12 +208,13 @@ def run_benchmark(
     if shots == 0 and not det.zero_shot:
         raise GenadError(f"detector {det.name!r} needs normal references: pass --shots K (e.g. --shots 4)")
 
-    refs, test, ref_source = draw_references(data_dir, test, shots, seed)
+    refs, scored, ref_source = draw_references(data_dir, loaded, shots, seed)
+    test: list[Sample] = list(scored)
     if limit is not None:
         test = stratified_subset(test, limit, seed)
     if not test:
         raise GenadError(f"nothing left to score in {data_dir}/test after taking the references")
-    check_masks(test)
+    check_masks([s for s in test if isinstance(s, ImageSample)])
 
     config = {
         "data_dir": str(data_dir.resolve()),
@@ -362,7 +363,8 @@ def summarise(
     ok_set = set(ok)
     good_ok = [i for i in by_type.get("good", []) if i in ok_set]
     none: dict[str, float | None] = {"pixel_auroc": None, "pixel_ap": None, "aupro": None}
-    pixel, pixel_per_type, pixel_curves = none, {}, None
+    pixel, pixel_curves = none, None
+    pixel_per_type: dict[str, dict[str, float | None]] = {}
     if has_masks:
         defect_ok = {
             t: [i for i in idx if i in ok_set and samples[i].label is not None]
@@ -385,7 +387,7 @@ def summarise(
         if t != "good" and idx_ok and good_ok:
             both = good_ok + idx_ok
             entry["image_auroc"] = image_auroc(
-                [samples[i].label for i in both], [records[i]["score"] for i in both]
+                [int(samples[i].label or 0) for i in both], [float(records[i]["score"]) for i in both]
             )
             px = pixel_per_type.get(t, none)
             entry["pixel_auroc"], entry["aupro"] = px["pixel_auroc"], px["aupro"]

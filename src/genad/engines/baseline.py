@@ -146,8 +146,9 @@ class BaselineDetector(Detector):
         results = [Result(s.id, error=errors[i]) for i, s in enumerate(samples)]
         if not ok:
             return results
-        x = np.stack([feats[i] for i in ok])
-        if self.fitted_ and self.center_ is not None:
+        x = np.stack([f for f in feats if f is not None])
+        threshold: float | None
+        if self.center_ is not None and self.spread_ is not None:
             center, spread = self.center_, self.spread_
             threshold = self.threshold if self.threshold is not None else (self.threshold_ or self.default_threshold)
         else:

@@ -322,11 +322,13 @@ def read_pcd(path: str | Path) -> dict[str, np.ndarray]:
         out = _pcd_compressed(raw, pos, n, names, sizes, types, counts, path)
     else:
         raise GenadError(f"{path}: PCD DATA {kind!r} is not supported: use ascii, binary or binary_compressed")
-    key = "rgb" if "rgb" in out else "rgba" if "rgba" in out else None
-    if key is not None and np.ndim(out[key]) == 1:
-        v = np.asarray(out[key])
+    colour_key = "rgb" if "rgb" in out else "rgba" if "rgba" in out else None
+    if colour_key is not None and np.ndim(out[colour_key]) == 1:
+        v = np.asarray(out[colour_key])
         packed = v.astype(np.uint32) if v.dtype.kind in "ui" else v.astype(np.float32).view(np.uint32)
-        out["red"], out["green"], out["blue"] = (packed >> 16) & 255, (packed >> 8) & 255, packed & 255
+        out["red"], out["green"], out["blue"] = (
+            ((packed >> 16) & 255).astype(np.float64), ((packed >> 8) & 255).astype(np.float64), (packed & 255).astype(np.float64)
+        )
     return out
 
 

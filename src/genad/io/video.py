@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -138,7 +139,7 @@ def _load_file(path: Path, fps: float | None, max_frames: int | None, max_side: 
             if not frames:
                 raise GenadError(f"cannot decode video {path}: {e} (is it a complete video file?)") from e
             # a truncated tail: keep what decoded, say so in meta
-            truncated = str(e)
+            truncated: str | None = str(e)
         else:
             truncated = None
     if not frames:
@@ -185,7 +186,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 25.0, codec: 
     frames = np.asarray(frames, dtype=np.uint8)
     h, w = frames.shape[1:3]
     with av.open(str(path), mode="w") as out:
-        st = out.add_stream(codec, rate=int(round(fps)))
+        st: Any = out.add_stream(codec, rate=int(round(fps)))
         st.width, st.height, st.pix_fmt = w, h, "yuv420p"
         if codec == "mpeg4":
             st.bit_rate = 4_000_000  # default is low enough to smear small objects

@@ -105,7 +105,7 @@ class PixelMetrics:
     def add(self, anomaly_map: np.ndarray, mask: np.ndarray | None = None) -> None:
         """Add one image: its anomaly map (HxW) and its ground-truth mask (bool HxW, None = all
         normal). The map must have the mask's size."""
-        amap = np.asarray(anomaly_map)
+        amap: np.ndarray = np.asarray(anomaly_map)
         if amap.ndim == 3 and amap.shape[-1] == 1:
             amap = amap[..., 0]
         if amap.ndim != 2:
@@ -115,9 +115,10 @@ class PixelMetrics:
         else:
             mask_b = np.asarray(mask).astype(bool, copy=False)
             if mask_b.shape != amap.shape:
+                mh, mw = (tuple(mask_b.shape) + (0, 0))[:2]
                 raise GenadError(
                     f"anomaly map {amap.shape[1]}x{amap.shape[0]} differs from its mask "
-                    f"{mask_b.shape[1]}x{mask_b.shape[0]}: resize the map to the image's size"
+                    f"{mw}x{mh}: resize the map to the image's size"
                 )
         amap = amap.astype(np.float32, copy=False)
         if np.isnan(amap).any():

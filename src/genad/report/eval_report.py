@@ -7,13 +7,14 @@ It shows the summary figures, ROC / PR curves (image level, and pixel level with
 when masks exist), a per-defect-type table, and two galleries: the worst false positives (the
 highest-scoring normal images) and the worst false negatives (the lowest-scoring anomalous
 images), each as an overlay of its anomaly map with the ground-truth outline in green. The
-heat colours share one scale across the galleries so that images can be compared. Every text
-is HTML-escaped; values under keys that look secret (api_key, token, ...) are masked.
+heat colours share one scale across the galleries so that images can be compared. The markup is
+templates/eval_report.html.j2, autoescaped, so every text (sample ids, explanations, errors,
+summary values) is escaped by the template engine; values under keys that look secret
+(api_key, token, ...) are masked before the page sees them.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import re
@@ -27,6 +28,7 @@ from PIL import Image
 from scipy import ndimage
 
 from genad.errors import GenadError
+from genad.report.html import render
 from genad.secrets import redact
 from genad.types import ImageSample, Result, Sample
 
@@ -64,10 +66,6 @@ class _Entry:
 
 
 # -- small helpers ---------------------------------------------------------------------------
-def _esc(v: Any) -> str:
-    return html.escape(str(v), quote=True)
-
-
 def _fmt(v: Any) -> str:
     if v is None:
         return "–"
@@ -114,8 +112,8 @@ def _mask(sample: Sample, shape: tuple[int, int] | None = None) -> np.ndarray | 
 def _figure(title: str, xlabel: str, ylabel: str) -> Any:
     try:
         from matplotlib.figure import Figure
-    except ImportError as e:  # matplotlib is the [report] extra
-        raise GenadError("the evaluation report needs matplotlib: pip install 'genad[report]'") from e
+    except ImportError as e:  # a genad dependency, but an environment may lack it
+        raise GenadError("the evaluation report needs matplotlib: pip install matplotlib") from e
     fig = Figure(figsize=(4.6, 4.0), dpi=100)  # no pyplot: no global state, safe in a server
     ax = fig.add_subplot(1, 1, 1)
     ax.set_title(title)
@@ -215,31 +213,25 @@ def _shared_scale(run: RunLike, entries: Sequence[_Entry]) -> tuple[float | None
     return min(lows), max(highs)
 
 
-def _gallery_html(
+def _gallery(
     run: RunLike, entries: Sequence[_Entry], img_dir: Path, prefix: str, thumb: int,
-    vmin: float | None, vmax: float | None, threshold: float | None,
-) -> str:
-    if not entries:
-        return '<p class="muted">none</p>'
+    vmin: float | None, vmax: float | None,
+) -> list[dict[str, Any]]:
+    """One card per entry, in rank order; writes each card's picture as img/<prefix>_NN.png."""
     cards = []
     for rank, e in enumerate(entries, start=1):
         im = _gallery_image(run, e, vmin, vmax, thumb)
-        pic = ""
+        pic = None
         if im is not None:
             name = f"{prefix}_{rank:02d}.png"
             im.save(img_dir / name)
-            pic = f'<img src="{IMG_DIR}/{name}" alt="{_esc(e.sample.id)}" loading="lazy">'
+            pic = f"{IMG_DIR}/{name}"
         defect = e.sample.truth.defect_type if e.sample.truth and e.sample.truth.defect_type else ("good" if e.label == 0 else "anomalous")
-        called = "" if threshold is None else (" · called anomalous" if e.score >= threshold else " · called normal")
-        why = ""
-        if e.result.explanation:
-            text = e.result.explanation if len(e.result.explanation) <= 400 else e.result.explanation[:400] + "…"
-            why = f'<div class="why">{_esc(text)}</div>'
-        cards.append(
-            f'<figure>{pic}<figcaption><b>#{rank}</b> <code>{_esc(e.sample.id)}</code><br>'
-            f"{_esc(defect)} · score {_esc(_fmt(e.score))}{_esc(called)}{why}</figcaption></figure>"
-        )
-    return '<div class="gallery">' + "".join(cards) + "</div>"
+        why = e.result.explanation
+        if why and len(why) > 400:
+            why = why[:400] + "…"
+        cards.append({"id": e.sample.id, "pic": pic, "defect": defect, "score": e.score, "why": why})
+    return cards
 
 
 # -- tables ----------------------------------------------------------------------------------
@@ -250,30 +242,11 @@ def _per_type(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {str(k): (v if isinstance(v, dict) else {"value": v}) for k, v in given.items()}
 
 
-def _table(rows: dict[str, dict[str, Any]], first: str) -> str:
+def _columns(rows: dict[str, dict[str, Any]]) -> list[str]:
     cols: list[str] = []
     for row in rows.values():
         cols.extend(c for c in row if c not in cols)
-    head = "".join(f"<th>{_esc(c)}</th>" for c in [first, *cols])
-    body = "".join(
-        "<tr>" + f"<td>{_esc(name)}</td>" + "".join(f"<td>{_esc(_fmt(row.get(c)))}</td>" for c in cols) + "</tr>"
-        for name, row in rows.items()
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
-h1{font-size:1.5em} h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:4px}
-.cards{display:flex;flex-wrap:wrap;gap:12px}
-.card{border:1px solid #ddd;border-radius:8px;padding:10px 16px;min-width:130px}
-.card .v{font-size:1.6em;font-weight:600} .card .k{color:#666;font-size:.85em}
-table{border-collapse:collapse;font-size:.9em;margin:8px 0} td,th{border:1px solid #ddd;padding:4px 8px;text-align:left}
-th{background:#f5f5f5} .plots{display:flex;flex-wrap:wrap;gap:12px}
-.gallery{display:flex;flex-wrap:wrap;gap:14px} figure{margin:0;max-width:520px}
-figure img{max-width:100%;border:1px solid #ccc} figcaption{font-size:.85em;margin-top:4px}
-.why{color:#555;margin-top:2px} .muted{color:#888} code{font-size:.95em;word-break:break-all}
-"""
+    return cols
 
 
 # -- the report ------------------------------------------------------------------------------
@@ -310,62 +283,30 @@ def write_eval_report(out_dir: Path, run: RunLike, gallery_size: int = 8, thumb_
     vmin, vmax = _shared_scale(run, [*fps, *fns])
 
     title = f"genad evaluation: {summary.get('detector', 'detector')} on {summary.get('data_dir', 'data')}"
-    cards = "".join(
-        f'<div class="card"><div class="v">{_esc(_fmt(summary.get(k)))}</div><div class="k">{_esc(_LABELS[k])}</div></div>'
-        for k in _HEADLINE
-        if k in summary
-    )
     skip = set(_HEADLINE) | {"per_type", "failed", "decision"}
-    details = {k: v for k, v in summary.items() if k not in skip}
-    detail_rows = "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(_fmt(v))}</td></tr>" for k, v in details.items())
-    failed = summary.get("failed") or []
-    failed_html = ""
-    if failed:
-        items = "".join(
-            f"<li><code>{_esc(f.get('id') if isinstance(f, dict) else f)}</code>: "
-            f"{_esc(f.get('error') if isinstance(f, dict) else '')}</li>"
-            for f in failed[:200]
-        )
-        more = f"<p class='muted'>and {len(failed) - 200} more</p>" if len(failed) > 200 else ""
-        failed_html = f"<h2>Failed samples ({len(failed)})</h2><ul>{items}</ul>{more}"
-    plots_html = "".join(f'<figure><img src="{p}" alt="{_esc(c)}"><figcaption>{_esc(c)}</figcaption></figure>' for c, p in plots)
-    thr_note = (
-        f"Decision threshold (best image F1): {_esc(_fmt(threshold))}." if threshold is not None else ""
-    )
+    failed = [(f.get("id"), f.get("error")) if isinstance(f, dict) else (f, "") for f in summary.get("failed") or []]
     dm = summary.get("decision")
-    if isinstance(dm, dict) and dm.get("n"):
-        thr_note += (
-            f" The detector's own decisions: precision {dm['precision']:.3f}, recall {dm['recall']:.3f}, "
-            f"F1 {dm['f1']:.3f} (false alarms {dm['false_alarms']}, misses {dm['misses']})."
-        )
-    scale_note = (
-        f"Heat colours share one scale, {_esc(_fmt(vmin))} (blue) to {_esc(_fmt(vmax))} (red); "
-        "left: input, right: overlay with predicted regions and the ground truth outlined in green."
-        if vmin is not None
-        else "No anomaly maps were kept for these images."
+    per_type = _per_type(summary)
+    page = render(
+        "eval_report.html.j2",
+        title=title,
+        fmt=_fmt,
+        cards=[(summary.get(k), _LABELS[k]) for k in _HEADLINE if k in summary],
+        n_scored=len(entries),
+        n_normal=int((labels == 0).sum()),
+        n_anomalous=int((labels == 1).sum()),
+        threshold=threshold,
+        own=dm if isinstance(dm, dict) and dm.get("n") else None,
+        plots=plots,
+        per_type=per_type,
+        per_type_columns=_columns(per_type),
+        vmin=vmin,
+        vmax=vmax,
+        false_positives=_gallery(run, fps, img_dir, "fp", thumb_px, vmin, vmax),
+        false_negatives=_gallery(run, fns, img_dir, "fn", thumb_px, vmin, vmax),
+        failed=failed,
+        details={k: v for k, v in summary.items() if k not in skip},
     )
-
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>
-<body>
-<h1>{_esc(title)}</h1>
-<div class="cards">{cards}</div>
-<p class="muted">{len(entries)} scored labelled images ({int((labels == 0).sum())} normal, {int((labels == 1).sum())} anomalous). {thr_note}</p>
-<h2>Curves</h2>
-<div class="plots">{plots_html or '<p class="muted">Curves need both normal and anomalous images.</p>'}</div>
-<h2>Per defect type</h2>
-{_table(_per_type(summary), "type")}
-<h2>Worst false positives: highest-scoring normal images</h2>
-<p class="muted">{scale_note}</p>
-{_gallery_html(run, fps, img_dir, "fp", thumb_px, vmin, vmax, threshold)}
-<h2>Worst false negatives: lowest-scoring anomalous images</h2>
-{_gallery_html(run, fns, img_dir, "fn", thumb_px, vmin, vmax, threshold)}
-{failed_html}
-<h2>Run details</h2>
-<table><tbody>{detail_rows}</tbody></table>
-</body></html>
-"""
     index = out_dir / "index.html"
     index.write_text(page, encoding="utf-8")
     return index

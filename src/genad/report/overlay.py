@@ -1,29 +1,34 @@
 """Heatmaps and overlays: an anomaly map made visible on top of its image.
 
-A jet-like lookup table is built once in numpy (no matplotlib needed at run time), so the
-CLI, the service and the reports all colour maps the same way: blue = normal, red = anomalous.
+The colours are matplotlib's "jet" (blue = normal, red = anomalous), taken once as a 256-entry
+lookup table when the first map is coloured, so that importing this module stays cheap; the
+CLI, the service and the reports all colour maps the same way, and `threshold_scale` is the one
+rule for where a detector's threshold sits on that scale.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from genad.types import Region
 
-
-def _jet_lut(n: int = 256) -> np.ndarray:
-    # Classic jet: each channel is a clipped triangle, red peaking at the top.
-    x = np.linspace(0.0, 1.0, n)
-    r = np.clip(1.5 - np.abs(4.0 * x - 3.0), 0.0, 1.0)
-    g = np.clip(1.5 - np.abs(4.0 * x - 2.0), 0.0, 1.0)
-    b = np.clip(1.5 - np.abs(4.0 * x - 1.0), 0.0, 1.0)
-    return (np.stack([r, g, b], axis=1) * 255.0 + 0.5).astype(np.uint8)
+LUT_SIZE = 256
 
 
-_LUT = _jet_lut()
+@cache
+def _lut() -> np.ndarray:
+    """uint8 (256, 3): matplotlib's jet resampled to 256 colours, rounded (not truncated, so
+    the ends are (0, 0, 128) and (128, 0, 0)). Imported on first use: matplotlib is slow to load."""
+    import matplotlib
+
+    rgba = matplotlib.colormaps["jet"].resampled(LUT_SIZE)(np.arange(LUT_SIZE))
+    lut = (rgba[:, :3] * 255.0 + 0.5).astype(np.uint8)
+    lut.flags.writeable = False
+    return lut
 
 
 def normalise(anomaly_map: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
@@ -41,28 +46,50 @@ def normalise(anomaly_map: np.ndarray, vmin: float | None = None, vmax: float | 
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def threshold_scale(anomaly_map: np.ndarray, threshold: float | None, at: float = 0.75) -> tuple[float | None, float | None]:
-    """(vmin, vmax) that put `threshold` at the `at` point of the colormap (orange), so a map
-    that stays below the threshold never shows red, and one above it does. Without a usable
-    threshold: (None, None), i.e. each map's own range."""
+def threshold_scale(
+    anomaly_map: np.ndarray,
+    threshold: float | None,
+    at: float = 0.75,
+    *,
+    saturate: bool = False,
+) -> tuple[float | None, float | None]:
+    """The colour scale (vmin, vmax) of one map, from its detector's threshold: the scale starts
+    at the map's lowest value and puts `threshold` at the `at` point of the colour map, so a map
+    that stays below its threshold never reaches the colours above `at`, and red means above it.
+    (Scaling each map to its own maximum would paint every normal image red somewhere.)
+
+    `genad detect` uses at=0.75 (orange): when the map goes higher than the scale, the scale
+    stretches to the map's maximum, so the hottest pixel of an anomalous map is the top colour;
+    without a usable threshold (none, not finite, or not above the map's floor) it returns
+    (None, None), i.e. the map's own range.
+
+    The service uses at=0.5 with saturate=True: the threshold is always mid-scale (green) and
+    anything beyond twice its distance from the floor is the top colour (red = well above the
+    threshold); the scale is always numbers: without a usable threshold the map's own range,
+    (0, 1) for a map with no finite value, (v, v + 1) for a flat one."""
+    if not 0.0 < at <= 1.0:
+        raise ValueError(f"at must be in (0, 1], got {at}")
     a = np.asarray(anomaly_map, dtype=np.float32)
-    finite = np.isfinite(a)
-    if threshold is None or not np.isfinite(threshold) or not finite.any():
-        return None, None
-    lo = float(a[finite].min())
-    if threshold <= lo:
-        return None, None
-    hi = max(float(a[finite].max()), lo + (float(threshold) - lo) / at)
-    return lo, hi
+    finite = a[np.isfinite(a)]
+    usable = threshold is not None and bool(np.isfinite(threshold))
+    if finite.size == 0:
+        return (0.0, 1.0) if saturate else (None, None)
+    lo, top = float(finite.min()), float(finite.max())
+    if not usable or float(threshold) <= lo:  # type: ignore[arg-type]
+        if not saturate:
+            return None, None
+        return lo, (top if top > lo else lo + 1.0)
+    hi = lo + (float(threshold) - lo) / at  # type: ignore[arg-type]
+    return lo, (hi if saturate else max(top, hi))
 
 
 def heatmap_rgb(anomaly_map: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
-    """Colour an HxW anomaly map with a jet-like colormap -> uint8 HxWx3."""
+    """Colour an HxW anomaly map with the jet colour map -> uint8 HxWx3."""
     a = np.asarray(anomaly_map)
     if a.ndim != 2:
         raise ValueError(f"anomaly_map must be HxW, got shape {a.shape}")
     idx = (normalise(a, vmin, vmax) * 255.0 + 0.5).astype(np.uint8)
-    return _LUT[idx]
+    return _lut()[idx]
 
 
 def resize_map(anomaly_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -40,7 +40,8 @@ def write_map(path: Path, amap: np.ndarray) -> None:
     a = np.asarray(amap, dtype=np.float32)
     info = np.finfo(np.float16)
     # float16 halves the disk cost; clip so that a huge score does not become inf.
-    a = np.clip(np.nan_to_num(a, nan=0.0, posinf=info.max, neginf=info.min), info.min, info.max)
+    lo, hi = float(info.min), float(info.max)
+    a = np.clip(np.nan_to_num(a, nan=0.0, posinf=hi, neginf=lo), lo, hi)
     tmp = path.with_suffix(".tmp.npz")
     np.savez_compressed(tmp, map=a.astype(np.float16))
     tmp.replace(path)

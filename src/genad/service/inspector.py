@@ -154,7 +154,7 @@ class Inspector:
 
     def _keep(self, iid: str, upload: Upload, image: np.ndarray, res: Result, detector: str,
               params: dict[str, Any], n_normals: int, inline_png: bool) -> dict[str, Any]:
-        from genad.report.overlay import heatmap_rgb, overlay, resize_map
+        from genad.report.overlay import heatmap_rgb, overlay, resize_map, threshold_scale
 
         folder = self.dir / iid
         folder.mkdir(parents=True, exist_ok=False)
@@ -166,7 +166,8 @@ class Inspector:
         overlay_png: bytes | None = None
         if has_map:
             amap = resize_map(np.asarray(res.anomaly_map, dtype=np.float32), image.shape[:2])
-            vmin, vmax = map_range(amap, res.threshold)
+            # The threshold mid-scale (green); red = well above it; a normal image stays blue-cyan.
+            vmin, vmax = threshold_scale(amap, res.threshold, at=0.5, saturate=True)
             _save_png(heatmap_rgb(amap, vmin=vmin, vmax=vmax), folder / "heatmap.png")
             over = overlay(image, amap, alpha=0.5, vmin=vmin, vmax=vmax, regions=res.regions or None)
             overlay_png = _save_png(over, folder / "overlay.png")
@@ -206,22 +207,6 @@ def inspection_json(ins: Inspection) -> dict[str, Any]:
         "heatmap_url": f"{base}/heatmap.png" if ins.has_heatmap else None,
         "overlay_url": f"{base}/overlay.png" if ins.has_heatmap else None,
     }
-
-
-def map_range(amap: np.ndarray, threshold: float | None) -> tuple[float, float]:
-    """Colour scale for one map. Scaling each map to its own max would paint every normal
-    image red somewhere. When the detector gives a threshold above the map's floor, the scale
-    runs from the floor to twice the threshold's distance from it: the threshold is always
-    mid-scale (green), so a normal image stays blue-cyan and red means well above threshold."""
-    finite = amap[np.isfinite(amap)]
-    if finite.size == 0:
-        return 0.0, 1.0
-    lo, hi = float(finite.min()), float(finite.max())
-    if threshold is not None and np.isfinite(threshold) and threshold > lo:
-        hi = lo + 2.0 * (float(threshold) - lo)
-    if hi <= lo:
-        hi = lo + 1.0
-    return lo, hi
 
 
 def _save_png(arr: np.ndarray, path: Path) -> bytes:

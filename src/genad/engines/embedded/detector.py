@@ -47,8 +47,9 @@ def _strides(value: object) -> object:
         return "auto"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = (value,)
+    items = value.replace(" ", "").split(",") if isinstance(value, str) else value
     try:
-        return tuple(int(x) for x in (value.replace(" ", "").split(",") if isinstance(value, str) else value))  # type: ignore[union-attr]
+        return tuple(int(x) for x in items)  # type: ignore[attr-defined]
     except (TypeError, ValueError) as e:
         raise GenadError(f"strides must be numbers such as 16 or 8,16; got {value!r}") from e
 
@@ -357,12 +358,12 @@ class EmbeddedDetector(Detector):
         per = {"features": (t1 - t0) / n, "scoring": (t2 - t1) / n}
         results: list[Result] = []
         pos = {i: k for k, i in enumerate(order)}
-        for i, s in enumerate(samples):
+        for i, sample in enumerate(samples):
             if i in errors:
-                results.append(Result(s.id, error=errors[i]))
+                results.append(Result(sample.id, error=errors[i]))
                 continue
             k = pos[i]
-            r = self._result(s, maps[k], float(scores[k]), thr, "zero-shot", dict(per))
+            r = self._result(sample, maps[k], float(scores[k]), thr, "zero-shot", dict(per))
             r.extra["raw_score"] = float(raw[k])
             results.append(r)
         return results

@@ -111,26 +111,6 @@ def extract(
                 )
 
 
-def extract_arrays(
-    backbone: Backbone,
-    images: Sequence[np.ndarray],
-    resolution: int,
-    rs: Sequence[int] = (1, 3, 5),
-    batch_size: int = 8,
-    scale: float | None = None,
-    dims: int | None = None,
-) -> list[ImageFeatures]:
-    """`extract` for images already in memory, in input order."""
-    out: list[ImageFeatures | None] = [None] * len(images)
-    loaders = [(lambda im=im: im) for im in images]
-    shapes = [(int(im.shape[0]), int(im.shape[1])) for im in images]
-    for i, f in extract(backbone, loaders, shapes, resolution, rs, batch_size, scale, dims):
-        if isinstance(f, Exception):
-            raise f
-        out[i] = f
-    return [f for f in out if f is not None]
-
-
 def augment(image: np.ndarray, kinds: Sequence[str]) -> list[np.ndarray]:
     """Label-preserving variants of a normal reference: 'hflip', 'vflip', 'rot90', 'rot±k' (small
     rotations in degrees, edges filled by reflection so that no black corners appear)."""

@@ -13,10 +13,10 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 from scipy.ndimage import gaussian_filter
+
+from genad.ops import resize_map
 
 
 def batch_scale(shapes: Sequence[tuple[int, int]], resolution: int) -> float:
@@ -63,11 +63,7 @@ def patch_map_to_image(
     Smoothing happens at the working resolution (sigma in working pixels, as PatchCore does at
     224 px) so that its strength does not depend on how large the original picture is.
     """
-    t = torch.from_numpy(np.ascontiguousarray(patch_scores, dtype=np.float32))[None, None]
-    m = F.interpolate(t, size=work, mode="bilinear", align_corners=False)[0, 0].numpy()
+    m = resize_map(np.asarray(patch_scores, dtype=np.float32), work)
     if sigma > 0:
         m = gaussian_filter(m, sigma=sigma, mode="nearest", truncate=3.0)
-    if tuple(out) != tuple(work):
-        t = torch.from_numpy(m)[None, None]
-        m = F.interpolate(t, size=tuple(out), mode="bilinear", align_corners=False)[0, 0].numpy()
-    return np.ascontiguousarray(m, dtype=np.float32)
+    return np.ascontiguousarray(resize_map(m, out), dtype=np.float32)

@@ -71,7 +71,7 @@ class LMMDetectorBase(Detector):
         """The client: the one given (`client=`), else one built from `config=`, the options
         and the environment (once, on first use)."""
         if self.lmm_client is not None:
-            return self.lmm_client  # type: ignore[no-any-return]
+            return self.lmm_client
         built = getattr(self, "_built_client", None)
         if built is None:
             from genad.engines.lmm.provider import LMMClient

@@ -137,7 +137,7 @@ class LMMConfig:
 
 def _read_config_file(config_file: str | Path | None) -> dict[str, Any]:
     explicit = config_file is not None
-    path = Path(config_file).expanduser() if explicit else default_config_file()
+    path = Path(config_file).expanduser() if config_file is not None else default_config_file()
     if not path.exists():
         if explicit:
             raise ConfigError(f"config file {path} does not exist: check the --config path")

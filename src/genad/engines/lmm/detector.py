@@ -129,8 +129,9 @@ class LMMDetector(LMMImageDetector):
             if isinstance(rep, Exception):
                 results[i] = Result(sample_id=sid, error=str(rep) if isinstance(rep, GenadError) else f"{type(rep).__name__}: {rep}")
             else:
-                results[i] = self._to_result(sid, rep, info, msgs)
-                results[i].timings["lmm"] = elapsed
+                res = self._to_result(sid, rep, info, msgs)
+                res.timings["lmm"] = elapsed
+                results[i] = res
         if stop is not None:
             # every answer paid for so far is cached: a re-run after fixing this costs nothing for them
             raise stop

@@ -420,23 +420,25 @@ class LookTwiceDetector(LMMImageDetector):
                     fallback = why
         if fallback is not None:
             # Unusable answer: the embedded judgement alone, on the same [0, 1] scale.
-            emb_score = None if base.score is None else float(normalise_embedded(np.float32(base.score), plan.scale))
+            emb_score = None if base.score is None else float(normalise_embedded(np.array(base.score), plan.scale))
             extra["fallback"] = fallback
-            regions = [
+            kept = [
                 Region(score=float(e[labels == i].max()), box=boxes[i - 1], mask=labels == i, index=i)
                 for i in range(1, n + 1) if boxes[i - 1] is not None
             ]
             score = emb_score if emb_score is not None else float(e.max())
             return Result(
                 s.id, score=score, decision=score >= self.threshold, anomaly_map=e,
-                regions=[r for r in regions if r.score >= self.threshold],
+                regions=[r for r in kept if r.score >= self.threshold],
                 explanation=f"embedded engine only ({fallback})", threshold=self.threshold,
                 usage=usage, extra=extra, visual_prompt=prompt,
             )
         probs = {i: p for i, v in verdicts.items() if (p := v.probability) is not None}
         fused, region_scores = fuse(e, labels, n, probs, self.weight)
         score = max(region_scores)
-        regions, confirmed, rejected = [], [], []
+        regions: list[Region] = []
+        confirmed: list[str] = []
+        rejected: list[str] = []
         for i in range(1, n + 1):
             v, box = verdicts.get(i), boxes[i - 1]
             if box is None:

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import ndimage
 
+from genad.ops import resize_map
+
 from genad.engines.lmm.templates import Templates, templates_for
 from genad.engines.lmm.visual_prompt import (
     as_labels,
@@ -48,12 +50,7 @@ def scores_to_map(
     for i, s in region_scores.items():
         if 1 <= int(i) <= n and s is not None and np.isfinite(s):
             lut[int(i)] = float(s)
-    amap = lut[labels]
-    shape = (int(shape[0]), int(shape[1]))
-    if amap.shape != shape:
-        rows = (np.arange(shape[0]) * labels.shape[0]) // shape[0]
-        cols = (np.arange(shape[1]) * labels.shape[1]) // shape[1]
-        amap = amap[rows[:, None], cols[None, :]]
+    amap = resize_map(lut[labels], shape, nearest=True)
     if smooth_sigma > 0:
         amap = ndimage.gaussian_filter(amap, sigma=float(smooth_sigma), mode="nearest")
     return amap.astype(np.float32, copy=False)

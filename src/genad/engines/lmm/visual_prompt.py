@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
+from genad.ops import resize_map
 from genad.errors import GenadError
 from genad.types import Region, Result
 
@@ -137,23 +138,13 @@ def _proposals(
 
 def fit_map(anomaly_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """The map as float32 at `shape` (bilinear when it was made at another resolution)."""
-    a = np.asarray(anomaly_map, dtype=np.float32)
-    if a.shape != shape:
-        from skimage.transform import resize
-
-        a = resize(a, shape, order=1, preserve_range=True, anti_aliasing=False).astype(np.float32)
-    return a
+    return resize_map(np.asarray(anomaly_map, dtype=np.float32), shape)
 
 
 def region_mask(region: Region, shape: tuple[int, int]) -> np.ndarray | None:
     """A Region's bool mask at `shape`, from its mask (resized if needed) or else its box."""
     if region.mask is not None:
-        m = np.asarray(region.mask, dtype=bool)
-        if m.shape != shape:
-            from skimage.transform import resize
-
-            m = resize(m.astype(np.float32), shape, order=0, anti_aliasing=False) > 0.5
-        return m
+        return resize_map(np.asarray(region.mask, dtype=bool), shape, nearest=True)
     if region.box is not None:
         x0, y0, x1, y1 = (int(v) for v in region.box)
         m = np.zeros(shape, dtype=bool)
@@ -325,7 +316,7 @@ def _label_box(
                 break
     x0 = int(np.clip(cx - bw // 2, 0, max(0, w - bw)))
     y0 = int(np.clip(cy - bh // 2, 0, max(0, h - bh)))
-    return x0, y0, min(w - 1, x0 + bw), min(h - 1, y0 + bh)
+    return x0, y0, int(min(w - 1, x0 + bw)), int(min(h - 1, y0 + bh))
 
 
 # --------------------------------------------------------------------------- saving

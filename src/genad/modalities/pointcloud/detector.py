@@ -140,7 +140,7 @@ class PointCloudDetector(Detector):
         thresholds = [r.threshold for r in good if r.threshold is not None]
         if thresholds and self.view_reduce == "max":
             result.threshold = float(min(thresholds))
-        best = int(np.argmax([r.score if r.ok else -np.inf for r in vres]))
+        best = int(np.argmax([float(r.score) if r.ok and r.score is not None else -np.inf for r in vres]))
         result.explanation = f"most anomalous in view {best + 1} of {len(views)} (score {vres[best].score:.3g})"
         if point_scores is not None:
             hot = point_scores >= np.nanpercentile(point_scores, 99)

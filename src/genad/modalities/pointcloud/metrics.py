@@ -19,8 +19,8 @@ def pointcloud_metrics(samples: Sequence[PointCloudSample], results: Sequence[Re
         raise GenadError(f"{len(samples)} samples but {len(results)} results")
     ok = [(s, r) for s, r in zip(samples, results) if r.ok]
     labelled = [(s, r) for s, r in ok if s.truth is not None and s.truth.label is not None]
-    y = [s.truth.label for s, _ in labelled]  # type: ignore[union-attr]
-    sc = [r.score for _, r in labelled]
+    y = [int(s.truth.label) for s, _ in labelled]  # type: ignore[union-attr,arg-type]
+    sc = [float(r.score) for _, r in labelled]  # type: ignore[arg-type]
     out: dict[str, float | None | int] = {
         "object_auroc": image_auroc(y, sc) if labelled else None,
         "object_ap": image_ap(y, sc) if labelled else None,
@@ -28,7 +28,7 @@ def pointcloud_metrics(samples: Sequence[PointCloudSample], results: Sequence[Re
         "n_failed": len(samples) - len(ok),
     }
     with_points = [
-        (s.truth.point_labels, r.anomaly_map) for s, r in ok  # type: ignore[union-attr]
+        (s.truth.point_labels, r.anomaly_map) for s, r in ok
         if s.truth is not None and s.truth.point_labels is not None and r.anomaly_map is not None
     ]
     for lab, amap in with_points:

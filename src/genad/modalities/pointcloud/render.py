@@ -122,8 +122,8 @@ def render_view(
     while r > 0 and (2 * r + 1) ** 2 * n > _MAX_SPLATS:  # bound memory on huge sparse clouds
         r -= 1
     offs = np.arange(-r, r + 1)
-    dr, dc = np.meshgrid(offs, offs, indexing="ij")
-    dr, dc = dr.ravel(), dc.ravel()
+    grid_r, grid_c = np.meshgrid(offs, offs, indexing="ij")
+    dr, dc = grid_r.ravel(), grid_c.ravel()
     rr = row[:, None] + dr[None, :]
     cc = col[:, None] + dc[None, :]
     pid = np.broadcast_to(np.arange(n)[:, None], rr.shape)
@@ -138,16 +138,16 @@ def render_view(
     first = np.flatnonzero(np.r_[True, key_sorted[1:] != key_sorted[:-1]])
     win_pix = key_sorted[first]
     win_pt = pid[order][first]
-    index_map = np.full(size * size, -1, dtype=np.int64)
-    index_map[win_pix] = win_pt
-    index_map = index_map.reshape(size, size)
+    flat_index = np.full(size * size, -1, dtype=np.int64)
+    flat_index[win_pix] = win_pt
+    index_map = flat_index.reshape(size, size)
 
     valid = index_map >= 0
     # Screen-space occlusion: where the front surface is sparse, a farther surface shows
     # through the gaps; a pixel much deeper than the nearest surface around it is such a leak.
-    zimg = np.full(size * size, -np.inf)
-    zimg[win_pix] = z[win_pt]
-    zimg = zimg.reshape(size, size)
+    zflat = np.full(size * size, -np.inf)
+    zflat[win_pix] = z[win_pt]
+    zimg = zflat.reshape(size, size)
     half = 2 * r + 2  # random gaps in a sparse front reach about twice the splat radius
     local_front = ndimage.maximum_filter(zimg, size=2 * half + 1, mode="constant", cval=-np.inf)
     tol = 2.5 * half / px + 3 * spacing  # what a surface tilted ~70 degrees spans in the window

@@ -9,6 +9,7 @@ dent, bump, crack (a narrow groove) or hole (points removed; the rim is labelled
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -136,7 +137,7 @@ def make_dataset(
     n_points: int = 8000,
     seed: int = 0,
     defects: tuple[str, ...] = DEFECTS,
-    **shape_kw: float,
+    **shape_kw: Any,
 ) -> tuple[list[PointCloudSample], list[PointCloudSample]]:
     """(normal references, test set): the test set has n_normal good parts and n_defective
     parts cycling through `defects`. Every part has its own seed, so the sets are reproducible."""

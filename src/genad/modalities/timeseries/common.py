@@ -148,7 +148,7 @@ def choose_window(x: np.ndarray, window: int | str | None, default: int = 32,
     n = as_2d(x).shape[0]
     if window not in (None, "auto"):
         try:
-            m = int(window)  # type: ignore[arg-type]
+            m = int(window)
         except (TypeError, ValueError) as e:
             raise GenadError(f"window must be a whole number of points or 'auto', got {window!r}") from e
         if m < 3:

@@ -250,6 +250,7 @@ class SeriesLMMDetector(LMMDetectorBase):
             if isinstance(reply, Exception):
                 results[i] = Result(sample_id=s.id, error=f"model call failed: {reply}")
             else:
+                assert isinstance(s, TimeSeriesSample)
                 results[i] = self._read(s, preps[i], reply)
         took = time.perf_counter() - t0
         for r in results:

@@ -320,7 +320,7 @@ def _read_verdicts(data: dict[str, Any] | None, batch: list[int]) -> dict[int, d
             continue
         j = it.get("frame", it.get("index"))
         try:
-            j = int(j)
+            j = int(j)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             j = batch[pos] if pos < len(batch) else None
         if j not in batch:

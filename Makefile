@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.genad-installed
 
-.PHONY: demo test install clean bench
+.PHONY: demo test lint format install clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,9 +20,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/genad detect examples/magnetic_tile/test --normal examples/magnetic_tile/train/good --out demo-out
 
-test: $(STAMP)
+test: $(STAMP) lint
 	bash scripts/ensure-chromium.sh
 	$(PY) -m pytest -q
+
+# ruff (lint + format) and mypy, as `make test` runs them; `make format` applies ruff's fixes.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix src tests benchmarks scripts
+	$(VENV)/bin/ruff format src tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) demo-out

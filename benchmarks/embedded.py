@@ -23,8 +23,20 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_SHOTS = {"magnetic_tile": [0, 1, 4, 16], "brain_mri": [0, 4]}
-KEYS = ("image_auroc", "image_ap", "image_f1_max", "decision", "pixel_auroc", "aupro", "n_images",
-        "images_per_second", "seconds", "fit_seconds", "predict_seconds", "peak_rss_mb")
+KEYS = (
+    "image_auroc",
+    "image_ap",
+    "image_f1_max",
+    "decision",
+    "pixel_auroc",
+    "aupro",
+    "n_images",
+    "images_per_second",
+    "seconds",
+    "fit_seconds",
+    "predict_seconds",
+    "peak_rss_mb",
+)
 
 
 def run_one(data: str, backbone: str, shots: int, limit: int | None, seed: int, params: dict) -> dict:
@@ -32,8 +44,9 @@ def run_one(data: str, backbone: str, shots: int, limit: int | None, seed: int, 
 
     p = {"backbone": backbone, **params}
     with tempfile.TemporaryDirectory(prefix="genad-bench-") as tmp:
-        run = run_benchmark(DATA / data, "embedded", p, shots=shots, seed=seed, limit=limit,
-                            run_dir=Path(tmp), progress=False)
+        run = run_benchmark(
+            DATA / data, "embedded", p, shots=shots, seed=seed, limit=limit, run_dir=Path(tmp), progress=False
+        )
     s = run.summary
     return {k: s.get(k) for k in KEYS} | {"per_type": s.get("per_type"), "params": p}
 
@@ -97,8 +110,21 @@ def main() -> None:
     for data in a.data:
         for backbone in a.backbone:
             for shots in a.shots or DEFAULT_SHOTS.get(data, [0, 4]):
-                cmd = [sys.executable, __file__, "--one", "--data", data, "--backbone", backbone,
-                       "--shots", str(shots), "--seed", str(a.seed), "--params", a.params]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    "--data",
+                    data,
+                    "--backbone",
+                    backbone,
+                    "--shots",
+                    str(shots),
+                    "--seed",
+                    str(a.seed),
+                    "--params",
+                    a.params,
+                ]
                 if a.limit:
                     cmd += ["--limit", str(a.limit)]
                 t = time.time()

@@ -49,20 +49,37 @@ def main() -> None:
         res = det.predict(batch)
         dt = time.perf_counter() - t
         assert all(r.ok for r in res)
-        rows.append({"mode": f"{k}-shot predict", "images": len(batch), "seconds": round(dt, 1),
-                     "images_per_second": round(len(batch) / dt, 1)})
+        rows.append(
+            {
+                "mode": f"{k}-shot predict",
+                "images": len(batch),
+                "seconds": round(dt, 1),
+                "images_per_second": round(len(batch) / dt, 1),
+            }
+        )
         print(rows[-1], flush=True)
     batch = order[: a.n_zero]
     t = time.perf_counter()
     res = genad.create("embedded", backbone=a.backbone).predict(batch)
     dt = time.perf_counter() - t
     assert all(r.ok for r in res)
-    rows.append({"mode": "zero-shot predict", "images": len(batch), "seconds": round(dt, 1),
-                 "images_per_second": round(len(batch) / dt, 1)})
+    rows.append(
+        {
+            "mode": "zero-shot predict",
+            "images": len(batch),
+            "seconds": round(dt, 1),
+            "images_per_second": round(len(batch) / dt, 1),
+        }
+    )
     print(rows[-1], flush=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out = {"data": a.data, "backbone": a.backbone, "machine": platform.processor() or platform.machine(),
-           "peak_rss_mb": round(peak), "rows": rows}
+    out = {
+        "data": a.data,
+        "backbone": a.backbone,
+        "machine": platform.processor() or platform.machine(),
+        "peak_rss_mb": round(peak),
+        "rows": rows,
+    }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(out, indent=1))
     print("| mode | images | seconds | images/s |\n|---|---|---|---|")

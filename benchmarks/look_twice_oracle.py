@@ -41,8 +41,13 @@ def main() -> None:
     ap.add_argument("--weight", type=float, nargs="+", default=[0.5])
     ap.add_argument("--accuracy", type=float, nargs="+", default=[1.0, 0.8])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--embedded", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="embedded engine settings, e.g. strides=8,16 (default: the look-twice defaults)")
+    ap.add_argument(
+        "--embedded",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="embedded engine settings, e.g. strides=8,16 (default: the look-twice defaults)",
+    )
     args = ap.parse_args()
 
     rng = random.Random(args.seed)
@@ -73,7 +78,8 @@ def main() -> None:
     for s, r in zip(picked, base):
         pm.add(r.anomaly_map, s.mask())
     rows["embedded alone"] = {
-        "image_auroc": image_auroc(labels, emb_scores), "image_ap": image_ap(labels, emb_scores),
+        "image_auroc": image_auroc(labels, emb_scores),
+        "image_ap": image_ap(labels, emb_scores),
         "accuracy@0.5": float(np.mean([(x >= 0.5) == bool(y) for x, y in zip(emb_scores, labels)])),
         **{k: v for k, v in pm.compute().items() if k in ("pixel_auroc", "aupro")},
     }
@@ -83,8 +89,9 @@ def main() -> None:
         plan = det._plan(s, r)
         gt = s.mask()
         if s.label and gt is not None and not isinstance(plan, str):
-            covered += any((gt & (plan.labels == i)).sum() >= 0.1 * (plan.labels == i).sum()
-                           for i in range(1, plan.n + 1))
+            covered += any(
+                (gt & (plan.labels == i)).sum() >= 0.1 * (plan.labels == i).sum() for i in range(1, plan.n + 1)
+            )
     t_fuse = 0.0
     runs = [(w, acc) for w in args.weight for acc in args.accuracy]
     for w, acc in runs:
@@ -108,20 +115,25 @@ def main() -> None:
             scores.append(res.score)
             pm.add(res.anomaly_map, s.mask())
         rows[f"look-twice w={w}, verifier {acc:.0%} right"] = {
-            "image_auroc": image_auroc(labels, scores), "image_ap": image_ap(labels, scores),
+            "image_auroc": image_auroc(labels, scores),
+            "image_ap": image_ap(labels, scores),
             "accuracy@0.5": float(np.mean([(x >= 0.5) == bool(y) for x, y in zip(scores, labels)])),
             **{k: v for k, v in pm.compute().items() if k in ("pixel_auroc", "aupro")},
         }
     n = len(picked)
-    print(f"{args.data}: {n} test images ({sum(labels)} defective), {args.shots}-shot, k={args.k}; "
-          f"embedded {t_emb / n:.2f} s/img, proposals+marks+fusion "
-          f"{t_fuse / n / len(runs) * 1000:.0f} ms/img; {covered} of {sum(labels)} defective images "
-          "have a proposal that is >= 10% defect")
+    print(
+        f"{args.data}: {n} test images ({sum(labels)} defective), {args.shots}-shot, k={args.k}; "
+        f"embedded {t_emb / n:.2f} s/img, proposals+marks+fusion "
+        f"{t_fuse / n / len(runs) * 1000:.0f} ms/img; {covered} of {sum(labels)} defective images "
+        "have a proposal that is >= 10% defect"
+    )
     print("| run | image AUROC | image AP | accuracy @0.5 | pixel AUROC | AUPRO |")
     print("|---|---|---|---|---|---|")
     for name, m in rows.items():
-        print(f"| {name} | {m['image_auroc']:.3f} | {m['image_ap']:.3f} | {m['accuracy@0.5']:.3f} | "
-              f"{m['pixel_auroc']:.3f} | {m['aupro']:.3f} |")
+        print(
+            f"| {name} | {m['image_auroc']:.3f} | {m['image_ap']:.3f} | {m['accuracy@0.5']:.3f} | "
+            f"{m['pixel_auroc']:.3f} | {m['aupro']:.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -79,8 +79,9 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if args.check:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-        from metrics_helpers import exact_aupro
         from sklearn.metrics import average_precision_score, roc_auc_score
+
+        from metrics_helpers import exact_aupro
 
         pairs = [generate(i, args.size) for i in range(args.check)]
         sub = PixelMetrics()

@@ -22,11 +22,18 @@ from genad.modalities.pointcloud.synth import SHAPES, make_dataset
 
 
 def run(shape: str, mode: str, args: argparse.Namespace) -> dict[str, float | str | int]:
-    train, test = make_dataset(shape, n_train=args.train, n_normal=args.normal, n_defective=args.defective,
-                               n_points=args.points, seed=args.seed)
+    train, test = make_dataset(
+        shape,
+        n_train=args.train,
+        n_normal=args.normal,
+        n_defective=args.defective,
+        n_points=args.points,
+        seed=args.seed,
+    )
     params = json.loads(args.image_params) if args.image_params else {}
-    det = genad.create("pointcloud", image_detector=args.image_detector, image_params=params, views=args.views,
-                       size=args.size)
+    det = genad.create(
+        "pointcloud", image_detector=args.image_detector, image_params=params, views=args.views, size=args.size
+    )
     t0 = time.perf_counter()
     if mode == "few-shot":
         det.fit(train)
@@ -36,17 +43,24 @@ def run(shape: str, mode: str, args: argparse.Namespace) -> dict[str, float | st
     if errors:
         raise SystemExit(f"{shape} {mode}: {len(errors)} errors, first: {errors[0]}")
     m = pointcloud_metrics(test, results)
-    return {"shape": shape, "mode": mode, "object_auroc": round(float(m["object_auroc"]), 4),
-            "point_auroc": round(float(m["point_auroc"]), 4),
-            "point_auroc_defective": round(float(m["point_auroc_defective"]), 4), "n_test": len(test),
-            "seconds": round(seconds, 1), "clouds_per_second": round(len(test) / seconds, 3)}
+    return {
+        "shape": shape,
+        "mode": mode,
+        "object_auroc": round(float(m["object_auroc"]), 4),
+        "point_auroc": round(float(m["point_auroc"]), 4),
+        "point_auroc_defective": round(float(m["point_auroc_defective"]), 4),
+        "n_test": len(test),
+        "seconds": round(seconds, 1),
+        "clouds_per_second": round(len(test) / seconds, 3),
+    }
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=SHAPES)
     ap.add_argument("--modes", nargs="+", default=["few-shot", "zero-shot"], choices=["few-shot", "zero-shot"])
     ap.add_argument("--image-detector", default="embedded")
-    ap.add_argument("--image-params", default="", help='JSON, e.g. \'{"resolution": 224}\'')
+    ap.add_argument("--image-params", default="", help="JSON, e.g. '{\"resolution\": 224}'")
     ap.add_argument("--views", type=int, default=6)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--train", type=int, default=4)
@@ -63,8 +77,11 @@ def main() -> None:
         for mode in args.modes:
             r = run(shape, mode, args)
             rows.append(r)
-            print(f"| {shape} | {mode} | {r['object_auroc']:.3f} | {r['point_auroc']:.3f} | "
-                  f"{r['point_auroc_defective']:.3f} | {r['seconds']} | {r['clouds_per_second']} |", flush=True)
+            print(
+                f"| {shape} | {mode} | {r['object_auroc']:.3f} | {r['point_auroc']:.3f} | "
+                f"{r['point_auroc_defective']:.3f} | {r['seconds']} | {r['clouds_per_second']} |",
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "rows": rows}, f, indent=2)

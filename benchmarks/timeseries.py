@@ -54,7 +54,7 @@ def _mean(xs: list[float]) -> float | None:
 
 
 def make(spec: str):
-    """"name" or "name:key=value:key=value" (values read as JSON when they parse)."""
+    """ "name" or "name:key=value:key=value" (values read as JSON when they parse)."""
     name, *opts = spec.split(":")
     params = {}
     for o in opts:
@@ -117,8 +117,10 @@ def run(detector: str, dataset: str, samples: list) -> dict:
 
 
 def table(results: dict) -> str:
-    head = ("| data set | detector | series | point AUROC | point AP | PA-F1 | range P | range R | range F1 "
-            "| NAB score | UCR hit | seconds |")
+    head = (
+        "| data set | detector | series | point AUROC | point AP | PA-F1 | range P | range R | range F1 "
+        "| NAB score | UCR hit | seconds |"
+    )
     lines = [head, "|" + "---|" * 12]
     f = lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"  # noqa: E731
     for ds in ("nab", "ucr"):
@@ -139,8 +141,11 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--datasets", default="nab,ucr")
-    ap.add_argument("--detectors", default="ts-matrix-profile,ts-matrix-profile:normalize=true,ts-matrix-profile:normalize=false,ts-iforest",
-                    help="comma-separated; options as name:key=value")
+    ap.add_argument(
+        "--detectors",
+        default="ts-matrix-profile,ts-matrix-profile:normalize=true,ts-matrix-profile:normalize=false,ts-iforest",
+        help="comma-separated; options as name:key=value",
+    )
     ap.add_argument("--limit", type=int, default=None, help="first N series of each data set (a quick check)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
@@ -157,9 +162,13 @@ def main(argv: list[str] | None = None) -> None:
             results[det][ds] = run(det, ds, samples)
             print(f"{det} {ds}: {json.dumps(results[det][ds]['summary'])}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"command": "python benchmarks/timeseries.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "total_seconds": round(time.time() - t0, 1), "python": platform.python_version(),
-            "machine": platform.machine(), "limit": args.limit}
+    meta = {
+        "command": "python benchmarks/timeseries.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "total_seconds": round(time.time() - t0, 1),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "limit": args.limit,
+    }
     (args.out / "timeseries.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
     md = table(results)
     (args.out / "timeseries.md").write_text(md)

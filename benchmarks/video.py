@@ -28,8 +28,9 @@ IMAGE_PARAMS = {"resolution": 96}
 
 
 def run(name: str, image_detector: str, normal: VideoSample | None) -> str:
-    det = genad.create("video", image_detector=image_detector,
-                       image_params=IMAGE_PARAMS if image_detector == "embedded" else None)
+    det = genad.create(
+        "video", image_detector=image_detector, image_params=IMAGE_PARAMS if image_detector == "embedded" else None
+    )
     t = time.perf_counter()
     if normal is not None:
         det.fit([normal])

@@ -42,7 +42,9 @@ def main() -> None:
                 scores_to_map(masks, {1: 0.9}, img.shape[:2])
                 ts.append((t1 - t0, t2 - t1, time.perf_counter() - t2))
             d, r, m = np.median(ts, axis=0) * 1000
-            print(f"| {name} {img.shape[1]}x{img.shape[0]} | {method} {n} | {len(masks)} | {d:.0f} | {r:.0f} | {m:.0f} |")
+            print(
+                f"| {name} {img.shape[1]}x{img.shape[0]} | {method} {n} | {len(masks)} | {d:.0f} | {r:.0f} | {m:.0f} |"
+            )
 
 
 if __name__ == "__main__":

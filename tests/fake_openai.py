@@ -83,9 +83,7 @@ class FakeOpenAI:
                 except json.JSONDecodeError:
                     payload = {"_raw": raw.decode("utf-8", "replace")}
                 with outer._lock:
-                    outer.requests.append(
-                        {"path": self.path, "headers": dict(self.headers.items()), "json": payload}
-                    )
+                    outer.requests.append({"path": self.path, "headers": dict(self.headers.items()), "json": payload})
                     item = outer._next(payload)
                 if item.delay:
                     time.sleep(item.delay)

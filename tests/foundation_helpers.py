@@ -57,7 +57,9 @@ def make_mvtec(
             img, mask = defect_image(rng)
             Image.fromarray(img).save(root / "test" / name / f"{i:03d}.png")
             if with_masks:
-                Image.fromarray(mask.astype(np.uint8) * 255).save(root / "ground_truth" / name / f"{i:03d}{mask_suffix}.png")
+                Image.fromarray(mask.astype(np.uint8) * 255).save(
+                    root / "ground_truth" / name / f"{i:03d}{mask_suffix}.png"
+                )
     return root
 
 

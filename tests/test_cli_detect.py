@@ -29,7 +29,8 @@ def run_cli(args, capsys):
 def test_demo_command_writes_overlays_jsonl_and_index(tmp_path, capsys):
     out = tmp_path / "demo-out"
     code, stdout, err = run_cli(
-        ["detect", EXAMPLES / "test", "--normal", EXAMPLES / "train" / "good", "--out", out, "--detector", "baseline"], capsys
+        ["detect", EXAMPLES / "test", "--normal", EXAMPLES / "train" / "good", "--out", out, "--detector", "baseline"],
+        capsys,
     )
     assert code == 0, err
     assert "7 inputs" in stdout and "test/crack/exp6_num_249821.jpg" in stdout
@@ -49,19 +50,29 @@ def test_zero_shot_threshold_and_params(tmp_path, capsys):
     img = normal_image(rng)
     img[10:20, 10:20] = 255
     Image.fromarray(img).save(tmp_path / "z_bad.png")
-    code, stdout, err = run_cli(["detect", tmp_path, "--detector", "baseline", "--param", "grid=32", "--out", tmp_path / "o"], capsys)
+    code, stdout, err = run_cli(
+        ["detect", tmp_path, "--detector", "baseline", "--param", "grid=32", "--out", tmp_path / "o"], capsys
+    )
     assert code == 0, err
-    lines = {json.loads(x)["id"].split("/")[-1]: json.loads(x) for x in (tmp_path / "o" / "results.jsonl").read_text().splitlines()}
+    lines = {
+        json.loads(x)["id"].split("/")[-1]: json.loads(x)
+        for x in (tmp_path / "o" / "results.jsonl").read_text().splitlines()
+    }
     assert lines["z_bad.png"]["decision"] is True
     assert max(lines, key=lambda k: lines[k]["score"]) == "z_bad.png"
-    code, stdout, _ = run_cli(["detect", tmp_path, "-d", "baseline", "--threshold", "1e9", "--out", tmp_path / "o"], capsys)
+    code, stdout, _ = run_cli(
+        ["detect", tmp_path, "-d", "baseline", "--threshold", "1e9", "--out", tmp_path / "o"], capsys
+    )
     assert code == 0 and "5 inputs, 0 anomalous" in stdout  # the overlays in o/ are not inputs
 
 
 def test_a_truncated_image_is_reported_and_the_rest_go_on(tmp_path, capsys):
     shutil.copytree(EXAMPLES / "test", tmp_path / "in")
     truncate(tmp_path / "in" / "good" / "exp1_num_154549.jpg", 300)
-    code, stdout, err = run_cli(["detect", tmp_path / "in", "--normal", EXAMPLES / "train" / "good", "-d", "baseline", "-o", tmp_path / "o"], capsys)
+    code, stdout, err = run_cli(
+        ["detect", tmp_path / "in", "--normal", EXAMPLES / "train" / "good", "-d", "baseline", "-o", tmp_path / "o"],
+        capsys,
+    )
     assert code == 0, err
     assert "7 inputs" in stdout and "1 failed" in stdout
     recs = [json.loads(x) for x in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
@@ -77,7 +88,10 @@ def test_user_mistakes_are_one_line_errors(tmp_path, capsys):
         (["detect", tmp_path / "empty"], "no images, series, point clouds or videos found"),
         (["detect", tmp_path / "one.png", "-d", "nope"], "unknown detector 'nope'"),
         (["detect", tmp_path / "one.png", "-d", "baseline", "--param", "grid"], "bad --param 'grid': write key=value"),
-        (["detect", tmp_path / "one.png", "-d", "baseline", "--param", "colour=red"], "bad option for detector 'baseline'"),
+        (
+            ["detect", tmp_path / "one.png", "-d", "baseline", "--param", "colour=red"],
+            "bad option for detector 'baseline'",
+        ),
         (["detect", tmp_path / "one.png", "-d", "baseline"], "give normal references (--normal DIR)"),
         (["detect", tmp_path / "one.png", "--param", "dims=abc"], "bad option for detector 'embedded'"),
         (["detect", tmp_path / "one.png", "--param", "resolution=abc"], "bad option for detector 'embedded'"),
@@ -93,14 +107,22 @@ def test_user_mistakes_are_one_line_errors(tmp_path, capsys):
 
 def test_parse_params():
     assert parse_params(["a=1", "b=0.5", "c=true", "d=lite1", "e=null", "f=[1,2]", "g-h=x=y"]) == {
-        "a": 1, "b": 0.5, "c": True, "d": "lite1", "e": None, "f": [1, 2], "g_h": "x=y",
+        "a": 1,
+        "b": 0.5,
+        "c": True,
+        "d": "lite1",
+        "e": None,
+        "f": [1, 2],
+        "g_h": "x=y",
     }
 
 
 def test_no_traceback_from_the_real_entry_point(tmp_path):
     p = subprocess.run(
         [sys.executable, "-m", "genad.cli.main", "detect", str(tmp_path / "nothing-here")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert p.returncode == 2 and p.stderr.startswith("error: no such file or folder") and "Traceback" not in p.stderr
 

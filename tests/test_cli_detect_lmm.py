@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from fake_openai import FakeOpenAI, reply
-from lmm_helpers import KEY, grep_tree, set_env
 from PIL import Image
 
+from fake_openai import FakeOpenAI, reply
 from genad.cli.main import main
+from lmm_helpers import KEY, grep_tree, set_env
 
 
 def test_detect_lmm_grid_saves_visual_prompt_and_maps_region(tmp_path, monkeypatch):
@@ -20,7 +20,20 @@ def test_detect_lmm_grid_saves_visual_prompt_and_maps_region(tmp_path, monkeypat
     with FakeOpenAI([reply("image anomaly score: 0.9; region 4: 0.8.")]) as srv:
         set_env(monkeypatch, srv, tmp_path)
         try:
-            main(["detect", str(tmp_path / "part.png"), "-d", "lmm", "-p", "regions=grid", "-p", "n_regions=2", "--out", str(out)])
+            main(
+                [
+                    "detect",
+                    str(tmp_path / "part.png"),
+                    "-d",
+                    "lmm",
+                    "-p",
+                    "regions=grid",
+                    "-p",
+                    "n_regions=2",
+                    "--out",
+                    str(out),
+                ]
+            )
         except SystemExit as e:
             assert not e.code
         sent = srv.chat_requests()

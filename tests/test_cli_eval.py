@@ -11,15 +11,46 @@ from foundation_helpers import make_mvtec
 from test_cli_detect import run_cli
 
 KEYS = {
-    "image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "aupro", "n_images",
-    "n_failed", "seconds", "images_per_second", "peak_rss_mb", "detector", "params", "shots",
-    "seed", "limit", "data_dir", "per_type", "usage",
+    "image_auroc",
+    "image_ap",
+    "image_f1_max",
+    "pixel_auroc",
+    "pixel_ap",
+    "aupro",
+    "n_images",
+    "n_failed",
+    "seconds",
+    "images_per_second",
+    "peak_rss_mb",
+    "detector",
+    "params",
+    "shots",
+    "seed",
+    "limit",
+    "data_dir",
+    "per_type",
+    "usage",
 }
 
 
 def test_eval_real_magnetic_tile_writes_every_summary_key(tmp_path, capsys):
     out = tmp_path / "x.json"
-    code, stdout, err = run_cli(["eval", SHARED_DATA / "magnetic_tile", "--limit", "20", "--detector", "baseline", "--json", out, "-q", "--run-dir", tmp_path / "run"], capsys)
+    code, stdout, err = run_cli(
+        [
+            "eval",
+            SHARED_DATA / "magnetic_tile",
+            "--limit",
+            "20",
+            "--detector",
+            "baseline",
+            "--json",
+            out,
+            "-q",
+            "--run-dir",
+            tmp_path / "run",
+        ],
+        capsys,
+    )
     assert code == 0, err
     s = json.loads(out.read_text())
     assert KEYS <= set(s)
@@ -32,13 +63,40 @@ def test_eval_real_magnetic_tile_writes_every_summary_key(tmp_path, capsys):
 
 def test_eval_generated_with_run_dir_resume_and_report(tmp_path, capsys):
     root = make_mvtec(tmp_path / "toy")
-    args = ["eval", root, "-d", "baseline", "--shots", "3", "--run-dir", tmp_path / "run", "-q", "--json", tmp_path / "s.json"]
+    args = [
+        "eval",
+        root,
+        "-d",
+        "baseline",
+        "--shots",
+        "3",
+        "--run-dir",
+        tmp_path / "run",
+        "-q",
+        "--json",
+        tmp_path / "s.json",
+    ]
     code, stdout, err = run_cli(args, capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "s.json").read_text())["image_auroc"] == 1.0
     code, stdout, err = run_cli(args + ["--resume"], capsys)
     assert code == 0 and "13 resumed" in stdout
-    code, stdout, err = run_cli(["eval", root, "-d", "baseline", "--shots", "3", "-q", "--report", tmp_path / "rep", "--run-dir", tmp_path / "run2"], capsys)
+    code, stdout, err = run_cli(
+        [
+            "eval",
+            root,
+            "-d",
+            "baseline",
+            "--shots",
+            "3",
+            "-q",
+            "--report",
+            tmp_path / "rep",
+            "--run-dir",
+            tmp_path / "run2",
+        ],
+        capsys,
+    )
     if importlib.util.find_spec("genad.report.eval_report") is not None:
         assert code == 0, err
         assert (tmp_path / "rep" / "index.html").is_file()

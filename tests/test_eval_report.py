@@ -36,13 +36,18 @@ def _make_run(tmp_path: Path, keep_maps: bool = True, write_maps: bool = True, m
             sid = "test/good/<script>alert(1)</script>.png"
         samples.append(
             ImageSample(
-                id=sid, array=img,
+                id=sid,
+                array=img,
                 truth=GroundTruth(label=label, defect_type="crack" if label else "good", mask=mask if masks else None),
             )
         )
-        r = Result(sid, score=sc, explanation="looks <b>odd</b>" if n == 7 else None,
-                   regions=[Region(score=sc, box=(12, 10, 22, 20), index=1)] if label else [],
-                   anomaly_map=amap if write_maps else None)
+        r = Result(
+            sid,
+            score=sc,
+            explanation="looks <b>odd</b>" if n == 7 else None,
+            regions=[Region(score=sc, box=(12, 10, 22, 20), index=1)] if label else [],
+            anomaly_map=amap if write_maps else None,
+        )
         results.append(r)
     results.append(Result("broken", error="decoder failed"))
     samples.append(ImageSample(id="broken", array=np.zeros((8, 8, 3), np.uint8), truth=GroundTruth(label=0)))
@@ -53,11 +58,26 @@ def _make_run(tmp_path: Path, keep_maps: bool = True, write_maps: bool = True, m
         for r in results:
             r.anomaly_map = None
     summary |= {
-        "image_auroc": 0.8, "image_ap": 0.75, "image_f1_max": 0.7, "image_f1_threshold": 0.5,
-        "decision": {"precision": 0.8, "recall": 0.667, "f1": 0.727, "accuracy": 0.812,
-                     "false_alarms": 1, "misses": 2, "n": 16},
-        "pixel_auroc": 0.9, "pixel_ap": 0.6, "aupro": 0.7, "n_images": 17, "detector": "embedded",
-        "data_dir": "data/<tile>", "run_dir": str(folder.path),
+        "image_auroc": 0.8,
+        "image_ap": 0.75,
+        "image_f1_max": 0.7,
+        "image_f1_threshold": 0.5,
+        "decision": {
+            "precision": 0.8,
+            "recall": 0.667,
+            "f1": 0.727,
+            "accuracy": 0.812,
+            "false_alarms": 1,
+            "misses": 2,
+            "n": 16,
+        },
+        "pixel_auroc": 0.9,
+        "pixel_ap": 0.6,
+        "aupro": 0.7,
+        "n_images": 17,
+        "detector": "embedded",
+        "data_dir": "data/<tile>",
+        "run_dir": str(folder.path),
         "params": {"api_key": "sk-SECRET-123", "extra_headers": {"Authorization": "Bearer XYZ"}, "shots": 4},
         "usage": {"prompt_tokens": 1234, "completion_tokens": 56},
         "failed": [{"id": "broken", "error": "decoder failed"}],

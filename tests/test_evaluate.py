@@ -14,9 +14,25 @@ from genad.evaluate import run_benchmark, stratified_subset
 from genad.types import GroundTruth, ImageSample
 
 SUMMARY_KEYS = {
-    "image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "aupro", "n_images",
-    "n_failed", "seconds", "images_per_second", "peak_rss_mb", "detector", "params", "shots",
-    "seed", "limit", "data_dir", "per_type", "usage",
+    "image_auroc",
+    "image_ap",
+    "image_f1_max",
+    "pixel_auroc",
+    "pixel_ap",
+    "aupro",
+    "n_images",
+    "n_failed",
+    "seconds",
+    "images_per_second",
+    "peak_rss_mb",
+    "detector",
+    "params",
+    "shots",
+    "seed",
+    "limit",
+    "data_dir",
+    "per_type",
+    "usage",
 }
 
 
@@ -148,7 +164,11 @@ def test_limit_is_stratified_and_seeded(data, tmp_path):
     run = run_benchmark(data, "baseline", shots=1, limit=7, seed=3, run_dir=tmp_path / "r", progress=False)
     types = Counter(s.truth.defect_type for s in run.samples)
     assert types == {"good": 3, "scratch": 2, "stain": 2}
-    samples = [ImageSample(f"{t}{i}", truth=GroundTruth(defect_type=t)) for t, n in (("a", 10), ("b", 5), ("c", 1)) for i in range(n)]
+    samples = [
+        ImageSample(f"{t}{i}", truth=GroundTruth(defect_type=t))
+        for t, n in (("a", 10), ("b", 5), ("c", 1))
+        for i in range(n)
+    ]
     sub = stratified_subset(samples, 8, seed=0)
     assert Counter(s.truth.defect_type for s in sub) == {"a": 5, "b": 2, "c": 1}
     assert [s.id for s in stratified_subset(samples, 8, seed=0)] == [s.id for s in sub]
@@ -157,7 +177,9 @@ def test_limit_is_stratified_and_seeded(data, tmp_path):
 
 def test_progress_callback_and_bad_arguments(data, tmp_path):
     seen = []
-    run_benchmark(data, "baseline", shots=1, run_dir=tmp_path / "r", progress=False, on_progress=lambda d, t: seen.append((d, t)))
+    run_benchmark(
+        data, "baseline", shots=1, run_dir=tmp_path / "r", progress=False, on_progress=lambda d, t: seen.append((d, t))
+    )
     assert seen[-1] == (13, 13) and len(seen) == 13
     with pytest.raises(GenadError, match="unknown detector"):
         run_benchmark(data, "nope", run_dir=tmp_path / "x", progress=False)

@@ -8,9 +8,9 @@ import json
 
 import numpy as np
 import pytest
-from fake_openai import FakeOpenAI, error, reply
 from PIL import Image
 
+from fake_openai import FakeOpenAI, error, reply
 from genad.detector import Capabilities, Detector
 from genad.engines.lmm.hybrid import LookTwiceDetector, normalise_embedded, parse_verdicts
 from genad.engines.lmm.provider import LMMClient, LMMConfig
@@ -27,8 +27,16 @@ def decode(url: str) -> np.ndarray:
 
 
 def client_for(srv: FakeOpenAI) -> LMMClient:
-    return LMMClient(LMMConfig(base_url=srv.base_url, model="fake-vlm", api_key="sk-test",
-                               cache_dir=None, max_retries=0, retry_base_delay=0.01))
+    return LMMClient(
+        LMMConfig(
+            base_url=srv.base_url,
+            model="fake-vlm",
+            api_key="sk-test",
+            cache_dir=None,
+            max_retries=0,
+            retry_base_delay=0.01,
+        )
+    )
 
 
 def two_blob_map() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -60,9 +68,16 @@ class FakeEmbedded(Detector):
     def predict(self, samples):
         amap, a, b = two_blob_map()
         return [
-            Result(s.id, error="cannot read image") if s.id.startswith("broken") else
-            Result(s.id, score=3.0, decision=True, threshold=1.0, anomaly_map=amap.copy(),
-                   regions=[Region(score=3.0, mask=a, index=1), Region(score=2.0, mask=b, index=2)])
+            Result(s.id, error="cannot read image")
+            if s.id.startswith("broken")
+            else Result(
+                s.id,
+                score=3.0,
+                decision=True,
+                threshold=1.0,
+                anomaly_map=amap.copy(),
+                regions=[Region(score=3.0, mask=a, index=1), Region(score=2.0, mask=b, index=2)],
+            )
             for s in samples
         ]
 
@@ -72,15 +87,27 @@ def sample(seed: int = 0, sid: str = "x.png") -> ImageSample:
     return ImageSample(id=sid, array=rng.integers(60, 200, (H, W, 3), dtype=np.uint8))
 
 
-CONFIRM_1_REJECT_2 = json.dumps({
-    "regions": [
-        {"region": 1, "anomalous": True, "confidence": 0.9, "defect_type": "crack",
-         "reason": "a dark jagged line across the surface"},
-        {"region": 2, "anomalous": False, "confidence": 0.8, "defect_type": None,
-         "reason": "normal texture variation"},
-    ],
-    "image_anomaly_score": 0.9,
-})
+CONFIRM_1_REJECT_2 = json.dumps(
+    {
+        "regions": [
+            {
+                "region": 1,
+                "anomalous": True,
+                "confidence": 0.9,
+                "defect_type": "crack",
+                "reason": "a dark jagged line across the surface",
+            },
+            {
+                "region": 2,
+                "anomalous": False,
+                "confidence": 0.8,
+                "defect_type": None,
+                "reason": "normal texture variation",
+            },
+        ],
+        "image_anomaly_score": 0.9,
+    }
+)
 
 
 def test_confirmed_region_rises_and_rejected_region_drops():
@@ -113,9 +140,14 @@ def test_confirmed_region_rises_and_rejected_region_drops():
 
 
 def test_rejecting_everything_clears_a_false_alarm():
-    answer = json.dumps({"regions": [
-        {"region": 1, "anomalous": False, "confidence": 1.0, "reason": "a reflection"},
-        {"region": 2, "anomalous": False, "confidence": 1.0, "reason": "texture"}]})
+    answer = json.dumps(
+        {
+            "regions": [
+                {"region": 1, "anomalous": False, "confidence": 1.0, "reason": "a reflection"},
+                {"region": 2, "anomalous": False, "confidence": 1.0, "reason": "texture"},
+            ]
+        }
+    )
     with FakeOpenAI(script=[reply(answer)]) as srv:
         det = LookTwiceDetector(embedded=FakeEmbedded(), client=client_for(srv))
         (res,) = det.predict([sample()])
@@ -147,11 +179,19 @@ def test_request_holds_image_then_set_of_mark_then_reference_in_order():
     s = sample(1)
     with FakeOpenAI(script=[reply(CONFIRM_1_REJECT_2)]) as srv:
         emb = FakeEmbedded()
-        det = LookTwiceDetector(embedded=emb, client=client_for(srv), class_name="tile",
-                                knowledge=Knowledge(defect_types=["crack", "blowhole"]))
+        det = LookTwiceDetector(
+            embedded=emb,
+            client=client_for(srv),
+            class_name="tile",
+            knowledge=Knowledge(defect_types=["crack", "blowhole"]),
+        )
         assert det.capabilities().whole_batch  # zero-shot: the engine needs the whole batch
         det.fit([normal, sample(2, "n2.png")])
-        assert det.capabilities().chunk_size == 4 and not det.capabilities().whole_batch and emb.fitted_on == ["normal.png", "n2.png"]
+        assert (
+            det.capabilities().chunk_size == 4
+            and not det.capabilities().whole_batch
+            and emb.fitted_on == ["normal.png", "n2.png"]
+        )
         (res,) = det.predict([s])
         sent = srv.chat_requests()[0]
     images = [decode(u) for u in FakeOpenAI.images_in(sent)]
@@ -167,8 +207,10 @@ def test_request_holds_image_then_set_of_mark_then_reference_in_order():
 
 
 def test_parse_verdicts_from_prose_and_from_the_gpt4v_ad_format():
-    prose = ("Region 1: Yes, confidence 90%, defect type: crack, reason: a dark line.\n"
-             "Region 2: No (confidence 0.7) - it is the normal weave.\nRegion 7: yes")
+    prose = (
+        "Region 1: Yes, confidence 90%, defect type: crack, reason: a dark line.\n"
+        "Region 2: No (confidence 0.7) - it is the normal weave.\nRegion 7: yes"
+    )
     v = parse_verdicts(prose, None, n_regions=3)
     assert set(v) == {1, 2}  # region 7 does not exist
     assert v[1].anomalous is True and v[1].confidence == pytest.approx(0.9)
@@ -200,10 +242,14 @@ def test_with_the_real_baseline_engine_the_defect_is_proposed_and_confirmed():
         imgs.append(ImageSample(id=f"{i}.png", array=im))
 
     # region 1 confirmed, any others rejected (numbers beyond the marked ones are dropped)
-    answer = json.dumps({"regions": [
-        {"region": 1, "anomalous": True, "confidence": 1.0, "defect_type": "stain",
-         "reason": "dark square"}] + [
-        {"region": i, "anomalous": False, "confidence": 1.0, "reason": "noise"} for i in (2, 3)]})
+    answer = json.dumps(
+        {
+            "regions": [
+                {"region": 1, "anomalous": True, "confidence": 1.0, "defect_type": "stain", "reason": "dark square"}
+            ]
+            + [{"region": i, "anomalous": False, "confidence": 1.0, "reason": "noise"} for i in (2, 3)]
+        }
+    )
 
     with FakeOpenAI(script=[reply(answer)]) as srv:
         det = create("lmm+embedded", embedded="baseline", client=client_for(srv))

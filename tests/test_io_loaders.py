@@ -98,7 +98,13 @@ def test_real_magnetic_tile_counts():
 # -- load_inputs ----------------------------------------------------------------------------
 def test_load_inputs_dispatches_by_suffix(tmp_path):
     _img(tmp_path / "d" / "a.png")
-    np.savetxt(tmp_path / "d" / "s.csv", np.c_[np.arange(50), np.sin(np.arange(50))], delimiter=",", header="t,value", comments="")
+    np.savetxt(
+        tmp_path / "d" / "s.csv",
+        np.c_[np.arange(50), np.sin(np.arange(50))],
+        delimiter=",",
+        header="t,value",
+        comments="",
+    )
     (tmp_path / "d" / "c.xyz").write_text("\n".join(f"{i} {i * 2} {i * 3}" for i in range(10)))
     samples = load_inputs([tmp_path / "d"])
     kinds = {s.id.split("/")[-1]: s.modality for s in samples}

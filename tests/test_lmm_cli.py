@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA
-from fake_openai import FakeOpenAI, reply
-from lmm_helpers import KEY, dominant, grep_tree, set_env, solid
 from PIL import Image
 
+from conftest import SHARED_DATA
+from fake_openai import FakeOpenAI, reply
 from genad.cli.cases import marks_first, normal_first
 from genad.cli.main import main
+from lmm_helpers import KEY, dominant, grep_tree, set_env, solid
 
 RED, GREEN, BLUE = (230, 20, 20), (20, 230, 20), (20, 20, 230)
 
@@ -22,8 +22,11 @@ def colour_answer(payload: dict):
     n_user = sum(1 for m in payload["messages"] if m["role"] == "user")
     if n_user > 1:
         return reply("It is in the upper left corner.")
-    if last == "red" or (last == "blue" and len(FakeOpenAI.images_in(payload)) == 2
-                         and dominant(FakeOpenAI.images_in(payload)[0]) == "red"):
+    if last == "red" or (
+        last == "blue"
+        and len(FakeOpenAI.images_in(payload)) == 2
+        and dominant(FakeOpenAI.images_in(payload)[0]) == "red"
+    ):
         return reply("Yes, the image contains an anomaly: a red stain. Anomaly score: 0.9")
     return reply("No, the image does not contain any anomalies.")
 
@@ -55,7 +58,8 @@ def test_ask_then_continue_keeps_history(tmp_path, monkeypatch, capsys):
     assert "upper left" in second.out and "2 turn(s)" in second.err
     assert [dominant(u) for u in FakeOpenAI.images_in(reqs[0])] == ["green", "red"]
     assert FakeOpenAI.text_in(reqs[0]) == (
-        "The first image is a normal reference. The last image is the one to inspect. Is the part defective?")
+        "The first image is a normal reference. The last image is the one to inspect. Is the part defective?"
+    )
     roles = [m["role"] for m in reqs[1]["messages"]]
     assert roles == ["user", "assistant", "user"]  # the follow-up carries the history, images included
     assert len(FakeOpenAI.images_in(reqs[1])) == 2 and "red stain" in reqs[1]["messages"][1]["content"]
@@ -104,8 +108,10 @@ def _suite(root: Path) -> Path:
     al = c / "Industrial-AL" / "Case1"
     png(al / "abnormal.png", RED)
     png(al / "abnormal_som.png", BLUE)
-    (al / "label.json").write_text('{"dataset": "MVTec AD", "category": "Bottle", "prompt": '
-                                   '"The first image needs to be inspected. The second image contains its corresponding marks. Anomalies?",}')
+    (al / "label.json").write_text(
+        '{"dataset": "MVTec AD", "category": "Bottle", "prompt": '
+        '"The first image needs to be inspected. The second image contains its corresponding marks. Anomalies?",}'
+    )
     png(c / "Medical-AL" / "EndoTect" / "x.jpg", RED)  # no label.json, no set-of-mark image
     return root
 
@@ -148,7 +154,8 @@ def test_cases_variant_filter_and_dry_run(tmp_path, monkeypatch, capsys):
         assert run(["cases", str(root), "--variant", "naive", "--shots", "one", "--out", str(tmp_path / "o")]) == 0
         assert sorted(FakeOpenAI.text_in(r) for r in srv.chat_requests()) == [
             "The first image is normal. O naive?",
-            "The first image needs to be inspected. The second image contains its corresponding marks. Anomalies?"]
+            "The first image needs to be inspected. The second image contains its corresponding marks. Anomalies?",
+        ]
     monkeypatch.delenv("GENAD_LMM_MODEL")
     assert run(["cases", str(root), "--dry-run", "--out", str(tmp_path / "d")]) == 0  # needs no model
     assert "7 prompts from 3 cases" in capsys.readouterr().out
@@ -159,8 +166,12 @@ def test_cases_on_the_real_suite_slice(tmp_path, monkeypatch):
     root = SHARED_DATA / "gpt4v_cases"
     with FakeOpenAI([reply("Yes. The two screws are both long.")]) as srv:
         set_env(monkeypatch, srv, tmp_path)
-        assert run(["cases", str(root), "--case", "Logical-AD/Case4", "--case", "Retina OCT",
-                    "--out", str(tmp_path / "o")]) == 0
+        assert (
+            run(
+                ["cases", str(root), "--case", "Logical-AD/Case4", "--case", "Retina OCT", "--out", str(tmp_path / "o")]
+            )
+            == 0
+        )
         texts = [FakeOpenAI.text_in(r) for r in srv.chat_requests()]
         n_images = sorted(len(FakeOpenAI.images_in(r)) for r in srv.chat_requests())
     label = json.loads((root / "Cases/Logical-AD/Case4/label.json").read_text().replace('.",\n}', '."\n}'))
@@ -172,11 +183,16 @@ def test_cases_on_the_real_suite_slice(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     "prompt,first",
-    [("The first image is normal. Please determine whether the second image contains anomalies.", True),
-     ("The first rendered depth image given  about the rope is normal. Please ...", True),
-     ("The image given about screw bags should obey the following rules: ... The first image meets all "
-      "the standards and is normal. Please determine whether the second image contains anomalies", True),
-     ("The second image is normal. Is the first image anomalous?", False)],
+    [
+        ("The first image is normal. Please determine whether the second image contains anomalies.", True),
+        ("The first rendered depth image given  about the rope is normal. Please ...", True),
+        (
+            "The image given about screw bags should obey the following rules: ... The first image meets all "
+            "the standards and is normal. Please determine whether the second image contains anomalies",
+            True,
+        ),
+        ("The second image is normal. Is the first image anomalous?", False),
+    ],
 )
 def test_reference_order_follows_the_prompt(prompt, first):
     assert normal_first(prompt) is first

@@ -5,17 +5,18 @@ from __future__ import annotations
 import json
 
 import pytest
-from fake_openai import FakeOpenAI, error, reply
-from lmm_helpers import KEY, config, dominant, grep_tree, solid
 
+from fake_openai import FakeOpenAI, error, reply
 from genad.engines.lmm.conversation import Conversation
 from genad.engines.lmm.provider import LMMClient, user
 from genad.errors import GenadError
+from lmm_helpers import KEY, config, dominant, grep_tree, solid
 
 
 def test_follow_ups_carry_the_history_and_sessions_round_trip(tmp_path):
-    with FakeOpenAI([reply("Yes, there is a dent. Anomaly score: 0.8"), reply("Bottom right."),
-                     reply("About 2 mm.")]) as srv:
+    with FakeOpenAI(
+        [reply("Yes, there is a dent. Anomaly score: 0.8"), reply("Bottom right."), reply("About 2 mm.")]
+    ) as srv:
         client = LMMClient(config(srv, tmp_path))
         conv = Conversation(client, system_prompt="You inspect peaches.")
         r1 = conv.ask("Is the second image anomalous?", images=[solid((20, 230, 20)), solid((230, 20, 20))])
@@ -52,6 +53,7 @@ def test_bad_session_names_are_refused(tmp_path):
 def test_a_run_stopped_halfway_keeps_every_paid_answer(tmp_path):
     """Half the requests succeed, the rest hit a hard error (like a crash mid-run): a re-run asks
     only for the missing ones, and no half-written cache file is left behind."""
+
     def script(p):
         n = int(FakeOpenAI.text_in(p)[1:])
         return reply(f"answer {n}") if n % 2 == 0 else error(400, "server broke")

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_openai import FakeOpenAI, error, reply
-from lmm_helpers import KEY, config, dominant, grep_tree, set_env, solid
 from PIL import Image
 
+from fake_openai import FakeOpenAI, error, reply
 from genad import registry
 from genad.engines.lmm.detector import LMMDetector
 from genad.engines.lmm.provider import BudgetExceeded
 from genad.engines.lmm.templates import load_templates
 from genad.errors import ConfigError, GenadError
 from genad.types import ImageSample, Knowledge
+from lmm_helpers import KEY, config, dominant, grep_tree, set_env, solid
 
 RED, GREEN, BLUE = (230, 20, 20), (20, 230, 20), (20, 20, 230)
 
@@ -26,10 +26,14 @@ def by_last_image(payload: dict):
     """Answer by the colour of the last image sent: red = defective, anything else = good."""
     colour = dominant(FakeOpenAI.images_in(payload)[-1])
     if colour == "red":
-        return reply('{"anomalous": true, "anomaly_score": 0.9, "defect_type": "stain", '
-                     '"location": "centre", "reason": "a red stain covers the part"}')
-    return reply('{"anomalous": false, "anomaly_score": 0.1, "defect_type": null, "location": null, '
-                 '"reason": "looks like the reference"}')
+        return reply(
+            '{"anomalous": true, "anomaly_score": 0.9, "defect_type": "stain", '
+            '"location": "centre", "reason": "a red stain covers the part"}'
+        )
+    return reply(
+        '{"anomalous": false, "anomaly_score": 0.1, "defect_type": null, "location": null, '
+        '"reason": "looks like the reference"}'
+    )
 
 
 def sample(i: str, rgb, cls="widget", **kw) -> ImageSample:
@@ -64,21 +68,27 @@ def test_zero_shot_scores_parse_and_carry_transcript_and_usage(tmp_path):
 
 
 def test_prompt_variants_use_class_name_and_knowledge(tmp_path):
-    know = Knowledge(normal_standards="Normally, four round candles with centred wicks.",
-                     defect_types=["melted wax", "missing wick"])
+    know = Knowledge(
+        normal_standards="Normally, four round candles with centred wicks.", defect_types=["melted wax", "missing wick"]
+    )
     with FakeOpenAI([reply('{"anomalous": false, "anomaly_score": 0.2, "reason": "ok"}')]) as srv:
         cfg = config(srv, tmp_path)
         LMMDetector(config=cfg, variant="class").predict([sample("a", GREEN, cls="candle")])
         LMMDetector(config=cfg, variant="expertise").predict([sample("b", GREEN, cls="candle", knowledge=know)])
-        LMMDetector(config=cfg, variant="expertise", domain="medical", class_name="Head CT",
-                    defect_types="hemorrhage").predict([sample("c", GREEN)])
+        LMMDetector(
+            config=cfg, variant="expertise", domain="medical", class_name="Head CT", defect_types="hemorrhage"
+        ).predict([sample("c", GREEN)])
         texts = [FakeOpenAI.text_in(r) for r in srv.chat_requests()]
         systems = [r["messages"][0] for r in srv.chat_requests()]
     assert "Please determine whether the image given about the candle contains anomalies" in texts[0]
-    assert ("about the candle contains anomalies or defects. If yes, give a specific reason. Normally, four "
-            "round candles with centred wicks. It may have defects such as melted wax or missing wick.") in texts[1]
-    assert ("Please determine whether this Head CT image contains any anomalies. If yes, please give your "
-            "reason. The image given should be classified as normal or hemorrhage.") in texts[2]
+    assert (
+        "about the candle contains anomalies or defects. If yes, give a specific reason. Normally, four "
+        "round candles with centred wicks. It may have defects such as melted wax or missing wick."
+    ) in texts[1]
+    assert (
+        "Please determine whether this Head CT image contains any anomalies. If yes, please give your "
+        "reason. The image given should be classified as normal or hemorrhage."
+    ) in texts[2]
     assert systems[2]["role"] == "system" and "not a diagnosis" in systems[2]["content"]
     assert systems[0]["role"] == "user"  # the industrial domain has no system prompt
 
@@ -105,8 +115,10 @@ def test_few_shot_references_go_first_in_order(tmp_path):
         req = srv.chat_requests()[0]
     colours = [dominant(u) for u in FakeOpenAI.images_in(req)]
     assert colours == ["green", "blue", "red"]  # references (max_refs=2) first, then the image
-    assert ("The first 2 images given about the widget are normal. Please determine whether the third "
-            "image given about the widget contains anomalies") in FakeOpenAI.text_in(req)
+    assert (
+        "The first 2 images given about the widget are normal. Please determine whether the third "
+        "image given about the widget contains anomalies"
+    ) in FakeOpenAI.text_in(req)
     assert res[0].extra["references"] == ["n1", "n2"] and res[0].decision is True
 
 
@@ -116,7 +128,9 @@ def test_references_of_the_same_class_are_preferred(tmp_path):
         det.fit([sample("n1", GREEN, cls="a"), sample("n2", BLUE, cls="b")])
         det.predict([sample("q", RED, cls="b")])
         assert [dominant(u) for u in FakeOpenAI.images_in(srv.chat_requests()[0])] == ["blue", "red"]
-        assert "The first image is normal. Please determine whether the second image" in FakeOpenAI.text_in(srv.chat_requests()[0])
+        assert "The first image is normal. Please determine whether the second image" in FakeOpenAI.text_in(
+            srv.chat_requests()[0]
+        )
 
 
 def test_gpt4v_ad_text_answers_and_json_off(tmp_path):
@@ -147,7 +161,9 @@ def test_http_failure_on_one_sample_does_not_stop_the_others(tmp_path):
         return error(400, "image too large") if dominant(FakeOpenAI.images_in(p)[-1]) == "blue" else by_last_image(p)
 
     with FakeOpenAI(script) as srv:
-        res = LMMDetector(config=config(srv, tmp_path)).predict([sample("a", RED), sample("b", BLUE), sample("c", GREEN)])
+        res = LMMDetector(config=config(srv, tmp_path)).predict(
+            [sample("a", RED), sample("b", BLUE), sample("c", GREEN)]
+        )
     assert res[0].score == 0.9 and res[2].score == 0.1
     assert res[1].score is None and "image too large" in res[1].error
 
@@ -186,7 +202,9 @@ def test_user_templates_override_key_by_key(tmp_path):
     (d / "textile.toml").write_text('[zero_shot]\nnaive = "Is the fabric flawed?"\n')
     t = load_templates(d)
     assert t.render("industrial", "naive", 0, "gear")[0] == "Inspect this gear part. Any faults?"
-    assert t.render("industrial", "class", 0, "gear")[0].startswith("Please determine whether the image given about the gear")
+    assert t.render("industrial", "class", 0, "gear")[0].startswith(
+        "Please determine whether the image given about the gear"
+    )
     assert "textile" in t.domains
     with FakeOpenAI([reply('{"anomalous": false, "anomaly_score": 0.0, "reason": "ok"}')]) as srv:
         det = LMMDetector(config=config(srv, tmp_path, prompts_dir=d), domain="textile")

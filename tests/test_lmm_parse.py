@@ -15,8 +15,10 @@ def test_gpt4v_ad_text_format():
 
 
 def test_gpt4v_ad_format_with_prose_around():
-    a = parse_answer("Looking at the marked regions.\nImage anomaly score: 0.35; Region 12: 0.6.\n"
-                     "Defect type: scratch. Location: lower left.")
+    a = parse_answer(
+        "Looking at the marked regions.\nImage anomaly score: 0.35; Region 12: 0.6.\n"
+        "Defect type: scratch. Location: lower left."
+    )
     assert a.score == 0.35 and a.region_scores == {12: 0.6}
     assert a.defect_type == "scratch" and a.location == "lower left"
 
@@ -28,8 +30,10 @@ def test_clean_json_and_data_given():
 
 
 def test_fenced_json_with_trailing_comma_and_region_list():
-    text = ('Here you go:\n```json\n{"anomalous": false, "anomaly_score": 0.1, "reason": "fine",\n'
-            ' "region_scores": [{"region": 2, "score": 0.2}, {"region": 5, "score": 0.05},],}\n```')
+    text = (
+        'Here you go:\n```json\n{"anomalous": false, "anomaly_score": 0.1, "reason": "fine",\n'
+        ' "region_scores": [{"region": 2, "score": 0.2}, {"region": 5, "score": 0.05},],}\n```'
+    )
     a = parse_answer(text)
     assert a.anomalous is False and a.score == 0.1 and a.region_scores == {2: 0.2, 5: 0.05}
     assert a.reason == "fine"
@@ -66,8 +70,15 @@ def test_yes_no_prose(text, anomalous):
 
 @pytest.mark.parametrize(
     "text,score",
-    [("Anomaly score: 8/10.", 0.8), ("anomaly score: 85%", 0.85), ("anomaly_score = 7", 0.7),
-     ("image anomaly score: 7.5", 0.75), ("image anomaly score: -0.2", 0.0), ('{"score": "0.25"}', 0.25), ('{"anomaly_score": 60}', 0.6)],
+    [
+        ("Anomaly score: 8/10.", 0.8),
+        ("anomaly score: 85%", 0.85),
+        ("anomaly_score = 7", 0.7),
+        ("image anomaly score: 7.5", 0.75),
+        ("image anomaly score: -0.2", 0.0),
+        ('{"score": "0.25"}', 0.25),
+        ('{"anomaly_score": 60}', 0.6),
+    ],
 )
 def test_score_scales(text, score):
     assert parse_answer(text).score == pytest.approx(score)
@@ -81,8 +92,9 @@ def test_refusal_keeps_the_reason_and_has_no_score():
 
 
 def test_hedged_refusal_that_still_answers_is_not_a_refusal():
-    a = parse_answer("I'm sorry, I cannot provide a diagnosis. However, the scan shows a bright "
-                     "region that suggests a hemorrhage.")
+    a = parse_answer(
+        "I'm sorry, I cannot provide a diagnosis. However, the scan shows a bright region that suggests a hemorrhage."
+    )
     assert a.anomalous is True and not a.refusal
 
 
@@ -92,7 +104,10 @@ def test_empty_answer_is_unusable_but_not_a_refusal():
 
 
 def test_ranges_from_json_and_text():
-    assert parse_answer('{"anomalous": true, "ranges": [[10, 20], {"start": 30, "end": 35}]}').ranges == [(10, 20), (30, 35)]
+    assert parse_answer('{"anomalous": true, "ranges": [[10, 20], {"start": 30, "end": 35}]}').ranges == [
+        (10, 20),
+        (30, 35),
+    ]
     assert parse_answer("Anomalous ranges: [100, 120], 300-340").ranges == [(100, 120), (300, 340)]
 
 

@@ -10,9 +10,8 @@ import time
 
 import numpy as np
 import pytest
-from fake_openai import FakeOpenAI, error, reply, slow
-from lmm_helpers import KEY, config, decode, dominant, grep_tree, solid
 
+from fake_openai import FakeOpenAI, error, reply, slow
 from genad.engines.lmm.config import LMMConfig
 from genad.engines.lmm.parse import ANSWER_SCHEMA
 from genad.engines.lmm.pricing import PriceTable, image_tokens
@@ -25,6 +24,7 @@ from genad.engines.lmm.provider import (
     user,
 )
 from genad.errors import ConfigError
+from lmm_helpers import KEY, config, decode, dominant, grep_tree, solid
 
 
 def test_images_sent_as_downscaled_data_urls_in_order(tmp_path):
@@ -59,7 +59,11 @@ def test_path_and_pil_images_and_extra_headers(tmp_path):
 
 
 def test_429_then_success_is_retried_and_counted(tmp_path):
-    script = [error(429, headers={"Retry-After": "0"}), error(429), reply("fine", prompt_tokens=1000, completion_tokens=100)]
+    script = [
+        error(429, headers={"Retry-After": "0"}),
+        error(429),
+        reply("fine", prompt_tokens=1000, completion_tokens=100),
+    ]
     with FakeOpenAI(script) as srv:
         c = LMMClient(config(srv, tmp_path))
         r = c.chat([user("hi")])
@@ -135,8 +139,9 @@ def test_unreachable_server_is_one_clear_config_error(tmp_path):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()  # nothing listens there now
-    cfg = LMMConfig(base_url=f"http://127.0.0.1:{port}/v1", model="m", api_key=KEY,
-                    cache_dir=None, retry_base_delay=0.001)
+    cfg = LMMConfig(
+        base_url=f"http://127.0.0.1:{port}/v1", model="m", api_key=KEY, cache_dir=None, retry_base_delay=0.001
+    )
     with pytest.raises(ConfigError, match="cannot reach the LMM server.*GENAD_LMM_BASE_URL"):
         LMMClient(cfg).chat([user("hi")])
 
@@ -189,8 +194,9 @@ def test_cache_makes_a_rerun_free_and_never_holds_the_key(tmp_path, caplog):
 def test_cache_key_ignores_the_api_key_but_not_the_server_or_model(tmp_path):
     with FakeOpenAI([reply("a")]) as srv:
         LMMClient(config(srv, tmp_path)).chat([user("q")])
-        other_key = LMMConfig(base_url=srv.base_url, model="gpt-4o", api_key="sk-other-key",
-                              cache_dir=tmp_path / "cache")
+        other_key = LMMConfig(
+            base_url=srv.base_url, model="gpt-4o", api_key="sk-other-key", cache_dir=tmp_path / "cache"
+        )
         assert LMMClient(other_key).chat([user("q")]).cached
         assert not LMMClient(config(srv, tmp_path, model="gpt-4o-mini")).chat([user("q")]).cached
         assert len(srv.chat_requests()) == 2
@@ -274,7 +280,15 @@ def test_chat_many_bounds_concurrency_and_keeps_order(tmp_path):
         out = c.chat_many([{"messages": [user(f"q{i}")]} for i in range(8)])
     assert peak[0] == 3
     assert [o.text if not isinstance(o, Exception) else "ERR" for o in out] == [
-        "echo q0", "echo q1", "echo q2", "ERR", "echo q4", "echo q5", "echo q6", "echo q7"]
+        "echo q0",
+        "echo q1",
+        "echo q2",
+        "ERR",
+        "echo q4",
+        "echo q5",
+        "echo q6",
+        "echo q7",
+    ]
     assert isinstance(out[3], LMMRequestError)
 
 
@@ -301,14 +315,22 @@ def test_from_env_precedence_and_errors(tmp_path, monkeypatch):
     assert cfg.api_key == "sk-fallback" and cfg.base_url == "https://api.openai.com/v1"
     assert "sk-fallback" not in repr(cfg)
     f = tmp_path / "c.toml"
-    f.write_text('[lmm]\nmodel = "from-file"\nbase_url = "http://file/v1"\ntimeout = 5\n'
-                 'api_key_env = "MY_KEY"\nmax_image_side = 512\n[lmm.extra_headers]\nX-A = "1"\n')
+    f.write_text(
+        '[lmm]\nmodel = "from-file"\nbase_url = "http://file/v1"\ntimeout = 5\n'
+        'api_key_env = "MY_KEY"\nmax_image_side = 512\n[lmm.extra_headers]\nX-A = "1"\n'
+    )
     monkeypatch.delenv("OPENAI_API_KEY")
     monkeypatch.setenv("MY_KEY", "sk-from-my-key")
     monkeypatch.delenv("GENAD_LMM_MODEL")
     cfg = LMMConfig.from_env(f)
     assert (cfg.model, cfg.base_url, cfg.timeout, cfg.api_key, cfg.max_image_side, cfg.extra_headers) == (
-        "from-file", "http://file/v1", 5.0, "sk-from-my-key", 512, {"X-A": "1"})
+        "from-file",
+        "http://file/v1",
+        5.0,
+        "sk-from-my-key",
+        512,
+        {"X-A": "1"},
+    )
     monkeypatch.setenv("GENAD_LMM_MODEL", "from-env")
     assert LMMConfig.from_env(f).model == "from-env"  # env beats file
     assert LMMConfig.from_env(f, model="from-flag", timeout=None).model == "from-flag"  # flags beat env

@@ -71,8 +71,9 @@ def test_decision_metrics_hand_computed_and_against_sklearn():
 
     # 3 anomalous (2 caught), 3 normal (1 false alarm): P = 2/3, R = 2/3, accuracy 4/6
     m = decision_metrics([1, 1, 1, 0, 0, 0], [True, True, False, True, False, False])
-    assert m == pytest.approx({"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "accuracy": 4 / 6,
-                               "false_alarms": 1, "misses": 1, "n": 6})
+    assert m == pytest.approx(
+        {"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "accuracy": 4 / 6, "false_alarms": 1, "misses": 1, "n": 6}
+    )
     rng = np.random.default_rng(0)
     y, d = rng.integers(0, 2, 300), rng.random(300) < 0.4
     assert decision_metrics(y, d)["f1"] == pytest.approx(f1_score(y, d))

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
-from metrics_helpers import blob_masks_and_maps, exact_aupro
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 import genad.metrics.pixel as pixel
 from genad.errors import GenadError
 from genad.metrics.pixel import PixelMetrics, aupro, pixel_ap, pixel_auroc, pixel_metrics
+from metrics_helpers import blob_masks_and_maps, exact_aupro
 
 
 def _exact(maps, masks):
@@ -92,8 +92,9 @@ def test_outliers_and_infinities():
     maps[1][5, 5] = np.inf
     maps[2][3, 3] = -np.inf
     _assert_close([np.where(np.isfinite(a), a, np.sign(a) * 3e38).astype(np.float32) for a in maps], masks, tol=1e-4)
-    assert pixel_auroc(maps, masks) == pytest.approx(pixel_auroc(
-        [np.where(np.isfinite(a), a, np.sign(a) * 3e38).astype(np.float32) for a in maps], masks), abs=1e-9)
+    assert pixel_auroc(maps, masks) == pytest.approx(
+        pixel_auroc([np.where(np.isfinite(a), a, np.sign(a) * 3e38).astype(np.float32) for a in maps], masks), abs=1e-9
+    )
 
 
 def test_many_flushes_streamed(monkeypatch):

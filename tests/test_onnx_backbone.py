@@ -10,8 +10,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from genad.engines.embedded.detector import EmbeddedDetector
 from genad.engines.embedded.backbones import get_backbone
+from genad.engines.embedded.detector import EmbeddedDetector
 from genad.errors import GenadError
 from genad.types import ImageSample
 
@@ -28,8 +28,12 @@ def tiny_cnn(path: str) -> str:
         helper.make_node("Conv", ["f8", "w2"], ["f16"], strides=[2, 2]),
     ]
     graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 64, 64])],
-        [helper.make_tensor_value_info("f16", TensorProto.FLOAT, None)], initializer=[w1, w2])
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 64, 64])],
+        [helper.make_tensor_value_info("f16", TensorProto.FLOAT, None)],
+        initializer=[w1, w2],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     onnx.save(model, path)
     return path

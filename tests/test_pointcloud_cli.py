@@ -3,16 +3,17 @@
 import json
 
 import pytest
-from video_helpers import write_test_video
 
 from genad.cli.main import main
 from genad.io.pointcloud import write_ply
 from genad.modalities.pointcloud.synth import make_dataset
+from video_helpers import write_test_video
 
 
 def test_detect_point_clouds_few_shot_writes_results_and_pictures(tmp_path):
-    train, test = make_dataset("plane", n_train=3, n_normal=2, n_defective=2, n_points=4000, seed=1,
-                               defects=("bump",), size=0.25, depth=0.1)
+    train, test = make_dataset(
+        "plane", n_train=3, n_normal=2, n_defective=2, n_points=4000, seed=1, defects=("bump",), size=0.25, depth=0.1
+    )
     (tmp_path / "ref").mkdir()
     (tmp_path / "in").mkdir()
     for s in train:
@@ -20,8 +21,24 @@ def test_detect_point_clouds_few_shot_writes_results_and_pictures(tmp_path):
     for s in test:
         write_ply(tmp_path / "in" / f"{s.id}.ply", s.points)
     out = tmp_path / "out"
-    main(["detect", str(tmp_path / "in"), "-n", str(tmp_path / "ref"), "-d", "pointcloud",
-          "-p", "image_detector=baseline", "-p", "views=3", "-p", "size=96", "--out", str(out)])
+    main(
+        [
+            "detect",
+            str(tmp_path / "in"),
+            "-n",
+            str(tmp_path / "ref"),
+            "-d",
+            "pointcloud",
+            "-p",
+            "image_detector=baseline",
+            "-p",
+            "views=3",
+            "-p",
+            "size=96",
+            "--out",
+            str(out),
+        ]
+    )
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     by_id = {r["id"].split("/")[-1]: r for r in rows}
     assert len(by_id) == 4 and all(r["error"] is None for r in rows)

@@ -12,8 +12,17 @@ from genad.types import PointCloudSample
 
 @pytest.fixture(scope="module")
 def planes():
-    return make_dataset("plane", n_train=3, n_normal=5, n_defective=5, n_points=4000, seed=1,
-                        defects=("bump", "dent"), size=0.25, depth=0.1)
+    return make_dataset(
+        "plane",
+        n_train=3,
+        n_normal=5,
+        n_defective=5,
+        n_points=4000,
+        seed=1,
+        defects=("bump", "dent"),
+        size=0.25,
+        depth=0.1,
+    )
 
 
 def _aurocs(test, results):
@@ -37,8 +46,14 @@ def test_few_shot_with_the_baseline_finds_the_defective_parts_and_points(planes)
 
 def test_zero_shot_with_the_embedded_engine(planes):
     _, test = planes
-    det = genad.create("pointcloud", image_detector="embedded", views=2, size=96,
-                       image_params={"resolution": 96, "threads": 1}, keep_views=True)
+    det = genad.create(
+        "pointcloud",
+        image_detector="embedded",
+        views=2,
+        size=96,
+        image_params={"resolution": 96, "threads": 1},
+        keep_views=True,
+    )
     results = det.predict(test)
     obj, pt = _aurocs(test, results)
     assert obj >= 0.8 and pt > 0.85

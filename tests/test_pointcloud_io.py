@@ -19,13 +19,26 @@ def test_ply_binary_round_trip_with_colors_and_labels(tmp_path):
 
 
 def test_ply_ascii_with_faces_after_vertices(tmp_path):
-    text = "\n".join([
-        "ply", "format ascii 1.0", "comment made by hand", "element vertex 4",
-        "property float x", "property float y", "property float z", "property uchar red",
-        "property uchar green", "property uchar blue", "element face 1",
-        "property list uchar int vertex_indices", "end_header",
-        *[" ".join(map(str, [*p, *c])) for p, c in zip(PTS, RGB)], "3 0 1 2", "",
-    ])
+    text = "\n".join(
+        [
+            "ply",
+            "format ascii 1.0",
+            "comment made by hand",
+            "element vertex 4",
+            "property float x",
+            "property float y",
+            "property float z",
+            "property uchar red",
+            "property uchar green",
+            "property uchar blue",
+            "element face 1",
+            "property list uchar int vertex_indices",
+            "end_header",
+            *[" ".join(map(str, [*p, *c])) for p, c in zip(PTS, RGB)],
+            "3 0 1 2",
+            "",
+        ]
+    )
     (tmp_path / "b.ply").write_text(text)
     s = load_point_cloud(tmp_path / "b.ply")
     np.testing.assert_allclose(s.points, PTS)
@@ -34,9 +47,9 @@ def test_ply_ascii_with_faces_after_vertices(tmp_path):
 
 def test_ply_big_endian_double_with_a_list_element_first(tmp_path):
     header = (
-        "ply\nformat binary_big_endian 1.0\nelement face 2\nproperty list uchar int vertex_indices\n"
-        "element vertex 4\nproperty double x\nproperty double y\nproperty double z\nend_header\n"
-    ).encode()
+        b"ply\nformat binary_big_endian 1.0\nelement face 2\nproperty list uchar int vertex_indices\n"
+        b"element vertex 4\nproperty double x\nproperty double y\nproperty double z\nend_header\n"
+    )
     faces = b"".join(np.array([3], ">u1").tobytes() + np.array([0, 1, 2], ">i4").tobytes() for _ in range(2))
     body = PTS.astype(">f8").tobytes()
     (tmp_path / "c.ply").write_bytes(header + faces + body)
@@ -50,8 +63,11 @@ def test_ply_big_endian_double_with_a_list_element_first(tmp_path):
         (b"ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\n", "no 'end_header'"),
         (b"ply\nformat ascii 1.0\nelement vertex 1\nproperty quaternion x\nend_header\n", "unknown property type"),
         (b"ply\nformat weird 1.0\nelement vertex 1\nproperty float x\nend_header\n1\n", "unknown format"),
-        (b"ply\nformat binary_little_endian 1.0\nelement vertex 100\nproperty float x\nproperty float y\n"
-         b"property float z\nend_header\n\x00\x00", "truncated"),
+        (
+            b"ply\nformat binary_little_endian 1.0\nelement vertex 100\nproperty float x\nproperty float y\n"
+            b"property float z\nend_header\n\x00\x00",
+            "truncated",
+        ),
     ],
 )
 def test_unreadable_ply_is_a_clear_error(tmp_path, content, match):
@@ -95,8 +111,10 @@ def test_pcd_binary_compressed_as_pcl_writes_it(tmp_path):
     soa = pts[:, 0].tobytes() + pts[:, 1].tobytes() + pts[:, 2].tobytes() + packed.tobytes()
     comp = lzf.compress(soa)
     assert comp is not None and len(comp) < len(soa)
-    head = (f"VERSION .7\nFIELDS x y z rgb\nSIZE 4 4 4 4\nTYPE F F F F\nCOUNT 1 1 1 1\nWIDTH {n}\n"
-            f"HEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\nPOINTS {n}\nDATA binary_compressed\n")
+    head = (
+        f"VERSION .7\nFIELDS x y z rgb\nSIZE 4 4 4 4\nTYPE F F F F\nCOUNT 1 1 1 1\nWIDTH {n}\n"
+        f"HEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\nPOINTS {n}\nDATA binary_compressed\n"
+    )
     body = np.array([len(comp), len(soa)], "<u4").tobytes() + comp
     (tmp_path / "c.pcd").write_bytes(head.encode() + body)
     s = load_point_cloud(tmp_path / "c.pcd")

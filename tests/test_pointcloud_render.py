@@ -132,8 +132,11 @@ def test_pointcloud_metrics_match_scikit_learn():
         if i >= 3:
             lab[:5] = True
         amap = rng.random(50).astype(np.float32) + lab
-        samples.append(PointCloudSample(id=str(i), points=rng.random((50, 3)),
-                                        truth=GroundTruth(label=int(i >= 3), point_labels=lab)))
+        samples.append(
+            PointCloudSample(
+                id=str(i), points=rng.random((50, 3)), truth=GroundTruth(label=int(i >= 3), point_labels=lab)
+            )
+        )
         results.append(Result(str(i), score=float(i % 4), anomaly_map=amap))
     results.append(Result("bad", error="boom"))
     samples.append(PointCloudSample(id="bad", points=np.zeros((1, 3)), truth=GroundTruth(label=1)))

@@ -17,7 +17,7 @@ from genad.engines.lmm.text2seg import build_localize_messages, knowledge_text
 from genad.errors import GenadError
 from genad.modalities.timeseries.common import prepare
 from genad.modalities.timeseries.lmm import SeriesLMMDetector, task_text
-from genad.modalities.video.rules import RuleVideoDetector, Rules, induction_prompt, judge_prompt
+from genad.modalities.video.rules import Rules, RuleVideoDetector, induction_prompt, judge_prompt
 from genad.types import ImageSample, Knowledge, TimeSeriesSample, Usage
 
 
@@ -69,44 +69,60 @@ def _look_twice(client=None, n=1, refs=0, **kw):
 def test_look_twice_one_region_no_references_no_class():
     assert _look_twice(n=1, refs=0) == [
         {"role": "system", "content": LT_SYSTEM},
-        {"role": "user", "content": [
-            "The first image is an image to be inspected.", "<image>",
-            "The second image is the same image with region 1 outlined and numbered by an automatic "
-            "detector (each number is on a black box inside its region, or next to it when the region "
-            "is small).", "<image>",
-            LT_TASK,
-        ]},
+        {
+            "role": "user",
+            "content": [
+                "The first image is an image to be inspected.",
+                "<image>",
+                "The second image is the same image with region 1 outlined and numbered by an automatic "
+                "detector (each number is on a black box inside its region, or next to it when the region "
+                "is small).",
+                "<image>",
+                LT_TASK,
+            ],
+        },
     ]
 
 
 def test_look_twice_several_regions_references_class_and_knowledge():
     assert _look_twice(n=3, refs=2, class_name="tile", knowledge=K) == [
         {"role": "system", "content": LT_SYSTEM},
-        {"role": "user", "content": [
-            "The first image is an image of tile to be inspected.", "<image>",
-            "The second image is the same image with regions 1 to 3 outlined and numbered by an "
-            "automatic detector (each number is on a black box inside its region, or next to it when "
-            "the region is small).", "<image>",
-            "The next 2 images are normal references of the same kind, without anomalies:", "<image>", "<image>",
-            K_TEXT,
-            LT_TASK,
-        ]},
+        {
+            "role": "user",
+            "content": [
+                "The first image is an image of tile to be inspected.",
+                "<image>",
+                "The second image is the same image with regions 1 to 3 outlined and numbered by an "
+                "automatic detector (each number is on a black box inside its region, or next to it when "
+                "the region is small).",
+                "<image>",
+                "The next 2 images are normal references of the same kind, without anomalies:",
+                "<image>",
+                "<image>",
+                K_TEXT,
+                LT_TASK,
+            ],
+        },
     ]
 
 
 def test_look_twice_marked_image_only():
     assert _look_twice(n=3, refs=1, include_original=False) == [
         {"role": "system", "content": LT_SYSTEM},
-        {"role": "user", "content": [
-            "This is an image to be inspected, with regions 1 to 3 outlined and numbered by an "
-            "automatic detector.", "<image>",
-            REF_ONE, "<image>",
-            LT_TASK,
-        ]},
+        {
+            "role": "user",
+            "content": [
+                "This is an image to be inspected, with regions 1 to 3 outlined and numbered by an automatic detector.",
+                "<image>",
+                REF_ONE,
+                "<image>",
+                LT_TASK,
+            ],
+        },
     ]
     assert _look_twice(n=1, include_original=False, class_name="tile", knowledge="  be careful ")[1]["content"] == [
-        "This is an image of tile to be inspected, with region 1 outlined and numbered by an automatic "
-        "detector.", "<image>",
+        "This is an image of tile to be inspected, with region 1 outlined and numbered by an automatic detector.",
+        "<image>",
         "be careful",
         LT_TASK,
     ]
@@ -118,8 +134,7 @@ LOC_SYSTEM = (
     "textures and medical scans, and you locate anomalies by the numbered regions marked on them."
 )
 LOC_QUESTION = (
-    "Please determine whether the inspected image contains anomalies or defects, and in which "
-    "marked regions. "
+    "Please determine whether the inspected image contains anomalies or defects, and in which marked regions. "
 )
 LOC_FORMAT = (
     "Give the image anomaly score and the scores of the anomalous regions (0 = surely normal, "
@@ -143,45 +158,63 @@ def _localize(client=None, n=1, refs=0, **kw):
 def test_localize_text_format_one_region():
     assert _localize(n=1) == [
         {"role": "system", "content": LOC_SYSTEM},
-        {"role": "user", "content": [
-            "The first image is an image to be inspected.", "<image>",
-            "The second image is the same image divided into 1 regions.", "<image>",
-            "Each region is outlined and marked with a number (1 to 1) on a black box at a point "
-            "inside it or, for a small region, next to it.",
-            LOC_QUESTION + LOC_FORMAT,
-        ]},
+        {
+            "role": "user",
+            "content": [
+                "The first image is an image to be inspected.",
+                "<image>",
+                "The second image is the same image divided into 1 regions.",
+                "<image>",
+                "Each region is outlined and marked with a number (1 to 1) on a black box at a point "
+                "inside it or, for a small region, next to it.",
+                LOC_QUESTION + LOC_FORMAT,
+            ],
+        },
     ]
 
 
 def test_localize_json_reference_class_and_knowledge():
     assert _localize(n=4, refs=1, class_name="bottle", knowledge=K, json_answer=True) == [
         {"role": "system", "content": LOC_SYSTEM},
-        {"role": "user", "content": [
-            "The first image is an image of bottle to be inspected.", "<image>",
-            "The second image is the same image divided into 4 regions.", "<image>",
-            "Each region is outlined and marked with a number (1 to 4) on a black box at a point "
-            "inside it or, for a small region, next to it.",
-            REF_ONE, "<image>",
-            K_TEXT,
-            LOC_QUESTION + LOC_JSON,
-        ]},
+        {
+            "role": "user",
+            "content": [
+                "The first image is an image of bottle to be inspected.",
+                "<image>",
+                "The second image is the same image divided into 4 regions.",
+                "<image>",
+                "Each region is outlined and marked with a number (1 to 4) on a black box at a point "
+                "inside it or, for a small region, next to it.",
+                REF_ONE,
+                "<image>",
+                K_TEXT,
+                LOC_QUESTION + LOC_JSON,
+            ],
+        },
     ]
 
 
 def test_localize_marked_image_only_several_references():
     assert _localize(n=4, refs=3, include_original=False) == [
         {"role": "system", "content": LOC_SYSTEM},
-        {"role": "user", "content": [
-            "This is an image to be inspected, divided into 4 regions.", "<image>",
-            "Each region is outlined and marked with a number (1 to 4) on a black box at a point "
-            "inside it or, for a small region, next to it.",
-            "The next 3 images are normal references of the same kind, without anomalies:",
-            "<image>", "<image>", "<image>",
-            LOC_QUESTION + LOC_FORMAT,
-        ]},
+        {
+            "role": "user",
+            "content": [
+                "This is an image to be inspected, divided into 4 regions.",
+                "<image>",
+                "Each region is outlined and marked with a number (1 to 4) on a black box at a point "
+                "inside it or, for a small region, next to it.",
+                "The next 3 images are normal references of the same kind, without anomalies:",
+                "<image>",
+                "<image>",
+                "<image>",
+                LOC_QUESTION + LOC_FORMAT,
+            ],
+        },
     ]
     assert _localize(n=2, include_original=False, class_name="bottle", json_answer=True)[1]["content"] == [
-        "This is an image of bottle to be inspected, divided into 2 regions.", "<image>",
+        "This is an image of bottle to be inspected, divided into 2 regions.",
+        "<image>",
         "Each region is outlined and marked with a number (1 to 2) on a black box at a point "
         "inside it or, for a small region, next to it.",
         LOC_QUESTION + LOC_JSON,
@@ -242,15 +275,18 @@ def test_series_messages():
     m = SeriesLMMDetector(client=RecordingClient(), context="a sensor").messages(s, prepare(s, 0.2))
     assert m[0] == {"role": "system", "content": TS_SYSTEM}
     assert m[1]["content"][0]["type"] == "image_url"
-    assert m[1]["content"][1] == {"type": "text", "text": (
-        "Series 'cpu': 12 points.\n"
-        "dim 0: min -1.27 (index 9), max 1.3 (index 6), mean 0.02167, std 0.7042, median 0.07, "
-        "1st-99th percentile -1.207..1.262.\n"
-        "All values, as index: value:\n"
-        "0: 0.13\n1: -0.13\n2: 0.64\n3: 0.1\n4: -0.54\n5: 0.36\n6: 1.3\n7: 0.95\n8: -0.7\n9: -1.27\n"
-        "10: -0.62\n11: 0.04\n"
-        "\nAbout this series: a sensor" + _ts_task(12)
-    )}
+    assert m[1]["content"][1] == {
+        "type": "text",
+        "text": (
+            "Series 'cpu': 12 points.\n"
+            "dim 0: min -1.27 (index 9), max 1.3 (index 6), mean 0.02167, std 0.7042, median 0.07, "
+            "1st-99th percentile -1.207..1.262.\n"
+            "All values, as index: value:\n"
+            "0: 0.13\n1: -0.13\n2: 0.64\n3: 0.1\n4: -0.54\n5: 0.36\n6: 1.3\n7: 0.95\n8: -0.7\n9: -1.27\n"
+            "10: -0.62\n11: 0.04\n"
+            "\nAbout this series: a sensor" + _ts_task(12)
+        ),
+    }
 
 
 # --------------------------------------------------------------------------- video-rules
@@ -297,8 +333,7 @@ def test_induction_prompt():
         "These 4 frames come from NORMAL footage: nothing in them is anomalous." + VR_STEPS
     )
     assert induction_prompt(4, "a campus walkway camera", False) == (
-        "These 4 frames come from NORMAL footage of a campus walkway camera: nothing in them is "
-        "anomalous." + VR_STEPS
+        "These 4 frames come from NORMAL footage of a campus walkway camera: nothing in them is anomalous." + VR_STEPS
     )
 
 
@@ -317,10 +352,16 @@ def test_video_rules_induction_messages():
     RuleVideoDetector(client=client, context="a lab").induce([IMG, IMG])
     assert client.sent[0] == [
         {"role": "system", "content": VR_SYSTEM},
-        {"role": "user", "content": [
-            "Frame 1:", "<image>", "Frame 2:", "<image>",
-            "These 2 frames come from NORMAL footage of a lab: nothing in them is anomalous." + VR_STEPS,
-        ]},
+        {
+            "role": "user",
+            "content": [
+                "Frame 1:",
+                "<image>",
+                "Frame 2:",
+                "<image>",
+                "These 2 frames come from NORMAL footage of a lab: nothing in them is anomalous." + VR_STEPS,
+            ],
+        },
     ]
 
 
@@ -386,9 +427,7 @@ def test_user_folder_overrides_with_placeholders(tmp_path):
 
 def test_user_folder_overrides_series_and_video_prompts(tmp_path):
     (tmp_path / "series.toml").write_text('system = "You read charts."\n')
-    (tmp_path / "video_rules.toml").write_text(
-        'system = "You watch videos."\nnormal_heading = "Normal:"\n'
-    )
+    (tmp_path / "video_rules.toml").write_text('system = "You watch videos."\nnormal_heading = "Normal:"\n')
     s = _series()
     m = SeriesLMMDetector(client=RecordingClient(tmp_path), context="a sensor").messages(s, prepare(s, 0.2))
     assert m[0] == {"role": "system", "content": "You read charts."}

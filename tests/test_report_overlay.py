@@ -56,8 +56,17 @@ def test_detect_index_escapes_and_orders(tmp_path):
     rows = [
         IndexRow(Result("low.png", score=0.1, decision=False)),
         IndexRow(Result("bad.png", error="cannot read image bad.png")),
-        IndexRow(Result("high.png", score=0.9, decision=True, explanation="<script>x</script>",
-                        regions=[Region(0.8, box=(1, 2, 3, 4), index=1)]), thumb="data:image/jpeg;base64,AAAA", link="overlays/high.png"),
+        IndexRow(
+            Result(
+                "high.png",
+                score=0.9,
+                decision=True,
+                explanation="<script>x</script>",
+                regions=[Region(0.8, box=(1, 2, 3, 4), index=1)],
+            ),
+            thumb="data:image/jpeg;base64,AAAA",
+            link="overlays/high.png",
+        ),
     ]
     html = render_detect_index(rows)
     assert "<script>x</script>" not in html and "&lt;script&gt;" in html

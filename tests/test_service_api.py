@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from service_helpers import DEFECT, png, texture
 
 from genad import registry
 from genad.detector import Detector
 from genad.service.app import create_app
 from genad.types import Result
+from service_helpers import DEFECT, png, texture
 
 
 @pytest.fixture()
@@ -131,8 +131,9 @@ def test_unknown_detector_is_400_listing_the_available_ones(client: TestClient) 
 
 
 def test_zero_shot_with_one_image_is_400_suggesting_references(client: TestClient) -> None:
-    r = client.post("/v1/detect", files=[("files", ("a.png", png(texture(3)), "image/png"))],
-                    data={"detector": "baseline"})
+    r = client.post(
+        "/v1/detect", files=[("files", ("a.png", png(texture(3)), "image/png"))], data={"detector": "baseline"}
+    )
     assert r.status_code == 400
     assert "normal references" in r.json()["detail"]
 
@@ -148,8 +149,9 @@ def test_bad_params_are_400(client: TestClient) -> None:
 
 
 def test_text_file_named_png_is_415(client: TestClient) -> None:
-    r = client.post("/v1/detect", files=[("files", ("x.png", b"just some text\n" * 10, "image/png"))],
-                    data={"detector": "baseline"})
+    r = client.post(
+        "/v1/detect", files=[("files", ("x.png", b"just some text\n" * 10, "image/png"))], data={"detector": "baseline"}
+    )
     assert r.status_code == 415
     assert "not a readable image" in r.json()["detail"]
     # a real PNG with a misleading name and type is judged by its content and accepted
@@ -169,13 +171,17 @@ def test_too_large_is_413(tmp_path: Path) -> None:
         many = [("files", (f"{i}.png", big, "image/png")) for i in range(3)]
         r = c.post("/v1/detect", files=many, data={"detector": "baseline"})
         assert r.status_code == 413 and "request body" in r.json()["detail"]
+
         # the same for a chunked upload that announces no length
         def chunks() -> Iterator[bytes]:
-            yield (b'--xyz\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n'
-                   b"Content-Type: image/png\r\n\r\n")
+            yield (
+                b'--xyz\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n'
+                b"Content-Type: image/png\r\n\r\n"
+            )
             for _ in range(40):
                 yield bytes(10_000)
             yield b"\r\n--xyz--\r\n"
+
         r = c.post("/v1/detect", content=chunks(), headers={"content-type": "multipart/form-data; boundary=xyz"})
         assert r.request.headers.get("transfer-encoding") == "chunked"
         assert r.status_code == 413 and "kB" in r.json()["detail"]
@@ -190,9 +196,11 @@ def test_path_traversal_names_are_display_text_only(tmp_path: Path) -> None:
     storage = tmp_path / "deep" / "storage"
     before = sorted(p for p in tmp_path.rglob("*"))
     with TestClient(create_app(storage)) as c:
-        files = [("files", ("../../etc/passwd", png(texture(5, defect=True)), "image/png")),
-                 ("normals", ("..\\..\\evil.png", png(texture(6)), "image/png")),
-                 ("normals", ("/tmp/abs.png", png(texture(7)), "image/png"))]
+        files = [
+            ("files", ("../../etc/passwd", png(texture(5, defect=True)), "image/png")),
+            ("normals", ("..\\..\\evil.png", png(texture(6)), "image/png")),
+            ("normals", ("/tmp/abs.png", png(texture(7)), "image/png")),
+        ]
         r = c.post("/v1/detect", files=files, data={"detector": "baseline"})
         assert r.status_code == 200, r.text
         ins = r.json()["inspections"][0]
@@ -217,8 +225,9 @@ def test_detectors_shows_lmm_status_but_never_the_key(client: TestClient, monkey
     assert "baseline" in d["detectors"] and d["default"] == registry.DEFAULT_DETECTOR
     # the page offers only detectors that read images
     assert "baseline" in d["image_detectors"] and set(d["image_detectors"]) <= set(d["detectors"])
-    assert all(registry.get(n).modalities == ("image",) or "image" in registry.get(n).modalities
-               for n in d["image_detectors"])
+    assert all(
+        registry.get(n).modalities == ("image",) or "image" in registry.get(n).modalities for n in d["image_detectors"]
+    )
     non_image = [n for n in d["detectors"] if "image" not in registry.get(n).modalities]
     assert not set(non_image) & set(d["image_detectors"])
     assert d["lmm"]["configured"] is False and "GENAD_LMM_API_KEY" in d["lmm"]["missing"]
@@ -227,8 +236,13 @@ def test_detectors_shows_lmm_status_but_never_the_key(client: TestClient, monkey
     monkeypatch.setenv("GENAD_LMM_API_KEY", "sk-very-secret-key")
     r = client.get("/v1/detectors")
     lmm = r.json()["lmm"]
-    assert lmm == {"configured": True, "host": "llm.example.com:8443", "model": "some-vlm",
-                   "api_key_set": True, "missing": []}
+    assert lmm == {
+        "configured": True,
+        "host": "llm.example.com:8443",
+        "model": "some-vlm",
+        "api_key_set": True,
+        "missing": [],
+    }
     assert "secret" not in r.text
 
 
@@ -257,8 +271,11 @@ def test_detection_does_not_block_the_event_loop(client: TestClient) -> None:
     try:
         out: dict[str, int] = {}
         files = [("files", ("a.png", png(texture(8)), "image/png"))]
-        t = threading.Thread(target=lambda: out.update(
-            code=client.post("/v1/detect", files=files, data={"detector": "test-slow-h"}).status_code))
+        t = threading.Thread(
+            target=lambda: out.update(
+                code=client.post("/v1/detect", files=files, data={"detector": "test-slow-h"}).status_code
+            )
+        )
         t.start()
         time.sleep(0.4)
         t0 = time.perf_counter()

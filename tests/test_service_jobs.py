@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from service_helpers import make_mvtec, texture
 
 from genad import registry
 from genad.detector import Detector
 from genad.service.app import create_app
 from genad.service.store import Job, Store
 from genad.types import Result
+from service_helpers import make_mvtec, texture
 
 METRIC_KEYS = {"image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "aupro", "n_images"}
 
@@ -64,13 +64,23 @@ def test_evaluation_job_runs_and_survives_restart(tmp_path: Path, roots: tuple[P
         assert again["status"] == "done" and again["summary"] == job["summary"]
 
 
-def test_a_job_running_at_shutdown_is_marked_interrupted_and_can_resume(tmp_path: Path, roots: tuple[Path, Path]) -> None:
+def test_a_job_running_at_shutdown_is_marked_interrupted_and_can_resume(
+    tmp_path: Path, roots: tuple[Path, Path]
+) -> None:
     data, _ = roots
     storage = tmp_path / "storage"
     # what a crashed process leaves: a row that says "running"
     store = Store(storage / "genad.sqlite3")
-    req = {"kind": "evaluate", "data_dir": "tiles", "detector": "baseline", "params": {}, "shots": 2,
-           "seed": 0, "limit": None, "normal_dir": None}
+    req = {
+        "kind": "evaluate",
+        "data_dir": "tiles",
+        "detector": "baseline",
+        "params": {},
+        "shots": 2,
+        "seed": 0,
+        "limit": None,
+        "normal_dir": None,
+    }
     store.add_job(Job(id="a" * 32, kind="evaluate", status="queued", created=time.time(), request=req))
     store.update_job("a" * 32, status="running", started=time.time(), done=3, total=6)
     store.close()
@@ -93,8 +103,10 @@ def test_batch_job_scores_every_file(tmp_path: Path, roots: tuple[Path, Path]) -
     for i in range(5):
         Image.fromarray(texture(400 + i, defect=(i == 3))).save(batch / f"part{i}.png")
     with TestClient(create_app(tmp_path / "storage", data_roots=[data])) as c:
-        r = c.post("/v1/jobs", json={"kind": "batch", "data_dir": str(batch), "detector": "baseline",
-                                     "normal_dir": "tiles/train/good"})
+        r = c.post(
+            "/v1/jobs",
+            json={"kind": "batch", "data_dir": str(batch), "detector": "baseline", "normal_dir": "tiles/train/good"},
+        )
         assert r.status_code == 202, r.text
         job = wait(c, r.json()["id"])
         assert job["status"] == "done", job
@@ -165,7 +177,9 @@ def _until(c: TestClient, job_id: str, pred) -> dict:  # type: ignore[no-untyped
     raise AssertionError(job)
 
 
-def test_cancel_and_graceful_shutdown_stop_a_running_job(tmp_path: Path, roots: tuple[Path, Path], slow_detector: str) -> None:
+def test_cancel_and_graceful_shutdown_stop_a_running_job(
+    tmp_path: Path, roots: tuple[Path, Path], slow_detector: str
+) -> None:
     data, _ = roots
     body = {"kind": "batch", "data_dir": "tiles/train/good", "detector": slow_detector}  # 4 images
     storage = tmp_path / "storage"

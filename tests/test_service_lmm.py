@@ -7,19 +7,21 @@ import json
 from pathlib import Path
 
 import pytest
-from fake_openai import FakeOpenAI, reply
 from fastapi.testclient import TestClient
-from service_helpers import png, texture
 
+from fake_openai import FakeOpenAI, reply
 from genad.service.app import create_app, lmm_status
+from service_helpers import png, texture
 
 KEY = "sk-service-SECRET-7311"
 
 
 @pytest.fixture()
 def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    answer = ('{"anomalous": true, "anomaly_score": 0.9, "defect_type": "hole", '
-              '"location": "centre", "reason": "a dark square breaks the texture"}')
+    answer = (
+        '{"anomalous": true, "anomaly_score": 0.9, "defect_type": "hole", '
+        '"location": "centre", "reason": "a dark square breaks the texture"}'
+    )
     with FakeOpenAI([reply(answer)]) as srv:
         monkeypatch.setenv("GENAD_LMM_BASE_URL", srv.base_url)
         monkeypatch.setenv("GENAD_LMM_MODEL", "gpt-4o")
@@ -33,8 +35,11 @@ def test_lmm_detection_returns_explanation_and_usage_without_the_key(fake: FakeO
     with TestClient(create_app(storage)) as c:
         status = lmm_status()  # what /v1/detectors reports (tested there with its import wait)
         assert status["configured"] is True and status["model"] == "gpt-4o"
-        r = c.post("/v1/detect", files=[("files", ("part.png", png(texture(1, defect=True)), "image/png"))],
-                   data={"detector": "lmm"})
+        r = c.post(
+            "/v1/detect",
+            files=[("files", ("part.png", png(texture(1, defect=True)), "image/png"))],
+            data={"detector": "lmm"},
+        )
         assert r.status_code == 200, r.text
         ins = r.json()["inspections"][0]
         assert ins["score"] == pytest.approx(0.9) and ins["decision"] is True
@@ -63,11 +68,13 @@ def test_lmm_detection_returns_explanation_and_usage_without_the_key(fake: FakeO
 )
 def test_server_configuration_cannot_be_set_by_a_request(fake: FakeOpenAI, tmp_path: Path, params: str) -> None:
     with TestClient(create_app(tmp_path / "storage")) as c:
-        r = c.post("/v1/detect", files=[("files", ("a.png", png(texture(2)), "image/png"))],
-                   data={"detector": "lmm", "params": params})
+        r = c.post(
+            "/v1/detect",
+            files=[("files", ("a.png", png(texture(2)), "image/png"))],
+            data={"detector": "lmm", "params": params},
+        )
         assert r.status_code == 400
         assert "server's configuration" in r.json()["detail"]
-        r = c.post("/v1/jobs", json={"kind": "batch", "data_dir": ".", "detector": "lmm",
-                                     "params": json.loads(params)})
+        r = c.post("/v1/jobs", json={"kind": "batch", "data_dir": ".", "detector": "lmm", "params": json.loads(params)})
         assert r.status_code == 400
     assert fake.chat_requests() == []

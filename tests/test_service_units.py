@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from service_helpers import png, texture
 
 from genad.report.overlay import threshold_scale
 from genad.service.jobs import AccessDenied, DataRoots, NotFound
 from genad.service.store import Inspection, Store, is_id, new_id
 from genad.service.uploads import PayloadTooLarge, UnsupportedMedia, decode_image, display_name
+from service_helpers import png, texture
 
 
 @pytest.mark.parametrize(
@@ -73,9 +73,20 @@ def test_map_range_puts_the_threshold_mid_scale() -> None:
 def test_store_round_trip_and_order(tmp_path: Path) -> None:
     store = Store(tmp_path / "db" / "x.sqlite3")
     for k in range(3):
-        store.add_inspection(Inspection(
-            id=new_id(), created=100.0 + k, filename=f"f{k}.png", detector="baseline", params={"grid": 8},
-            n_normals=k, width=4, height=3, result={"score": float(k)}, has_heatmap=bool(k % 2)))
+        store.add_inspection(
+            Inspection(
+                id=new_id(),
+                created=100.0 + k,
+                filename=f"f{k}.png",
+                detector="baseline",
+                params={"grid": 8},
+                n_normals=k,
+                width=4,
+                height=3,
+                result={"score": float(k)},
+                has_heatmap=bool(k % 2),
+            )
+        )
     listed = store.list_inspections(limit=2)
     assert [i.filename for i in listed] == ["f2.png", "f1.png"]
     assert listed[1].params == {"grid": 8} and listed[1].has_heatmap is True

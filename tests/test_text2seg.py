@@ -7,9 +7,9 @@ import io
 
 import numpy as np
 import pytest
-from fake_openai import FakeOpenAI, reply
 from PIL import Image
 
+from fake_openai import FakeOpenAI, reply
 from genad.engines.lmm.provider import LMMClient, LMMConfig
 from genad.engines.lmm.text2seg import image_score, localize, scores_to_map
 from genad.engines.lmm.visual_prompt import divide, masks_to_labels
@@ -23,8 +23,9 @@ def decode(url: str) -> np.ndarray:
 
 def client_for(srv: FakeOpenAI, **kw) -> LMMClient:
     return LMMClient(
-        LMMConfig(base_url=srv.base_url, model="fake-vlm", api_key="sk-test", cache_dir=None,
-                  retry_base_delay=0.01, **kw)
+        LMMConfig(
+            base_url=srv.base_url, model="fake-vlm", api_key="sk-test", cache_dir=None, retry_base_delay=0.01, **kw
+        )
     )
 
 
@@ -59,8 +60,7 @@ def test_image_score_prefers_the_stated_score_then_the_best_region():
 def test_localize_gpt4v_ad_answer_maps_to_region_3_only():
     img = np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8)
     with FakeOpenAI(script=[reply("image anomaly score: 0.9; region 3: 0.8.")]) as srv:
-        res = localize(client_for(srv), img, method="grid", n=2, sample_id="x.png",
-                       class_name="bottle")
+        res = localize(client_for(srv), img, method="grid", n=2, sample_id="x.png", class_name="bottle")
         sent = srv.chat_requests()[0]
     masks = divide(img, "grid", 2)
     assert res.score == pytest.approx(0.9) and res.decision is True
@@ -85,11 +85,20 @@ def test_localize_gpt4v_ad_answer_maps_to_region_3_only():
 def test_localize_json_answer_with_references_and_knowledge():
     img = np.full((64, 64, 3), 90, np.uint8)
     ref = np.full((64, 64, 3), 200, np.uint8)
-    answer = '{"image_anomaly_score": 0.7, "regions": [{"region": 1, "score": 0.6}], ' \
-             '"defect_type": "scratch", "reason": "a dark line"}'
+    answer = (
+        '{"image_anomaly_score": 0.7, "regions": [{"region": 1, "score": 0.6}], '
+        '"defect_type": "scratch", "reason": "a dark line"}'
+    )
     with FakeOpenAI(script=[reply(answer)]) as srv:
-        res = localize(client_for(srv), img, method="grid", n=2, references=[ref], json_answer=True,
-                       knowledge=Knowledge(normal_standards="uniform grey", defect_types=["scratch"]))
+        res = localize(
+            client_for(srv),
+            img,
+            method="grid",
+            n=2,
+            references=[ref],
+            json_answer=True,
+            knowledge=Knowledge(normal_standards="uniform grey", defect_types=["scratch"]),
+        )
         sent = srv.chat_requests()[0]
     assert res.score == pytest.approx(0.7)
     assert res.anomaly_map[:32, :32].min() == pytest.approx(0.6) and res.anomaly_map[32:].max() == 0

@@ -68,8 +68,9 @@ def test_injected_anomaly_is_found_where_it_is(name, case):
 @pytest.mark.parametrize("name", DETECTORS)
 def test_normal_series_scores_lower_than_anomalous_ones(name):
     det = create(name)
-    normal, anomalous = det.predict([TimeSeriesSample(id="n", values=base(3)),
-                                     TimeSeriesSample(id="a", values=spike()[0])])
+    normal, anomalous = det.predict(
+        [TimeSeriesSample(id="n", values=base(3)), TimeSeriesSample(id="a", values=spike()[0])]
+    )
     assert anomalous.score > normal.score
 
 

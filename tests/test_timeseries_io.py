@@ -6,10 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
 
+from conftest import SHARED_DATA
 from genad.errors import GenadError
-from genad.ops import runs_to_ranges as labels_to_ranges
 from genad.io.timeseries import (
     load_nab,
     load_series_file,
@@ -17,6 +16,7 @@ from genad.io.timeseries import (
     parse_ucr_name,
     windows_to_ranges,
 )
+from genad.ops import runs_to_ranges as labels_to_ranges
 
 NAB = SHARED_DATA / "nab"
 UCR = SHARED_DATA / "ucr"
@@ -55,7 +55,7 @@ def test_nab_slice_matches_windows_by_hand():
     assert all(s.truth.label == 0 and s.truth.ranges == [] for s in samples[:5])
     windows = json.loads((NAB / "labels" / "combined_windows.json").read_text())
     s = samples[5]
-    (t0, t1), = windows[s.id]
+    ((t0, t1),) = windows[s.id]
     # recompute the index range independently: first/last timestamp inside the window
     ts = [line.split(",")[0] for line in (NAB / "data" / s.id).read_text().splitlines()[1:]]
     inside = [i for i, t in enumerate(ts) if t0[:19] <= t <= t1[:19]]

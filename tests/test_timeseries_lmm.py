@@ -8,9 +8,9 @@ import json
 
 import numpy as np
 import pytest
-from fake_openai import FakeOpenAI, reply
 from PIL import Image
 
+from fake_openai import FakeOpenAI, reply
 from genad.errors import ConfigError
 from genad.modalities.timeseries.lmm import ranges_to_map, read_ranges, summarize
 from genad.registry import create
@@ -24,8 +24,9 @@ def series(n: int = 600, spike_at: int = 420) -> np.ndarray:
 
 
 def detector(srv: FakeOpenAI, **kw):
-    return create("ts-lmm", base_url=srv.base_url, model="fake-vlm", api_key="sk-test-secret",
-                  cache_dir=None, max_retries=0, **kw)
+    return create(
+        "ts-lmm", base_url=srv.base_url, model="fake-vlm", api_key="sk-test-secret", cache_dir=None, max_retries=0, **kw
+    )
 
 
 def answer(**data) -> str:
@@ -33,9 +34,14 @@ def answer(**data) -> str:
 
 
 def test_request_has_png_chart_and_numbers_and_answer_maps_to_points():
-    text = answer(anomalous=True, score=0.9,
-                  ranges=[{"start": 415, "end": 425, "score": 0.95, "reason": "spike far above the usual peaks"},
-                          {"start": 100, "end": 110, "score": 0.4, "reason": "slightly flat top"}])
+    text = answer(
+        anomalous=True,
+        score=0.9,
+        ranges=[
+            {"start": 415, "end": 425, "score": 0.95, "reason": "spike far above the usual peaks"},
+            {"start": 100, "end": 110, "score": 0.4, "reason": "slightly flat top"},
+        ],
+    )
     with FakeOpenAI([reply(text)]) as srv:
         (r,) = detector(srv, context="a vibration sensor").predict([TimeSeriesSample(id="vib", values=series())])
         (req,) = srv.chat_requests()
@@ -59,20 +65,25 @@ def test_request_has_png_chart_and_numbers_and_answer_maps_to_points():
 
 
 def test_normal_answer_and_text_answer():
-    with FakeOpenAI([reply(answer(anomalous=False, score=0.05, ranges=[])),
-                     reply("Yes, anomalous. ranges: 410-430")]) as srv:
+    with FakeOpenAI(
+        [reply(answer(anomalous=False, score=0.05, ranges=[])), reply("Yes, anomalous. ranges: 410-430")]
+    ) as srv:
         det = detector(srv, max_concurrency=1)
-        normal, text = det.predict([TimeSeriesSample(id="a", values=series()),
-                                    TimeSeriesSample(id="b", values=series())])
+        normal, text = det.predict(
+            [TimeSeriesSample(id="a", values=series()), TimeSeriesSample(id="b", values=series())]
+        )
     assert normal.ok and normal.decision is False and normal.ranges == [] and normal.score == pytest.approx(0.05)
     assert not normal.anomaly_map.any()
     assert text.ok and text.ranges == [(410, 430)] and text.decision is True
 
 
 def test_malformed_and_refused_answers_are_errors_not_crashes():
-    script = [reply("{not json at all"), reply("I'm sorry, I can't help with that."),
-              reply(answer(anomalous=True, ranges=[{"start": 9000, "end": 9100, "reason": "x"}])),
-              reply(answer(anomalous=True, score=0.8, ranges=[{"start": 410, "end": 430, "reason": "spike"}]))]
+    script = [
+        reply("{not json at all"),
+        reply("I'm sorry, I can't help with that."),
+        reply(answer(anomalous=True, ranges=[{"start": 9000, "end": 9100, "reason": "x"}])),
+        reply(answer(anomalous=True, score=0.8, ranges=[{"start": 410, "end": 430, "reason": "spike"}])),
+    ]
     with FakeOpenAI(script) as srv:
         det = detector(srv, max_concurrency=1)
         rs = det.predict([TimeSeriesSample(id=str(i), values=series()) for i in range(4)])
@@ -89,8 +100,9 @@ def test_server_error_is_per_sample_and_constant_series_is_not_sent():
 
     with FakeOpenAI([error(400, "bad request")]) as srv:
         det = detector(srv)
-        bad, const = det.predict([TimeSeriesSample(id="a", values=series()),
-                                  TimeSeriesSample(id="c", values=np.ones(50))])
+        bad, const = det.predict(
+            [TimeSeriesSample(id="a", values=series()), TimeSeriesSample(id="c", values=np.ones(50))]
+        )
         assert len(srv.chat_requests()) == 1
     assert bad.score is None and "model call failed" in bad.error
     assert const.ok and const.score == 0.0 and "constant series" in const.explanation
@@ -109,7 +121,10 @@ def test_helpers():
     assert "Values in 10 buckets" in text and "900-999: 949.5 [900..999]" in text
     assert read_ranges({"ranges": [[5, 2], {"start": "7", "end": 9}]})[0][0]["start"] == 5
     assert read_ranges({"foo": 1}) is None
-    m, kept, dropped = ranges_to_map([{"start": 5, "end": 2, "score": None, "reason": None},
-                                      {"start": -5, "end": -1, "score": 1.0, "reason": None}], 10, 0.7)
+    m, kept, dropped = ranges_to_map(
+        [{"start": 5, "end": 2, "score": None, "reason": None}, {"start": -5, "end": -1, "score": 1.0, "reason": None}],
+        10,
+        0.7,
+    )
     assert kept[0]["start"] == 2 and kept[0]["end"] == 5 and len(dropped) == 1
     assert np.allclose(m, [0, 0, 0.7, 0.7, 0.7, 0, 0, 0, 0, 0])

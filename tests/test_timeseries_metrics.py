@@ -9,7 +9,6 @@ import pytest
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from genad.errors import GenadError
-from genad.ops import runs_to_ranges as labels_to_ranges
 from genad.metrics.timeseries import (
     NabTotals,
     nab_score,
@@ -22,13 +21,14 @@ from genad.metrics.timeseries import (
     range_precision_recall,
     ranges_to_labels,
 )
+from genad.ops import runs_to_ranges as labels_to_ranges
 
 
 def _random_case(seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     y = np.zeros(300, dtype=bool)
     for a in rng.choice(280, 4, replace=False):
-        y[a:a + rng.integers(1, 15)] = True
+        y[a : a + rng.integers(1, 15)] = True
     s = rng.random(300) + 0.4 * y
     return y, np.round(s, 2)  # ties on purpose
 

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
-from video_helpers import SPAN, labels, moving_square_frames, write_test_video
 
 import genad
 from genad.errors import GenadError
@@ -12,6 +11,7 @@ from genad.modalities.video.detector import smooth_scores
 from genad.ops import robust_threshold
 from genad.ops import runs_to_ranges as mask_to_ranges
 from genad.types import ImageSample, VideoSample
+from video_helpers import SPAN, labels, moving_square_frames, write_test_video
 
 FAST = {"resolution": 96, "threads": 1}
 
@@ -60,7 +60,9 @@ def test_few_shot_baseline_from_frame_images_and_bad_samples():
     results = det.predict([good, ImageSample(id="img", array=moving_square_frames(1)[0])])
     assert roc_auc_score(labels(), results[0].anomaly_map) > 0.9
     assert results[1].error and "not a video" in results[1].error
-    [r] = genad.create("video", image_detector="baseline").predict([VideoSample(id="short", frames=moving_square_frames(2))])
+    [r] = genad.create("video", image_detector="baseline").predict(
+        [VideoSample(id="short", frames=moving_square_frames(2))]
+    )
     assert r.error and "zero-shot needs >= 3" in r.error
     with pytest.raises(GenadError, match="smooth"):
         genad.create("video", smooth=0)
@@ -71,8 +73,12 @@ def test_frame_labels_follow_subsampling_and_frame_metrics_match_scikit_learn():
     from genad.types import GroundTruth, Result
 
     src = labels()  # 80 source frames, event in [40, 60)
-    v = VideoSample(id="v", frames=moving_square_frames(20), meta={"frame_index": np.arange(0, 80, 4)},
-                    truth=GroundTruth(label=1, frame_labels=src))
+    v = VideoSample(
+        id="v",
+        frames=moving_square_frames(20),
+        meta={"frame_index": np.arange(0, 80, 4)},
+        truth=GroundTruth(label=1, frame_labels=src),
+    )
     lab = sampled_frame_labels(v)
     assert lab.tolist() == [10 <= i < 15 for i in range(20)]
     by_ranges = VideoSample(id="r", frames=v.frames, meta=v.meta, truth=GroundTruth(label=1, ranges=[(40, 60)]))

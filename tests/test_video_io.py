@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 from PIL import Image
-from video_helpers import moving_square_frames, write_test_video
 
 from genad.errors import GenadError
 from genad.io.video import load_video, video_frames
 from genad.types import VideoSample
+from video_helpers import moving_square_frames, write_test_video
 
 
 @pytest.fixture(scope="module")

@@ -10,18 +10,21 @@ import re
 
 import numpy as np
 import pytest
-from fake_openai import FakeOpenAI, reply
 from PIL import Image
 from sklearn.metrics import roc_auc_score
-from video_helpers import labels, moving_square_frames
 
 import genad
+from fake_openai import FakeOpenAI, reply
 from genad.errors import GenadError
 from genad.modalities.video.rules import _read_verdicts, majority_smooth
 from genad.types import VideoSample
+from video_helpers import labels, moving_square_frames
 
-RULES = {"description": "a grey square slides", "normal_rules": ["one grey square moves left to right"],
-         "abnormal_rules": ["a red object appears"]}
+RULES = {
+    "description": "a grey square slides",
+    "normal_rules": ["one grey square moves left to right"],
+    "abnormal_rules": ["a red object appears"],
+}
 
 
 def _has_red(url: str) -> bool:
@@ -38,16 +41,29 @@ def seeing_model(flicker_frame: int | None = None):
         out = []
         for j, url in zip(frames, FakeOpenAI.images_in(req)):
             red = _has_red(url) or j == flicker_frame
-            out.append({"frame": j, "anomalous": red, "score": 0.9 if red else 0.1,
-                        "rule": "A1. a red object appears" if red else None, "reason": "red" if red else "ok"})
+            out.append(
+                {
+                    "frame": j,
+                    "anomalous": red,
+                    "score": 0.9 if red else 0.1,
+                    "rule": "A1. a red object appears" if red else None,
+                    "reason": "red" if red else "ok",
+                }
+            )
         return reply("Here is my answer:\n```json\n" + json.dumps({"frames": out}) + "\n```")
 
     return script
 
 
 def _det(srv, tmp_path, **kw):
-    return genad.create("video-rules", base_url=srv.base_url, api_key="sk-secret-test", model="fake-vlm",
-                        cache_dir=str(tmp_path / "cache"), **kw)
+    return genad.create(
+        "video-rules",
+        base_url=srv.base_url,
+        api_key="sk-secret-test",
+        model="fake-vlm",
+        cache_dir=str(tmp_path / "cache"),
+        **kw,
+    )
 
 
 def test_few_shot_rules_then_batched_judgement_finds_the_span(tmp_path):
@@ -98,8 +114,10 @@ def test_given_rules_skip_induction_and_bad_answers_are_errors(tmp_path):
 
 
 def test_verdict_parsing_and_majority_vote():
-    got = _read_verdicts({"frames": [{"frame": 7, "anomalous": "yes"}, {"index": "x", "score": 0.2},
-                                     {"frame": 99, "score": 2}]}, [7, 8, 9])
+    got = _read_verdicts(
+        {"frames": [{"frame": 7, "anomalous": "yes"}, {"index": "x", "score": 0.2}, {"frame": 99, "score": 2}]},
+        [7, 8, 9],
+    )
     assert got[7]["anomalous"] is True and got[7]["score"] == 1.0
     assert got[8]["score"] == 0.2 and got[8]["anomalous"] is False
     assert got[9]["score"] == 1.0  # out-of-batch index matched by position, score clipped

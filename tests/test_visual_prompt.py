@@ -70,9 +70,9 @@ def test_slic_is_a_partition_near_the_asked_count():
 def test_proposals_from_a_map_rank_by_peak_and_add_background():
     img = np.zeros((100, 100, 3), np.uint8)
     amap = np.zeros((100, 100), np.float32)
-    amap[10:20, 10:20] = 0.6   # second
-    amap[60:80, 50:90] = 0.9   # first
-    amap[40:45, 5:10] = 0.7    # third
+    amap[10:20, 10:20] = 0.6  # second
+    amap[60:80, 50:90] = 0.9  # first
+    amap[40:45, 5:10] = 0.7  # third
     masks = divide(img, "proposals", 2, anomaly_map=amap)
     assert len(masks) == 3  # two proposals + background
     assert_partition(masks, (100, 100))
@@ -166,7 +166,8 @@ def test_save_visual_prompt_writes_som_label_image_and_json(tmp_path):
     som = render_set_of_mark(img, masks)
     labels = masks_to_labels(masks).astype(np.uint8)
     res = Result(
-        sample_id="a.png", score=0.8,
+        sample_id="a.png",
+        score=0.8,
         regions=[Region(score=0.8, index=3, label="scratch", explanation="thin line")],
         visual_prompt=VisualPrompt(labels, "grid:2", som),
     )

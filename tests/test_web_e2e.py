@@ -17,13 +17,21 @@ import pytest
 import uvicorn
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
-from service_helpers import texture
 
 from genad.service.app import create_app
+from service_helpers import texture
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture()
@@ -73,8 +81,9 @@ def test_page_inspects_an_upload(server: str, tmp_path: Path) -> None:
             score = float(page.locator("#score").inner_text())
             assert score > float(page.locator("#threshold").inner_text())
             # image and heatmap layer both loaded, same size, heatmap over the image
-            page.wait_for_function("document.getElementById('heatmap').complete && "
-                                   "document.getElementById('heatmap').naturalWidth === 160")
+            page.wait_for_function(
+                "document.getElementById('heatmap').complete && document.getElementById('heatmap').naturalWidth === 160"
+            )
             assert page.eval_on_selector("#image", "e => e.naturalWidth") == 160
             assert page.eval_on_selector("#heatmap", "e => getComputedStyle(e).opacity") == "0.5"
             page.fill("#opacity", "80")
@@ -110,7 +119,9 @@ def test_api_docs_page_renders_without_internet(server: str) -> None:
             outside: list[str] = []
             page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(server) else None)
             page.goto(server + "/docs")
-            expect(page.locator(".opblock-summary-path", has_text="/v1/detect")).to_have_count(2, timeout=20_000)  # and /v1/detectors
+            expect(page.locator(".opblock-summary-path", has_text="/v1/detect")).to_have_count(
+                2, timeout=20_000
+            )  # and /v1/detectors
             expect(page.locator(".opblock-summary-path", has_text="/v1/jobs/{job_id}")).not_to_have_count(0)
             assert outside == []
         finally:

@@ -20,7 +20,22 @@ from genad.types import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "Capabilities", "Detector", "GenadError", "param", "available", "create", "register",
-    "GroundTruth", "ImageSample", "Knowledge", "PointCloudSample", "Region", "Result",
-    "Sample", "TimeSeriesSample", "Usage", "VideoSample", "__version__",
+    "Capabilities",
+    "Detector",
+    "GenadError",
+    "param",
+    "available",
+    "create",
+    "register",
+    "GroundTruth",
+    "ImageSample",
+    "Knowledge",
+    "PointCloudSample",
+    "Region",
+    "Result",
+    "Sample",
+    "TimeSeriesSample",
+    "Usage",
+    "VideoSample",
+    "__version__",
 ]

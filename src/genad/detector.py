@@ -144,7 +144,7 @@ class Param:
         if k == "dict":
             if isinstance(value, dict):
                 return dict(value)
-            raise ValueError(f"must be a mapping such as {{\"key\": value}}, got {value!r}")
+            raise ValueError(f'must be a mapping such as {{"key": value}}, got {value!r}')
         raise AssertionError(k)  # pragma: no cover
 
     def _check_range(self, v: Any) -> None:
@@ -279,7 +279,10 @@ class Detector(ABC):
         cls.declared = declared
         if declared and "__init__" not in vars(cls):
             cls.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-                [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=p.default) for p in declared.values()]
+                [
+                    inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=p.default)
+                    for p in declared.values()
+                ]
             )
 
     def __init__(self, **options: Any) -> None:
@@ -314,7 +317,9 @@ class Detector(ABC):
                 unknown.append(key)
                 continue
             if name in out:
-                raise GenadError(f"bad option for detector {self.name!r}: {key} and {name} name the same option; give one")
+                raise GenadError(
+                    f"bad option for detector {self.name!r}: {key} and {name} name the same option; give one"
+                )
             try:
                 out[name] = declared[name].coerce(value)
             except GenadError as e:
@@ -327,7 +332,7 @@ class Detector(ABC):
             )
         return out
 
-    def _configure(self) -> None:
+    def _configure(self) -> None:  # noqa: B027 - a hook: most detectors need none
         """Check options against each other and derive private settings from them; called
         after construction and after set_params. Raise GenadError for a bad combination.
         Never changes an option's value (get_params returns what was given)."""

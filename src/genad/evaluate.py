@@ -42,7 +42,7 @@ from genad.io.mvtec import categories, load_mvtec, load_mvtec_train
 from genad.ops import resize_map
 from genad.run import RunFolder, run_detector
 from genad.secrets import redact
-from genad.types import ImageSample, Result, Sample, Usage, jsonable
+from genad.types import ImageSample, Result, Sample, Usage
 
 # Settings that must match for a run directory to be resumed.
 _RESUME_KEYS = ("data_dir", "detector", "params", "shots", "seed", "limit")
@@ -119,7 +119,9 @@ def _defect(s: Sample) -> str:
     )
 
 
-def draw_references(data_dir: Path, test: list[ImageSample], shots: int, seed: int) -> tuple[list[ImageSample], list[ImageSample], str]:
+def draw_references(
+    data_dir: Path, test: list[ImageSample], shots: int, seed: int
+) -> tuple[list[ImageSample], list[ImageSample], str]:
     """(refs, scored test set, where refs came from)."""
     if shots <= 0:
         return [], test, "none"
@@ -154,8 +156,7 @@ def check_masks(samples: Sequence[ImageSample]) -> None:
         mw, mh = image_size(s.truth.mask_path)
         if (mw, mh) != (w, h):
             raise GenadError(
-                f"mask {s.truth.mask_path} is {mw}x{mh} but its image {s.path} is {w}x{h}: "
-                f"fix or remove the mask"
+                f"mask {s.truth.mask_path} is {mw}x{mh} but its image {s.path} is {w}x{h}: fix or remove the mask"
             )
 
 
@@ -204,7 +205,9 @@ def run_benchmark(
     else:
         det = registry.create(detector, **(detector_params or {}))
     if "image" not in det.modalities:
-        raise GenadError(f"detector {det.name!r} does not read images: choose an image detector (see `genad detectors`)")
+        raise GenadError(
+            f"detector {det.name!r} does not read images: choose an image detector (see `genad detectors`)"
+        )
     if shots == 0 and not det.zero_shot:
         raise GenadError(f"detector {det.name!r} needs normal references: pass --shots K (e.g. --shots 4)")
 
@@ -240,11 +243,20 @@ def run_benchmark(
         det.fit(refs)
         t_fit = time.perf_counter() - t0
     t0 = time.perf_counter()
+
+    def keep(s: Sample, r: Result) -> None:
+        done[s.id] = folder.append(s, r, index[s.id])
+
     with folder:
-        for s, r in run_detector(
-            det, test, todo=todo, on_progress=on_progress, stop=stop, progress_bar=progress,
+        for _ in run_detector(
+            det,
+            test,
+            todo=todo,
+            on_progress=on_progress,
+            stop=stop,
+            progress_bar=progress,
             desc=f"genad eval {det.name}",
-            sink=lambda s, r: done.__setitem__(s.id, folder.append(s, r, index[s.id])),
+            sink=keep,
         ):
             pass
     t_pred = time.perf_counter() - t0 if todo else 0.0
@@ -277,8 +289,9 @@ def run_benchmark(
 
 
 # -- figures ---------------------------------------------------------------------------------
-def _add_maps(pm: Any, samples: Sequence[Sample], records: Sequence[dict[str, Any]], folder: RunFolder,
-              keep: Sequence[int]) -> None:
+def _add_maps(
+    pm: Any, samples: Sequence[Sample], records: Sequence[dict[str, Any]], folder: RunFolder, keep: Sequence[int]
+) -> None:
     """Add the samples `keep` that have a map and pixel truth (normal images count as
     all-normal masks) to the accumulator, reading maps from disk one at a time."""
     for i in keep:
@@ -300,7 +313,10 @@ def _add_maps(pm: Any, samples: Sequence[Sample], records: Sequence[dict[str, An
 
 
 def _pixel_figures(
-    samples: Sequence[Sample], records: Sequence[dict[str, Any]], folder: RunFolder, good: Sequence[int],
+    samples: Sequence[Sample],
+    records: Sequence[dict[str, Any]],
+    folder: RunFolder,
+    good: Sequence[int],
     by_type: dict[str, list[int]],
 ) -> tuple[dict[str, float | None], dict[str, dict[str, float | None]], dict[str, Any] | None]:
     """Pixel AUROC / AP / AUPRO over everything, and per defect type (that type + the good
@@ -350,10 +366,14 @@ def summarise(
     scores = [float(records[i]["score"]) for i in labelled]
     f1, f1_thr = f1_max(labels, scores) if labelled else (None, None)
     decided = [i for i in labelled if records[i].get("decision") is not None]
-    decision = decision_metrics([int(samples[i].label) for i in decided],  # type: ignore[arg-type]
-                                [bool(records[i]["decision"]) for i in decided])
+    decision = decision_metrics(
+        [int(samples[i].label) for i in decided],  # type: ignore[arg-type]
+        [bool(records[i]["decision"]) for i in decided],
+    )
     has_masks = any(
-        isinstance(s, ImageSample) and s.truth is not None and (s.truth.mask_path is not None or s.truth.mask is not None)
+        isinstance(s, ImageSample)
+        and s.truth is not None
+        and (s.truth.mask_path is not None or s.truth.mask is not None)
         for s in samples
     )
     per_type: dict[str, dict[str, Any]] = {}
@@ -368,7 +388,8 @@ def summarise(
     if has_masks:
         defect_ok = {
             t: [i for i in idx if i in ok_set and samples[i].label is not None]
-            for t, idx in by_type.items() if t != "good"
+            for t, idx in by_type.items()
+            if t != "good"
         }
         pixel, pixel_per_type, pixel_curves = _pixel_figures(
             samples, records, folder, [i for i in good_ok if samples[i].label is not None], defect_ok

@@ -57,17 +57,13 @@ def get(name: str) -> type[Detector]:
         return _REGISTERED[name]
     target = _BUILTIN.get(name)
     if target is None:
-        raise GenadError(
-            f"unknown detector {name!r}: choose one of {', '.join(available())} (see `genad detectors`)"
-        )
+        raise GenadError(f"unknown detector {name!r}: choose one of {', '.join(available())} (see `genad detectors`)")
     module_name, cls_name = target.split(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name and not e.name.startswith("genad"):
-            raise GenadError(
-                f"detector {name!r} needs the package {e.name!r}: pip install 'genad[all]'"
-            ) from e
+            raise GenadError(f"detector {name!r} needs the package {e.name!r}: pip install 'genad[all]'") from e
         raise
     cls = getattr(module, cls_name)
     cls.name = name
@@ -81,6 +77,7 @@ def create(name: str, **params: Any) -> Detector:
         return cls(**params)
     except (TypeError, ValueError) as e:  # an unknown option, or a value of the wrong kind
         raise GenadError(f"bad option for detector {name!r}: {e}") from e
+
 
 # The detector `genad detect` uses when none is named, by modality.
 DEFAULT_BY_MODALITY: dict[str, str] = {

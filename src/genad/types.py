@@ -203,8 +203,11 @@ class Region:
     def from_dict(cls, d: dict[str, Any]) -> Region:
         box = d.get("box")
         return cls(
-            score=float(d["score"]), box=None if not box else (int(box[0]), int(box[1]), int(box[2]), int(box[3])),
-            label=d.get("label"), index=d.get("index"), explanation=d.get("explanation"),
+            score=float(d["score"]),
+            box=None if not box else (int(box[0]), int(box[1]), int(box[2]), int(box[3])),
+            label=d.get("label"),
+            index=d.get("index"),
+            explanation=d.get("explanation"),
         )
 
 
@@ -229,8 +232,11 @@ class Usage:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "prompt_tokens": int(self.prompt_tokens), "completion_tokens": int(self.completion_tokens),
-            "cost_usd": float(self.cost_usd), "calls": int(self.calls), "cached_calls": int(self.cached_calls),
+            "prompt_tokens": int(self.prompt_tokens),
+            "completion_tokens": int(self.completion_tokens),
+            "cost_usd": float(self.cost_usd),
+            "calls": int(self.calls),
+            "cached_calls": int(self.cached_calls),
         }
 
 
@@ -317,7 +323,9 @@ class Result:
         if self.visual_prompt is not None:
             d["visual_prompt"] = {"method": self.visual_prompt.method, "n_regions": self.visual_prompt.n_regions}
         if self.frame_scores is not None:
-            d["frame_scores"] = [None if not np.isfinite(v) else float(v) for v in np.asarray(self.frame_scores).ravel()]
+            d["frame_scores"] = [
+                None if not np.isfinite(v) else float(v) for v in np.asarray(self.frame_scores).ravel()
+            ]
         if with_map and self.anomaly_map is not None:
             d["anomaly_map"] = np.asarray(self.anomaly_map).tolist()
         return d
@@ -342,7 +350,9 @@ class Result:
             usage=None if not usage else Usage(**usage),
             error=d.get("error"),
             extra=dict(d.get("extra") or {}),
-            frame_scores=None if frames is None else np.asarray([np.nan if v is None else v for v in frames], np.float32),
+            frame_scores=None
+            if frames is None
+            else np.asarray([np.nan if v is None else v for v in frames], np.float32),
         )
 
 

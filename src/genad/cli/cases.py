@@ -22,8 +22,17 @@ import typer
 
 from genad.cli.app import app
 from genad.cli.ask import (
-    BaseUrlOpt, BudgetOpt, ConfigOpt, DetailOpt, MaxSideOpt, ModelOpt, NoCacheOpt, PricesOpt,
-    TimeoutOpt, lmm_config, usage_line,
+    BaseUrlOpt,
+    BudgetOpt,
+    ConfigOpt,
+    DetailOpt,
+    MaxSideOpt,
+    ModelOpt,
+    NoCacheOpt,
+    PricesOpt,
+    TimeoutOpt,
+    lmm_config,
+    usage_line,
 )
 from genad.errors import GenadError
 
@@ -66,21 +75,44 @@ def plan_runs(cases: list[Any], variants: list[str], shots: list[str]) -> list[C
     """Every (case, shot, variant) the suite defines among those asked, with its images."""
     runs: list[CaseRun] = []
     for c in cases:
-        base = dict(case_id=c.id, task=c.task, dataset=c.dataset, category=c.category,
-                    expected=c.abnormal_states)
+        base = dict(case_id=c.id, task=c.task, dataset=c.dataset, category=c.category, expected=c.abnormal_states)
         notes = [f"missing upstream: {m}" for m in c.missing]
         if not c.usable:
-            runs.append(CaseRun(**base, shot="-", variant="-", prompt=c.prompt,
-                                skipped="cannot run: missing " + ", ".join(c.missing or ["inputs"]), notes=notes))
+            runs.append(
+                CaseRun(
+                    **base,
+                    shot="-",
+                    variant="-",
+                    prompt=c.prompt,
+                    skipped="cannot run: missing " + ", ".join(c.missing or ["inputs"]),
+                    notes=notes,
+                )
+            )
             continue
         if c.is_localisation:
             if not c.prompt:
-                runs.append(CaseRun(**base, shot="localisation", variant="-", prompt=None,
-                                    skipped="no prompt in label.json", notes=notes))
+                runs.append(
+                    CaseRun(
+                        **base,
+                        shot="localisation",
+                        variant="-",
+                        prompt=None,
+                        skipped="no prompt in label.json",
+                        notes=notes,
+                    )
+                )
                 continue
             imgs = [("inspect", c.abnormal), ("marks", c.som)]
-            runs.append(CaseRun(**base, shot="localisation", variant="as given", prompt=c.prompt,
-                                images=imgs[::-1] if marks_first(c.prompt) else imgs, notes=notes))
+            runs.append(
+                CaseRun(
+                    **base,
+                    shot="localisation",
+                    variant="as given",
+                    prompt=c.prompt,
+                    images=imgs[::-1] if marks_first(c.prompt) else imgs,
+                    notes=notes,
+                )
+            )
             continue
         for shot in shots:
             table = c.prompts.get(shot)
@@ -143,7 +175,9 @@ def _summary(runs: list[CaseRun]) -> list[tuple[str, dict[str, int]]]:
     return sorted(groups.items())
 
 
-def write_reports(runs: list[CaseRun], out: Path, usage: Any = None, note: str | None = None, model: str | None = None) -> None:
+def write_reports(
+    runs: list[CaseRun], out: Path, usage: Any = None, note: str | None = None, model: str | None = None
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rel = _copy_images(runs, out)
     with open(out / "answers.jsonl", "w", encoding="utf-8") as f:
@@ -184,12 +218,14 @@ def write_reports(runs: list[CaseRun], out: Path, usage: Any = None, note: str |
     (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     # html
     e = html.escape
-    h = ["<!doctype html><meta charset='utf-8'><title>GPT-4V case suite</title>",
-         "<style>body{font:14px system-ui;margin:2em;max-width:1100px}img{max-height:220px;margin:4px;"
-         "border:1px solid #ccc}blockquote{color:#444;border-left:3px solid #aaa;margin:0;padding-left:1em}"
-         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px}"
-         ".anomalous{color:#b00}.normal{color:#070}pre{white-space:pre-wrap}</style>",
-         "<h1>GPT-4V case suite</h1>"]
+    h = [
+        "<!doctype html><meta charset='utf-8'><title>GPT-4V case suite</title>",
+        "<style>body{font:14px system-ui;margin:2em;max-width:1100px}img{max-height:220px;margin:4px;"
+        "border:1px solid #ccc}blockquote{color:#444;border-left:3px solid #aaa;margin:0;padding-left:1em}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px}"
+        ".anomalous{color:#b00}.normal{color:#070}pre{white-space:pre-wrap}</style>",
+        "<h1>GPT-4V case suite</h1>",
+    ]
     if model:
         h.append(f"<p>Model: <code>{e(model)}</code>. Every inspected image is anomalous.</p>")
     if usage is not None:
@@ -211,7 +247,11 @@ def write_reports(runs: list[CaseRun], out: Path, usage: Any = None, note: str |
         if r.skipped:
             h.append(f"<p><i>{e(r.skipped)}</i></p>")
             continue
-        h.append("<div>" + "".join(f"<img src='{e(rel[p])}' title='{e(role)}' alt='{e(role)}'>" for role, p in r.images) + "</div>")
+        h.append(
+            "<div>"
+            + "".join(f"<img src='{e(rel[p])}' title='{e(role)}' alt='{e(role)}'>" for role, p in r.images)
+            + "</div>"
+        )
         h.append(f"<blockquote>{e(r.prompt or '')}</blockquote>")
         h.append(f"<p><b>error:</b> {e(r.error)}</p>" if r.error else f"<pre>{e(r.reply or '')}</pre>")
     (out / "index.html").write_text("\n".join(h) + "\n", encoding="utf-8")
@@ -249,9 +289,15 @@ def cases(
     root: Annotated[Path, typer.Argument(help="The suite's folder (Cases/ or its parent).")],
     variant: Annotated[str, typer.Option("--variant", help="naive, class, expertise or all.")] = "all",
     shots: Annotated[str, typer.Option("--shots", help="zero, one or all (zero-/one-shot prompts).")] = "all",
-    case: Annotated[list[str] | None, typer.Option("--case", help="Only cases whose id contains this (repeatable).")] = None,
-    out: Annotated[Path, typer.Option("--out", help="Folder for answers.jsonl, report.md, index.html and images.")] = Path("cases-out"),
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Build and report the prompts without calling a model.")] = False,
+    case: Annotated[
+        list[str] | None, typer.Option("--case", help="Only cases whose id contains this (repeatable).")
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for answers.jsonl, report.md, index.html and images.")
+    ] = Path("cases-out"),
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Build and report the prompts without calling a model.")
+    ] = False,
     concurrency: Annotated[int | None, typer.Option("--concurrency", help="Requests in flight at once.")] = None,
     model: ModelOpt = None,
     base_url: BaseUrlOpt = None,
@@ -286,9 +332,18 @@ def cases(
     from genad.engines.lmm.provider import LMMClient
 
     more = {"max_concurrency": concurrency} if concurrency else {}
-    cfg = lmm_config(model=model, base_url=base_url, config=config, timeout=timeout,
-                     max_image_side=max_image_side, detail=detail, no_cache=no_cache,
-                     budget=budget, prices=prices, **more)
+    cfg = lmm_config(
+        model=model,
+        base_url=base_url,
+        config=config,
+        timeout=timeout,
+        max_image_side=max_image_side,
+        detail=detail,
+        no_cache=no_cache,
+        budget=budget,
+        prices=prices,
+        **more,
+    )
     client = LMMClient(cfg)
     done = [0]
 
@@ -302,8 +357,7 @@ def cases(
     counts: dict[str, int] = {}
     for r in runs:
         counts[_verdict(r)] = counts.get(_verdict(r), 0) + 1
-    typer.echo(f"{len(all_cases)} cases, {n_todo} prompts: "
-               + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    typer.echo(f"{len(all_cases)} cases, {n_todo} prompts: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     typer.echo(usage_line(client.usage_total, client.price_note))
     typer.echo(f"report: {out / 'report.md'} and {out / 'index.html'}; answers: {out / 'answers.jsonl'}")
     if stop is not None:

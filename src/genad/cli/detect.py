@@ -137,13 +137,21 @@ class _Writer:
 
                 return link, thumbnail_data_url(read_image(self.out / link), side=360)
             picture = None
-            if isinstance(sample, PointCloudSample) and r.anomaly_map is not None and len(r.anomaly_map) == len(sample.points):
+            if (
+                isinstance(sample, PointCloudSample)
+                and r.anomaly_map is not None
+                and len(r.anomaly_map) == len(sample.points)
+            ):
                 from genad.modalities.pointcloud.render import colorize_points, render_views
 
                 views = render_views(sample.points, n_views=3, size=224)
                 picture = np.concatenate(colorize_points(views, r.anomaly_map), axis=1)
             elif isinstance(sample, VideoSample) and sample.frames is not None and len(sample.frames):
-                k = int(np.argmax(r.anomaly_map)) if r.anomaly_map is not None and len(r.anomaly_map) == len(sample.frames) else 0
+                k = (
+                    int(np.argmax(r.anomaly_map))
+                    if r.anomaly_map is not None and len(r.anomaly_map) == len(sample.frames)
+                    else 0
+                )
                 picture = sample.frames[k]
             if picture is None:
                 return None, None
@@ -151,7 +159,7 @@ class _Writer:
 
             Image.fromarray(picture).save(self.out / link)
             return link, thumbnail_data_url(picture)
-        except Exception as e:  # noqa: BLE001 - the picture is a convenience
+        except Exception as e:
             r.extra["picture_error"] = f"{type(e).__name__}: {e}"
             return None, None
 
@@ -195,16 +203,47 @@ def _print_table(pairs: list[tuple[Sample, Result]]) -> None:
 
 @app.command("detect")
 def detect(
-    paths: list[Path] = typer.Argument(..., help="Files or folders to inspect (folders are searched recursively).", show_default=False),
+    paths: list[Path] = typer.Argument(
+        ..., help="Files or folders to inspect (folders are searched recursively).", show_default=False
+    ),
     normal: list[Path] = typer.Option(
-        None, "--normal", "-n", show_default=False,
+        None,
+        "--normal",
+        "-n",
+        show_default=False,
         help="Normal reference examples (folder or files; repeatable). With them the detector is few-shot; without, zero-shot (inputs are compared with one another).",
     ),
-    detector: str = typer.Option(None, "--detector", "-d", show_default=False, help="Detector name (see `genad detectors`). Default: 'embedded' for images, the modality's default otherwise."),
-    out: Path = typer.Option(None, "--out", "-o", show_default=False, help="Folder for heatmap overlays, results.jsonl and index.html."),
-    modality: str = typer.Option(None, "--modality", "-m", show_default=False, help="image | timeseries | pointcloud | video: overrides the guess from file suffixes."),
-    threshold: float = typer.Option(None, "--threshold", "-t", show_default=False, help="Call a sample anomalous when its score is above this (default: the detector's own threshold)."),
-    param: list[str] = typer.Option(None, "--param", "-p", show_default=False, help="Detector option as key=value (repeatable), e.g. --param grid=32."),
+    detector: str = typer.Option(
+        None,
+        "--detector",
+        "-d",
+        show_default=False,
+        help="Detector name (see `genad detectors`). Default: 'embedded' for images, the modality's default otherwise.",
+    ),
+    out: Path = typer.Option(
+        None, "--out", "-o", show_default=False, help="Folder for heatmap overlays, results.jsonl and index.html."
+    ),
+    modality: str = typer.Option(
+        None,
+        "--modality",
+        "-m",
+        show_default=False,
+        help="image | timeseries | pointcloud | video: overrides the guess from file suffixes.",
+    ),
+    threshold: float = typer.Option(
+        None,
+        "--threshold",
+        "-t",
+        show_default=False,
+        help="Call a sample anomalous when its score is above this (default: the detector's own threshold).",
+    ),
+    param: list[str] = typer.Option(
+        None,
+        "--param",
+        "-p",
+        show_default=False,
+        help="Detector option as key=value (repeatable), e.g. --param grid=32.",
+    ),
     recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Search sub-folders."),
 ) -> None:
     """Find anomalies in images (or series, point clouds, videos) and say where they are.
@@ -239,8 +278,13 @@ def detect(
             f"the inputs mix {', '.join(sorted(groups))}; one --detector cannot read them all: run them separately"
         )
 
-    config = {"inputs": [str(p) for p in paths], "normal": [str(p) for p in normal or []],
-              "detector": detector, "params": public_params(params), "threshold": threshold}
+    config = {
+        "inputs": [str(p) for p in paths],
+        "normal": [str(p) for p in normal or []],
+        "detector": detector,
+        "params": public_params(params),
+        "threshold": threshold,
+    }
     writer = _Writer(out, config)
     order = {s.id: i for i, s in enumerate(samples)}
     pairs: list[tuple[Sample, Result]] = []
@@ -273,7 +317,8 @@ def detect(
     n_bad = sum(1 for _, r in pairs if r.decision)
     n_err = sum(1 for _, r in pairs if r.error)
     typer.echo(
-        f"{len(pairs)} inputs, {n_bad} anomalous" + (f", {n_err} failed" if n_err else "")
+        f"{len(pairs)} inputs, {n_bad} anomalous"
+        + (f", {n_err} failed" if n_err else "")
         + f" ({time.perf_counter() - t0:.1f} s)"
     )
     if index is not None:

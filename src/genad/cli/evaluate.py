@@ -32,7 +32,9 @@ def print_summary(s: dict[str, Any]) -> None:
     main = Table(show_header=True)
     for k in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "aupro"):
         main.add_column(k, justify="right")
-    main.add_row(*(_fmt(s.get(k)) for k in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "aupro")))
+    main.add_row(
+        *(_fmt(s.get(k)) for k in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "aupro"))
+    )
     console.print(main)
     dm = s.get("decision")
     if dm:
@@ -43,11 +45,14 @@ def print_summary(s: dict[str, Any]) -> None:
         )
     per = Table("defect type", "n", "image_auroc", "pixel_auroc", "aupro", "mean score")
     for t, e in s.get("per_type", {}).items():
-        per.add_row(t, str(e["n"]), _fmt(e["image_auroc"]), _fmt(e["pixel_auroc"]), _fmt(e["aupro"]), _fmt(e["mean_score"]))
+        per.add_row(
+            t, str(e["n"]), _fmt(e["image_auroc"]), _fmt(e["pixel_auroc"]), _fmt(e["aupro"]), _fmt(e["mean_score"])
+        )
     console.print(per)
     ips = s.get("images_per_second")
     console.print(
-        f"{s['seconds']:.1f} s" + (f", {ips:.2f} images/s" if ips else "")
+        f"{s['seconds']:.1f} s"
+        + (f", {ips:.2f} images/s" if ips else "")
         + f", peak memory {s['peak_rss_mb']:.0f} MB"
         + (f", {s['n_resumed']} resumed" if s.get("n_resumed") else "")
     )
@@ -62,16 +67,38 @@ def print_summary(s: dict[str, Any]) -> None:
 
 @app.command("eval")
 def evaluate(
-    data_dir: Path = typer.Argument(..., help="An MVTec-style folder: test/good, test/<defect>, optional train/good and ground_truth/<defect>/<name>_mask.png.", show_default=False),
+    data_dir: Path = typer.Argument(
+        ...,
+        help="An MVTec-style folder: test/good, test/<defect>, optional train/good and ground_truth/<defect>/<name>_mask.png.",
+        show_default=False,
+    ),
     detector: str = typer.Option("embedded", "--detector", "-d", help="Detector name (see `genad detectors`)."),
-    shots: int = typer.Option(0, "--shots", "-k", help="Normal references per run (0 = zero-shot). Drawn from train/good, or from test/good (and then not scored) when there is no train split."),
+    shots: int = typer.Option(
+        0,
+        "--shots",
+        "-k",
+        help="Normal references per run (0 = zero-shot). Drawn from train/good, or from test/good (and then not scored) when there is no train split.",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed for drawing references and the --limit subsample."),
-    limit: int = typer.Option(None, "--limit", "-l", show_default=False, help="Score only N test images (stratified by defect type)."),
+    limit: int = typer.Option(
+        None, "--limit", "-l", show_default=False, help="Score only N test images (stratified by defect type)."
+    ),
     json_out: Path = typer.Option(None, "--json", show_default=False, help="Write the summary JSON to this file."),
-    run_dir: Path = typer.Option(None, "--run-dir", show_default=False, help="Keep results.jsonl, maps/ and summary.json here (needed for --resume)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --run-dir: score only what is missing or failed."),
-    report: Path = typer.Option(None, "--report", show_default=False, help="Write an HTML report (index.html) to this folder."),
-    param: list[str] = typer.Option(None, "--param", "-p", show_default=False, help="Detector option as key=value (repeatable)."),
+    run_dir: Path = typer.Option(
+        None,
+        "--run-dir",
+        show_default=False,
+        help="Keep results.jsonl, maps/ and summary.json here (needed for --resume).",
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --run-dir: score only what is missing or failed."
+    ),
+    report: Path = typer.Option(
+        None, "--report", show_default=False, help="Write an HTML report (index.html) to this folder."
+    ),
+    param: list[str] = typer.Option(
+        None, "--param", "-p", show_default=False, help="Detector option as key=value (repeatable)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Benchmark a detector on a labelled dataset and print image/pixel AUROC, AP, F1-max, AUPRO.
@@ -99,8 +126,15 @@ def evaluate(
         run_dir = Path(tempfile.mkdtemp(prefix="genad-run-"))
     try:
         run = run_benchmark(
-            data_dir, detector=detector, detector_params=params, shots=shots, seed=seed, limit=limit,
-            run_dir=run_dir, resume=resume, progress=not quiet,
+            data_dir,
+            detector=detector,
+            detector_params=params,
+            shots=shots,
+            seed=seed,
+            limit=limit,
+            run_dir=run_dir,
+            resume=resume,
+            progress=not quiet,
         )
     except KeyboardInterrupt:
         typer.echo(f"to continue: genad eval {data_dir} ... --run-dir {run_dir} --resume", err=True)

@@ -22,11 +22,21 @@ def default_storage() -> Path:
 
 @app.command("serve")
 def serve(
-    host: Annotated[str, typer.Option(help="interface to listen on; 0.0.0.0 exposes the service (it has no login)")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="interface to listen on; 0.0.0.0 exposes the service (it has no login)")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
-    storage: Annotated[Path | None, typer.Option(help="folder for the database, uploads and job outputs [default: $GENAD_STORAGE_DIR or ~/.local/share/genad/service]")] = None,
+    storage: Annotated[
+        Path | None,
+        typer.Option(
+            help="folder for the database, uploads and job outputs [default: $GENAD_STORAGE_DIR or ~/.local/share/genad/service]"
+        ),
+    ] = None,
     db: Annotated[Path | None, typer.Option(help="SQLite file [default: STORAGE/genad.sqlite3]")] = None,
-    data_root: Annotated[list[Path] | None, typer.Option("--data-root", help="folder that jobs may read (repeatable); jobs name folders under it")] = None,
+    data_root: Annotated[
+        list[Path] | None,
+        typer.Option("--data-root", help="folder that jobs may read (repeatable); jobs name folders under it"),
+    ] = None,
     max_upload_mb: Annotated[float, typer.Option(help="largest accepted file, in MB")] = 20.0,
     max_files: Annotated[int, typer.Option(help="most files in one detect request")] = 16,
     max_megapixels: Annotated[float, typer.Option(help="largest accepted image, in megapixels")] = 40.0,
@@ -48,11 +58,19 @@ def serve(
         raise GenadError("--max-upload-mb, --max-files, --max-megapixels and --workers must be positive")
     storage_dir = storage or default_storage()
     application = create_app(
-        storage_dir, data_roots=roots, max_upload_mb=max_upload_mb, max_files=max_files,
-        max_pixels=int(max_megapixels * 1e6), db_path=db, detect_workers=workers,
+        storage_dir,
+        data_roots=roots,
+        max_upload_mb=max_upload_mb,
+        max_files=max_files,
+        max_pixels=int(max_megapixels * 1e6),
+        db_path=db,
+        detect_workers=workers,
     )
     typer.echo(f"genad service on http://{host}:{port}/  (storage: {storage_dir})")
     if host not in ("127.0.0.1", "localhost", "::1"):
-        typer.secho("warning: the service has no login; anyone who can reach this port can use it",
-                    err=True, fg=typer.colors.YELLOW)
+        typer.secho(
+            "warning: the service has no login; anyone who can reach this port can use it",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
     uvicorn.run(application, host=host, port=port, log_level=log_level)

@@ -53,7 +53,10 @@ class BaselineDetector(Detector):
     def capabilities(self) -> Capabilities:
         few = self.center_ is not None
         return Capabilities(
-            self.modalities, True, whole_batch=not few, min_batch=1 if few else MIN_ZERO_SHOT_BATCH,
+            self.modalities,
+            True,
+            whole_batch=not few,
+            min_batch=1 if few else MIN_ZERO_SHOT_BATCH,
             chunk_size=self.chunk_size,
         )
 
@@ -67,7 +70,9 @@ class BaselineDetector(Detector):
         std = a.std(axis=(0, 1), keepdims=True)
         return (a - mean) / np.maximum(std, 1e-3)
 
-    def _load_all(self, samples: Sequence[Sample]) -> tuple[list[tuple[int, int] | None], list[np.ndarray | None], list[str | None]]:
+    def _load_all(
+        self, samples: Sequence[Sample]
+    ) -> tuple[list[tuple[int, int] | None], list[np.ndarray | None], list[str | None]]:
         # Only each image's size is kept, not its pixels: a zero-shot batch can be large.
         shapes: list[tuple[int, int] | None] = []
         feats: list[np.ndarray | None] = []

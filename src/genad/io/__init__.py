@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from genad.errors import GenadError
-from genad.io.folder import list_files, sample_id
 from genad.io import video as _video  # noqa: F401 - registers the frame reader
+from genad.io.folder import list_files, sample_id
 from genad.io.images import IMAGE_SUFFIXES
 from genad.types import ImageSample, Sample
 
@@ -63,12 +63,9 @@ def _loader(modality: str) -> Callable[..., Sample]:
     except ModuleNotFoundError as e:
         if e.name == module_name:
             raise GenadError(
-                f"reading {modality} files needs {module_name}, which this install lacks: "
-                f"pip install 'genad[{extra}]'"
+                f"reading {modality} files needs {module_name}, which this install lacks: pip install 'genad[{extra}]'"
             ) from e
-        raise GenadError(
-            f"reading {modality} files needs the package {e.name!r}: pip install 'genad[{extra}]'"
-        ) from e
+        raise GenadError(f"reading {modality} files needs the package {e.name!r}: pip install 'genad[{extra}]'") from e
     return getattr(module, func)
 
 
@@ -104,7 +101,9 @@ def _video_folder(folder: Path, recursive: bool) -> list[Sample]:
     if any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()):
         return [load_file(folder, "video", folder.name)]
     out = [load_file(p, "video", sample_id(p, folder)) for p in list_files(folder, VIDEO_SUFFIXES, recursive)]
-    subdirs = sorted(d for d in (folder.rglob("*") if recursive else folder.iterdir()) if d.is_dir() and not d.name.startswith("."))
+    subdirs = sorted(
+        d for d in (folder.rglob("*") if recursive else folder.iterdir()) if d.is_dir() and not d.name.startswith(".")
+    )
     for d in subdirs:
         if any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in d.iterdir()):
             out.append(load_file(d, "video", sample_id(d, folder)))

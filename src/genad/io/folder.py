@@ -18,9 +18,7 @@ def list_files(root: Path, suffixes: Iterable[str], recursive: bool = True) -> l
     """Files under `root` with one of `suffixes` (case-insensitive), sorted, hidden ones skipped."""
     wanted = {s.lower() for s in suffixes}
     walker = root.rglob("*") if recursive else root.glob("*")
-    return sorted(
-        p for p in walker if p.is_file() and p.suffix.lower() in wanted and not _hidden(p, root)
-    )
+    return sorted(p for p in walker if p.is_file() and p.suffix.lower() in wanted and not _hidden(p, root))
 
 
 def sample_id(path: Path, root: Path | None) -> str:

@@ -39,7 +39,9 @@ _MEDICAL_ROLES: dict[str, dict[str, str]] = {
 }
 # Images the upstream suite refers to but does not ship.
 _KNOWN_ABSENT: dict[str, list[str]] = {
-    "Retina OCT": ["RetinaOCT_One-shot.png (the upstream one-shot composite; build it from the normal and abnormal images)"],
+    "Retina OCT": [
+        "RetinaOCT_One-shot.png (the upstream one-shot composite; build it from the normal and abnormal images)"
+    ],
     "EndoTect": ["label.json", "set-of-mark image"],
 }
 

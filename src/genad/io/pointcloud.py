@@ -22,10 +22,22 @@ POINTCLOUD_SUFFIXES = {".ply", ".pcd", ".xyz", ".pts", ".npy", ".tif", ".tiff", 
 
 # PLY scalar type names (both spellings) -> numpy type codes.
 _PLY_TYPES = {
-    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",
-    "short": "i2", "int16": "i2", "ushort": "u2", "uint16": "u2",
-    "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
-    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
+    "char": "i1",
+    "int8": "i1",
+    "uchar": "u1",
+    "uint8": "u1",
+    "short": "i2",
+    "int16": "i2",
+    "ushort": "u2",
+    "uint16": "u2",
+    "int": "i4",
+    "int32": "i4",
+    "uint": "u4",
+    "uint32": "u4",
+    "float": "f4",
+    "float32": "f4",
+    "double": "f8",
+    "float64": "f8",
 }
 
 
@@ -56,9 +68,7 @@ def load_point_cloud(path: str | Path, *, drop_invalid: bool = True) -> PointClo
     elif suffix in (".xyz", ".pts", ".csv", ".txt"):
         points, colors = _read_text(path)
     else:
-        raise GenadError(
-            f"unknown point cloud format {suffix!r} ({path}): use .ply, .pcd, .xyz, .csv, .npy or .tiff"
-        )
+        raise GenadError(f"unknown point cloud format {suffix!r} ({path}): use .ply, .pcd, .xyz, .csv, .npy or .tiff")
     points, colors, labels, keep = _clean(points, colors, labels, path, drop_invalid)
     if keep is not None:
         meta["n_dropped"] = int((~keep).sum())
@@ -234,8 +244,13 @@ def _ply_binary(body: bytes, elements: list, endian: str, path: Path) -> dict[st
     raise AssertionError("unreachable")
 
 
-def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray | None = None, binary: bool = True,
-              extra: dict[str, np.ndarray] | None = None) -> Path:
+def write_ply(
+    path: str | Path,
+    points: np.ndarray,
+    colors: np.ndarray | None = None,
+    binary: bool = True,
+    extra: dict[str, np.ndarray] | None = None,
+) -> Path:
     """Write points (and optional uint8 colors, and float `extra` columns such as a per-point
     anomaly score) as PLY, e.g. to view scores in CloudCompare or MeshLab."""
     path = Path(path)
@@ -295,10 +310,12 @@ def read_pcd(path: str | Path) -> dict[str, np.ndarray]:
         raise GenadError(f"unreadable PCD header in {path}: missing or bad {e}") from e
     if not (len(names) == len(sizes) == len(types) == len(counts)):
         raise GenadError(f"unreadable PCD header in {path}: FIELDS/SIZE/TYPE/COUNT lengths differ")
-    dtype = np.dtype([
-        (nm, f"<{ {'F': 'f', 'I': 'i', 'U': 'u'}.get(t.upper(), 'f') }{sz}", (c,) if c > 1 else ())
-        for nm, sz, t, c in zip(names, sizes, types, counts)
-    ])
+    dtype = np.dtype(
+        [
+            (nm, f"<{ {'F': 'f', 'I': 'i', 'U': 'u'}.get(t.upper(), 'f') }{sz}", (c,) if c > 1 else ())
+            for nm, sz, t, c in zip(names, sizes, types, counts)
+        ]
+    )
     if kind == "ascii":
         text = raw[pos:].decode("ascii", "replace").split()
         flat = np.array(text, dtype=np.float64)
@@ -307,7 +324,7 @@ def read_pcd(path: str | Path) -> dict[str, np.ndarray]:
             raise GenadError(f"{path}: PCD says {n} points but holds fewer values")
         flat = flat[: n * width].reshape(n, width)
         out, col = {}, 0
-        for nm, c, t, sz in zip(names, counts, types, sizes):
+        for nm, c, t in zip(names, counts, types):
             out[nm] = flat[:, col] if c == 1 else flat[:, col : col + c]
             if nm in ("rgb", "rgba") and c == 1:  # packed colour: float bits, or an integer
                 v = flat[:, col]
@@ -327,13 +344,16 @@ def read_pcd(path: str | Path) -> dict[str, np.ndarray]:
         v = np.asarray(out[colour_key])
         packed = v.astype(np.uint32) if v.dtype.kind in "ui" else v.astype(np.float32).view(np.uint32)
         out["red"], out["green"], out["blue"] = (
-            ((packed >> 16) & 255).astype(np.float64), ((packed >> 8) & 255).astype(np.float64), (packed & 255).astype(np.float64)
+            ((packed >> 16) & 255).astype(np.float64),
+            ((packed >> 8) & 255).astype(np.float64),
+            (packed & 255).astype(np.float64),
         )
     return out
 
 
-def _pcd_compressed(raw: bytes, pos: int, n: int, names: list[str], sizes: list[int], types: list[str],
-                    counts: list[int], path: Path) -> dict[str, np.ndarray]:
+def _pcd_compressed(
+    raw: bytes, pos: int, n: int, names: list[str], sizes: list[int], types: list[str], counts: list[int], path: Path
+) -> dict[str, np.ndarray]:
     """PCL's binary_compressed body: two uint32 (compressed, uncompressed size), then LZF data
     that holds each field for all points in turn (structure of arrays, not records)."""
     if pos + 8 > len(raw):
@@ -346,8 +366,10 @@ def _pcd_compressed(raw: bytes, pos: int, n: int, names: list[str], sizes: list[
     try:
         import lzf
     except ImportError as e:
-        raise GenadError(f"{path}: reading binary_compressed PCD needs python-neo-lzf: "
-                         "pip install 'genad[pointcloud]' (or save the cloud as binary)") from e
+        raise GenadError(
+            f"{path}: reading binary_compressed PCD needs python-neo-lzf: "
+            "pip install 'genad[pointcloud]' (or save the cloud as binary)"
+        ) from e
     try:
         buf = lzf.decompress(body, usize)
     except (ValueError, OSError) as e:
@@ -356,8 +378,9 @@ def _pcd_compressed(raw: bytes, pos: int, n: int, names: list[str], sizes: list[
         raise GenadError(f"{path}: the PCD's compressed data is corrupt (it expands to fewer bytes than declared)")
     out, off = {}, 0
     for nm, sz, t, c in zip(names, sizes, types, counts):
-        arr = np.frombuffer(buf, dtype=f"<{ {'F': 'f', 'I': 'i', 'U': 'u'}.get(t.upper(), 'f') }{sz}",
-                            count=n * c, offset=off)
+        arr = np.frombuffer(
+            buf, dtype=f"<{ {'F': 'f', 'I': 'i', 'U': 'u'}.get(t.upper(), 'f') }{sz}", count=n * c, offset=off
+        )
         out[nm] = arr.reshape(n, c) if c > 1 else arr
         off += n * sz * c
     return out

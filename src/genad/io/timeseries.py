@@ -98,8 +98,9 @@ def _col_index(spec: str | int, header: list[str] | None, n_cols: int, path: Pat
     return header.index(spec)
 
 
-def _read_table(path: Path, delimiter: str, time_col: str | int | None,
-                value_cols: list[str | int] | None) -> TimeSeriesSample:
+def _read_table(
+    path: Path, delimiter: str, time_col: str | int | None, value_cols: list[str | int] | None
+) -> TimeSeriesSample:
     with open(path, newline="", encoding="utf-8-sig") as f:
         rows = [r for r in csv.reader(f, delimiter=delimiter) if r and any(c.strip() for c in r)]
     if not rows:
@@ -142,8 +143,7 @@ def _read_table(path: Path, delimiter: str, time_col: str | int | None,
     if value_cols:
         v_idx = [_col_index(c, header, n_cols, path) for c in value_cols]
     else:
-        v_idx = [i for i in range(n_cols) if i not in (t_idx, label_idx)
-                 and all(_is_number(c) for c in cols[i])]
+        v_idx = [i for i in range(n_cols) if i not in (t_idx, label_idx) and all(_is_number(c) for c in cols[i])]
     if not v_idx:
         raise GenadError(f"{path}: no numeric value column found (pass value_cols= / --value-col)")
     try:
@@ -173,8 +173,9 @@ def _is_date(cell: str) -> bool:
         return False
 
 
-def load_series_file(path: str | Path, time_col: str | int | None = None,
-                     value_cols: list[str | int] | None = None) -> TimeSeriesSample:
+def load_series_file(
+    path: str | Path, time_col: str | int | None = None, value_cols: list[str | int] | None = None
+) -> TimeSeriesSample:
     """Read one series file (.csv, .tsv, .npy, .txt). See the module docstring for the rules.
     Raises GenadError for a missing, empty or unreadable file."""
     path = Path(path)

@@ -74,7 +74,11 @@ def _load_folder(path: Path, fps: float | None, max_frames: int | None, max_side
             im = np.asarray(Image.fromarray(im).resize((w, h), Image.Resampling.BILINEAR))
         frames[j] = im
     return VideoSample(
-        id=path.name, path=path, frames=frames, frame_paths=[files[i] for i in pick], fps=fps,
+        id=path.name,
+        path=path,
+        frames=frames,
+        frame_paths=[files[i] for i in pick],
+        fps=fps,
         meta={"frame_index": pick, "n_source_frames": len(files), "source": "folder"},
     )
 
@@ -144,8 +148,12 @@ def _load_file(path: Path, fps: float | None, max_frames: int | None, max_side: 
             truncated = None
     if not frames:
         raise GenadError(f"cannot decode video {path}: no frames could be read")
-    meta = {"frame_index": np.asarray(index), "source_fps": src_fps, "n_source_frames": n_src or (index[-1] + 1),
-            "source": "file"}
+    meta = {
+        "frame_index": np.asarray(index),
+        "source_fps": src_fps,
+        "n_source_frames": n_src or (index[-1] + 1),
+        "source": "file",
+    }
     if truncated:
         meta["truncated"] = truncated
     out_fps = fps if fps is not None else src_fps
@@ -166,8 +174,12 @@ def video_frames(sample: VideoSample) -> np.ndarray:
     if sample.frame_paths:
         frames = [read_image(p) for p in sample.frame_paths]
         h, w = frames[0].shape[:2]
-        return np.stack([f if f.shape[:2] == (h, w) else
-                         np.asarray(Image.fromarray(f).resize((w, h), Image.Resampling.BILINEAR)) for f in frames])
+        return np.stack(
+            [
+                f if f.shape[:2] == (h, w) else np.asarray(Image.fromarray(f).resize((w, h), Image.Resampling.BILINEAR))
+                for f in frames
+            ]
+        )
     if sample.path is not None:
         loaded = load_video(sample.path, fps=sample.fps)
         sample.meta.setdefault("frame_index", loaded.meta.get("frame_index"))

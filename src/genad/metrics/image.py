@@ -98,7 +98,11 @@ def decision_metrics(labels: ArrayLike, decisions: ArrayLike) -> dict[str, float
         return None
     p, r, f, _ = precision_recall_fscore_support(y, d, average="binary", pos_label=1, zero_division=0.0)
     return {
-        "precision": float(p), "recall": float(r), "f1": float(f), "accuracy": float(accuracy_score(y, d)),
-        "false_alarms": int(((d == 1) & (y == 0)).sum()), "misses": int(((d == 0) & (y == 1)).sum()),
+        "precision": float(p),
+        "recall": float(r),
+        "f1": float(f),
+        "accuracy": float(accuracy_score(y, d)),
+        "false_alarms": int(((d == 1) & (y == 0)).sum()),
+        "misses": int(((d == 0) & (y == 1)).sum()),
         "n": int(y.size),
     }

@@ -230,9 +230,7 @@ class PixelMetrics:
         }
 
 
-def _accumulate(
-    maps: Iterable[np.ndarray], masks: Iterable[np.ndarray | None], max_fpr: float
-) -> PixelMetrics:
+def _accumulate(maps: Iterable[np.ndarray], masks: Iterable[np.ndarray | None], max_fpr: float) -> PixelMetrics:
     # Streams: maps and masks may be generators, so a large set is never held at once.
     pm = PixelMetrics(max_fpr=max_fpr)
     missing = object()
@@ -260,8 +258,6 @@ def pixel_ap(maps: Iterable[np.ndarray], masks: Iterable[np.ndarray | None]) -> 
     return pixel_metrics(maps, masks)["pixel_ap"]
 
 
-def aupro(
-    maps: Iterable[np.ndarray], masks: Iterable[np.ndarray | None], max_fpr: float = 0.3
-) -> float | None:
+def aupro(maps: Iterable[np.ndarray], masks: Iterable[np.ndarray | None], max_fpr: float = 0.3) -> float | None:
     """Area under the PRO curve up to FPR max_fpr, divided by max_fpr (None if undefined)."""
     return pixel_metrics(maps, masks, max_fpr)["aupro"]

@@ -43,8 +43,17 @@ from genad.ops import runs_to_ranges
 STANDARD_PROFILE = {"tp": 1.0, "fp": 0.11, "fn": 1.0}
 
 __all__ = [
-    "point_auroc", "point_ap", "point_adjust", "point_adjusted_f1", "nab_score", "nab_totals", "NabTotals",
-    "ranges_to_labels", "range_onsets", "range_peaks", "STANDARD_PROFILE",
+    "point_auroc",
+    "point_ap",
+    "point_adjust",
+    "point_adjusted_f1",
+    "nab_score",
+    "nab_totals",
+    "NabTotals",
+    "ranges_to_labels",
+    "range_onsets",
+    "range_peaks",
+    "STANDARD_PROFILE",
     "range_precision_recall",
 ]
 
@@ -53,7 +62,7 @@ def ranges_to_labels(ranges: list[tuple[int, int]] | None, n: int) -> np.ndarray
     """[start, end) ranges -> bool (n,)."""
     lab = np.zeros(n, dtype=bool)
     for a, b in ranges or []:
-        lab[max(0, int(a)):max(0, min(n, int(b)))] = True
+        lab[max(0, int(a)) : max(0, min(n, int(b)))] = True
     return lab
 
 
@@ -142,8 +151,13 @@ class NabTotals:
         return float("nan") if span == 0 else 100.0 * (self.raw - self.null) / span
 
 
-def nab_totals(windows: list[tuple[int, int]], detections: np.ndarray, n: int | None = None,
-               profile: dict[str, float] | None = None, probation: bool = True) -> NabTotals:
+def nab_totals(
+    windows: list[tuple[int, int]],
+    detections: np.ndarray,
+    n: int | None = None,
+    profile: dict[str, float] | None = None,
+    probation: bool = True,
+) -> NabTotals:
     """NAB raw/null/perfect for one series.
 
     windows: [start, end) index ranges (NAB's label windows). detections: bool (n,) flags or an
@@ -183,8 +197,13 @@ def nab_totals(windows: list[tuple[int, int]], detections: np.ndarray, n: int | 
     return NabTotals(raw=raw, null=-prof["fn"] * len(wins), perfect=prof["tp"] * len(wins))
 
 
-def nab_score(windows: list[tuple[int, int]], detections: np.ndarray, n: int | None = None,
-              profile: dict[str, float] | None = None, probation: bool = True) -> float:
+def nab_score(
+    windows: list[tuple[int, int]],
+    detections: np.ndarray,
+    n: int | None = None,
+    profile: dict[str, float] | None = None,
+    probation: bool = True,
+) -> float:
     """Normalised NAB score (standard profile) of one series; NaN for a series without windows
     (use NabTotals summed over a corpus, as NAB does, to count false alarms there too)."""
     return nab_totals(windows, detections, n, profile, probation).score
@@ -227,8 +246,12 @@ def _range_side(a: list[tuple[int, int]], b: list[tuple[int, int]], reciprocal: 
     return out
 
 
-def range_precision_recall(true_ranges: list[tuple[int, int]], pred_ranges: list[tuple[int, int]],
-                           alpha: float = 0.0, cardinality: str = "reciprocal") -> tuple[float, float, float]:
+def range_precision_recall(
+    true_ranges: list[tuple[int, int]],
+    pred_ranges: list[tuple[int, int]],
+    alpha: float = 0.0,
+    cardinality: str = "reciprocal",
+) -> tuple[float, float, float]:
     """(precision, recall, F1) over ranges (Tatbul et al. 2018, flat bias); see the module
     docstring. Precision is NaN when nothing is detected; recall is NaN without true ranges."""
     if cardinality not in ("reciprocal", "one"):

@@ -54,7 +54,9 @@ def render_detect_index(rows: Sequence[IndexRow], title: str = "genad detect", m
     return render("detect_index.html.j2", title=title, summary=summary, meta=meta, rows=_order(rows), fmt=_fmt)
 
 
-def write_detect_index(out_dir: Path, rows: Sequence[IndexRow], title: str = "genad detect", meta: str | None = None) -> Path:
+def write_detect_index(
+    out_dir: Path, rows: Sequence[IndexRow], title: str = "genad detect", meta: str | None = None
+) -> Path:
     """Write out_dir/index.html and return its path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -151,7 +151,9 @@ def _curve_plots(img_dir: Path, curves: dict[str, Any] | None, summary: dict[str
 
     fig, ax = _figure("Precision-recall", "recall", "precision")
     if image is not None:
-        ax.step(image["recall"], image["precision"], where="post", lw=2, label=f"image (AP {_fmt(summary.get('image_ap'))})")
+        ax.step(
+            image["recall"], image["precision"], where="post", lw=2, label=f"image (AP {_fmt(summary.get('image_ap'))})"
+        )
     if pixel is not None:
         ax.plot(pixel["recall"], pixel["precision"], lw=2, label=f"pixel (AP {_fmt(summary.get('pixel_ap'))})")
     ax.legend(loc="lower left")
@@ -214,8 +216,13 @@ def _shared_scale(run: RunLike, entries: Sequence[_Entry]) -> tuple[float | None
 
 
 def _gallery(
-    run: RunLike, entries: Sequence[_Entry], img_dir: Path, prefix: str, thumb: int,
-    vmin: float | None, vmax: float | None,
+    run: RunLike,
+    entries: Sequence[_Entry],
+    img_dir: Path,
+    prefix: str,
+    thumb: int,
+    vmin: float | None,
+    vmax: float | None,
 ) -> list[dict[str, Any]]:
     """One card per entry, in rank order; writes each card's picture as img/<prefix>_NN.png."""
     cards = []
@@ -226,7 +233,11 @@ def _gallery(
             name = f"{prefix}_{rank:02d}.png"
             im.save(img_dir / name)
             pic = f"{IMG_DIR}/{name}"
-        defect = e.sample.truth.defect_type if e.sample.truth and e.sample.truth.defect_type else ("good" if e.label == 0 else "anomalous")
+        defect = (
+            e.sample.truth.defect_type
+            if e.sample.truth and e.sample.truth.defect_type
+            else ("good" if e.label == 0 else "anomalous")
+        )
         why = e.result.explanation
         if why and len(why) > 400:
             why = why[:400] + "…"

@@ -108,7 +108,9 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def draw_regions(image: np.ndarray, regions: Sequence[Region], color: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+def draw_regions(
+    image: np.ndarray, regions: Sequence[Region], color: tuple[int, int, int] = (255, 255, 255)
+) -> np.ndarray:
     """Draw each region's box and its index (1..n) on a copy of `image` (uint8 HxWx3)."""
     im = Image.fromarray(np.ascontiguousarray(image))
     draw = ImageDraw.Draw(im)

@@ -42,7 +42,10 @@ log = logging.getLogger("genad.service")
 
 # A library error's type -> its HTTP status (anything else a GenadError says is a 400).
 _STATUS_OF: list[tuple[type[GenadError], int]] = [
-    (PayloadTooLarge, 413), (UnsupportedMedia, 415), (AccessDenied, 403), (NotFound, 404),
+    (PayloadTooLarge, 413),
+    (UnsupportedMedia, 415),
+    (AccessDenied, 403),
+    (NotFound, 404),
 ]
 
 
@@ -179,6 +182,11 @@ class BodyLimit:
 
 async def _send_413(send: Callable, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -36,10 +36,29 @@ THUMB_SIDE = 160  # the history list shows these instead of full-size uploads
 # its key (a request could otherwise send the key to a host of its choosing), files and folders
 # on the server, and cost or load limits. Set them where the service is started (GENAD_LMM_*).
 SERVER_ONLY_PARAMS = {
-    "base_url", "api_key", "model", "config", "config_file", "client", "extra_headers",
-    "cache_dir", "prompts", "prompts_dir", "price_table", "prices", "budget", "budget_usd",
-    "requests_per_minute", "rpm", "max_concurrency", "concurrency", "max_retries", "timeout",
-    "retry_base_delay", "json_mode", "threads",
+    "base_url",
+    "api_key",
+    "model",
+    "config",
+    "config_file",
+    "client",
+    "extra_headers",
+    "cache_dir",
+    "prompts",
+    "prompts_dir",
+    "price_table",
+    "prices",
+    "budget",
+    "budget_usd",
+    "requests_per_minute",
+    "rpm",
+    "max_concurrency",
+    "concurrency",
+    "max_retries",
+    "timeout",
+    "retry_base_delay",
+    "json_mode",
+    "threads",
 }
 _SERVER_ONLY_SUFFIXES = ("_file", "_dir", "_path", "_url", "_key")
 
@@ -152,8 +171,17 @@ class Inspector:
             },
         }
 
-    def _keep(self, iid: str, upload: Upload, image: np.ndarray, res: Result, detector: str,
-              params: dict[str, Any], n_normals: int, inline_png: bool) -> dict[str, Any]:
+    def _keep(
+        self,
+        iid: str,
+        upload: Upload,
+        image: np.ndarray,
+        res: Result,
+        detector: str,
+        params: dict[str, Any],
+        n_normals: int,
+        inline_png: bool,
+    ) -> dict[str, Any]:
         from genad.report.overlay import heatmap_rgb, overlay, resize_map, threshold_scale
 
         folder = self.dir / iid
@@ -174,9 +202,16 @@ class Inspector:
         result = res.to_dict()
         result["sample_id"] = iid
         ins = Inspection(
-            id=iid, created=time.time(), filename=_display(upload), detector=detector,
-            params=params, n_normals=n_normals, width=int(image.shape[1]),
-            height=int(image.shape[0]), result=result, has_heatmap=has_map,
+            id=iid,
+            created=time.time(),
+            filename=_display(upload),
+            detector=detector,
+            params=params,
+            n_normals=n_normals,
+            width=int(image.shape[1]),
+            height=int(image.shape[0]),
+            result=result,
+            has_heatmap=has_map,
         )
         self.store.add_inspection(ins)
         d = inspection_json(ins)

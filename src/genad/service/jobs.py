@@ -23,7 +23,7 @@ from genad.errors import GenadError
 from genad.run import RunCancelled, RunFolder, run_detector
 from genad.service.inspector import check_params
 from genad.service.store import FINAL_STATES, Job, Store, new_id
-from genad.types import jsonable
+from genad.types import Result, Sample, jsonable
 
 JOB_KINDS = ("evaluate", "batch")
 
@@ -112,8 +112,7 @@ class JobRunner:
 
     def submit(self, req: JobRequest) -> Job:
         data_dir, normal_dir = self.validate(req)
-        job = Job(id=new_id(), kind=req.kind, status="queued", created=time.time(),
-                  request=req.__dict__.copy())
+        job = Job(id=new_id(), kind=req.kind, status="queued", created=time.time(), request=req.__dict__.copy())
         self.store.add_job(job)
         self._pool.submit(self._run, job.id, req, data_dir, normal_dir, False)
         return job
@@ -122,8 +121,9 @@ class JobRunner:
         """Start an interrupted, failed or cancelled evaluation again, keeping finished samples."""
         job = self.get(job_id)
         if job.status not in ("interrupted", "failed", "cancelled"):
-            raise GenadError(f"job {job_id} is {job.status}; only an interrupted, failed or "
-                             "cancelled job can be resumed")
+            raise GenadError(
+                f"job {job_id} is {job.status}; only an interrupted, failed or cancelled job can be resumed"
+            )
         req = JobRequest(**job.request)
         data_dir, normal_dir = self.validate(req)
         self.store.update_job(job_id, status="queued", error=None, finished=None)
@@ -177,8 +177,7 @@ class JobRunner:
         if status:
             raise RunCancelled(status)
 
-    def _run(self, job_id: str, req: JobRequest, data_dir: Path, normal_dir: Path | None,
-             resume: bool) -> None:
+    def _run(self, job_id: str, req: JobRequest, data_dir: Path, normal_dir: Path | None, resume: bool) -> None:
         try:
             self._check(job_id)
             self.store.update_job(job_id, status="running", started=time.time(), error=None)
@@ -188,18 +187,16 @@ class JobRunner:
                 summary = self._batch(job_id, req, data_dir, normal_dir, resume)
             self.store.update_job(job_id, status="done", finished=time.time(), summary=summary)
         except RunCancelled as stop:
-            self.store.update_job(job_id, status=stop.status, finished=time.time(),
-                                  error=f"job {stop.status}")
+            self.store.update_job(job_id, status=stop.status, finished=time.time(), error=f"job {stop.status}")
         except GenadError as e:
             self.store.update_job(job_id, status="failed", finished=time.time(), error=str(e))
         except Exception as e:  # a bug or a bad file: record it, keep the worker alive
-            self.store.update_job(job_id, status="failed", finished=time.time(),
-                                  error=f"{type(e).__name__}: {e}")
+            self.store.update_job(job_id, status="failed", finished=time.time(), error=f"{type(e).__name__}: {e}")
         finally:
             with self._lock:
                 self._stop.pop(job_id, None)
 
-    def _progress(self, job_id: str):  # noqa: ANN202 - a small closure factory
+    def _progress(self, job_id: str):
         last = [0.0]
 
         def on_progress(done: int, total: int) -> None:
@@ -236,12 +233,13 @@ class JobRunner:
 
             write_eval_report(job_dir / "report", run)
             summary["report_url"] = f"/v1/jobs/{job_id}/report/index.html"
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             summary["report_error"] = f"{type(e).__name__}: {e}"
         return summary
 
-    def _batch(self, job_id: str, req: JobRequest, data_dir: Path, normal_dir: Path | None,
-               resume: bool) -> dict[str, Any]:
+    def _batch(
+        self, job_id: str, req: JobRequest, data_dir: Path, normal_dir: Path | None, resume: bool
+    ) -> dict[str, Any]:
         from genad.evaluate import public_params
         from genad.io import load_inputs
 
@@ -256,19 +254,36 @@ class JobRunner:
         if not refs and not det.zero_shot:
             raise GenadError(f"detector {det.name!r} needs normal references: give normal_dir")
         folder = self.run_folder(job_id)
-        config = {"data_dir": str(data_dir), "normal_dir": None if normal_dir is None else str(normal_dir),
-                  "detector": det.name, "params": public_params(det.params), "limit": req.limit}
-        done = folder.start(config, resume=resume, overwrite=not resume,
-                            must_match=("data_dir", "normal_dir", "detector", "params", "limit"))
+        config = {
+            "data_dir": str(data_dir),
+            "normal_dir": None if normal_dir is None else str(normal_dir),
+            "detector": det.name,
+            "params": public_params(det.params),
+            "limit": req.limit,
+        }
+        done = folder.start(
+            config,
+            resume=resume,
+            overwrite=not resume,
+            must_match=("data_dir", "normal_dir", "detector", "params", "limit"),
+        )
         todo = [s for s in samples if s.id not in done or done[s.id].get("error") or done[s.id].get("score") is None]
         index = {s.id: n for n, s in enumerate(samples)}
         on_progress = self._progress(job_id)
         on_progress(len(samples) - len(todo), len(samples))
+
+        def keep(s: Sample, r: Result) -> None:
+            done[s.id] = folder.append(s, r, index[s.id])
+
         with folder:
             for _ in run_detector(
-                det, samples, todo=todo, refs=refs, on_progress=on_progress,
+                det,
+                samples,
+                todo=todo,
+                refs=refs,
+                on_progress=on_progress,
                 stop=lambda: self._stop_status(job_id),
-                sink=lambda s, r: done.__setitem__(s.id, folder.append(s, r, index[s.id])),
+                sink=keep,
             ):
                 pass
         records = [done[s.id] for s in samples]

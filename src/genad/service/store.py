@@ -120,8 +120,16 @@ class Store:
             db.execute(
                 "INSERT INTO inspections VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (
-                    ins.id, ins.created, ins.filename, ins.detector, json.dumps(ins.params),
-                    ins.n_normals, ins.width, ins.height, json.dumps(ins.result), int(ins.has_heatmap),
+                    ins.id,
+                    ins.created,
+                    ins.filename,
+                    ins.detector,
+                    json.dumps(ins.params),
+                    ins.n_normals,
+                    ins.width,
+                    ins.height,
+                    json.dumps(ins.result),
+                    int(ins.has_heatmap),
                 ),
             )
 
@@ -162,9 +170,7 @@ class Store:
 
     def list_jobs(self, limit: int = 20) -> list[Job]:
         with self._tx() as db:
-            rows = db.execute(
-                "SELECT * FROM jobs ORDER BY created DESC, rowid DESC LIMIT ?", (limit,)
-            ).fetchall()
+            rows = db.execute("SELECT * FROM jobs ORDER BY created DESC, rowid DESC LIMIT ?", (limit,)).fetchall()
         return [_job(r) for r in rows]
 
     def update_job(self, job_id: str, **fields: Any) -> None:

@@ -57,13 +57,11 @@ def decode_image(data: bytes, label: str, max_pixels: int) -> np.ndarray:
         ) from e
     if fmt not in ACCEPTED_FORMATS:
         raise UnsupportedMedia(
-            f"{label} is a {fmt} image, which the service does not accept: upload PNG, JPEG, "
-            "BMP, TIFF or WebP"
+            f"{label} is a {fmt} image, which the service does not accept: upload PNG, JPEG, BMP, TIFF or WebP"
         )
     if w * h > max_pixels:
         raise PayloadTooLarge(
-            f"{label} is {w}x{h} pixels, over the limit of {max_pixels / 1e6:.0f} megapixels: "
-            "downscale it first"
+            f"{label} is {w}x{h} pixels, over the limit of {max_pixels / 1e6:.0f} megapixels: downscale it first"
         )
     try:
         with Image.open(io.BytesIO(data)) as im:  # verify() leaves the image unusable: reopen

@@ -96,14 +96,15 @@ def check_backbone(name: str) -> str:
             raise GenadError(f"backbone {name!r}: no ONNX file at {path}")
         return name
     if name not in BACKBONES:
-        raise GenadError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}, "
-                         "or onnx:PATH for your own ONNX model")
+        raise GenadError(
+            f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}, or onnx:PATH for your own ONNX model"
+        )
     return name
 
 
 def _onnx_spec(name: str) -> tuple[str, tuple[str, ...]]:
-    """"onnx:PATH#OUT1,OUT2" -> (PATH, (OUT1, OUT2)); no "#": the graph's own outputs."""
-    path, _, outs = name[len("onnx:"):].partition("#")
+    """ "onnx:PATH#OUT1,OUT2" -> (PATH, (OUT1, OUT2)); no "#": the graph's own outputs."""
+    path, _, outs = name[len("onnx:") :].partition("#")
     return os.path.expanduser(path), tuple(o.strip() for o in outs.split(",") if o.strip())
 
 
@@ -141,8 +142,10 @@ def check_strides(name: str, strides: tuple[int, ...]) -> tuple[int, ...]:
             raise GenadError(f"{name} offers feature strides 8, 16 and 32, got {strides}")
     elif name.startswith("onnx:"):
         if strides:
-            raise GenadError(f"an ONNX backbone's strides follow from its outputs; choose outputs "
-                             f"as onnx:PATH#OUT1,OUT2 instead of strides {strides}")
+            raise GenadError(
+                f"an ONNX backbone's strides follow from its outputs; choose outputs "
+                f"as onnx:PATH#OUT1,OUT2 instead of strides {strides}"
+            )
     elif strides != (14,):
         raise GenadError(f"{name} has one feature stride, 14 (its patch size); got {strides}")
     return strides
@@ -193,7 +196,7 @@ def _effnet_model(name: str) -> torch.nn.Module:
     return model.eval()
 
 
-def _onnx_session(path: str, outputs: tuple[str, ...], threads: int):  # noqa: ANN202
+def _onnx_session(path: str, outputs: tuple[str, ...], threads: int):
     """An onnxruntime session whose outputs are `outputs` (intermediate tensors allowed; none:
     the graph's own) and whose input height and width are free."""
     import onnx
@@ -201,7 +204,7 @@ def _onnx_session(path: str, outputs: tuple[str, ...], threads: int):  # noqa: A
 
     try:
         model = onnx.load(path)
-    except Exception as e:  # noqa: BLE001 - protobuf raises several kinds
+    except Exception as e:
         raise GenadError(f"cannot read ONNX model {path}: {e}") from e
     g = model.graph
     if outputs:
@@ -223,7 +226,7 @@ def _onnx_session(path: str, outputs: tuple[str, ...], threads: int):  # noqa: A
     so.log_severity_level = 3
     try:
         return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+    except Exception as e:
         hint = f"; check the output names {list(outputs)}" if outputs else ""
         raise GenadError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0]}){hint}") from e
 
@@ -263,17 +266,19 @@ class OnnxBackbone:
         x = ((batch - _IMAGENET_MEAN) / _IMAGENET_STD).astype(np.float32)
         try:
             outs = self.session.run(self.outputs, {self.input_name: x})  # type: ignore[attr-defined]
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise GenadError(f"ONNX backbone failed on a {h}x{w} input ({str(e).splitlines()[0]}); "
-                             "it must accept any height and width that are a multiple of "
-                             f"{self.multiple}") from e
+        except Exception as e:
+            raise GenadError(
+                f"ONNX backbone failed on a {h}x{w} input ({str(e).splitlines()[0]}); "
+                "it must accept any height and width that are a multiple of "
+                f"{self.multiple}"
+            ) from e
         maps = []
         for t, (kind, s) in zip(outs, self.kinds):
             if kind == "map":
                 maps.append(torch.from_numpy(np.ascontiguousarray(t)))
             else:
                 gh, gw = h // s, w // s
-                grid = t[:, t.shape[1] - gh * gw:, :]
+                grid = t[:, t.shape[1] - gh * gw :, :]
                 maps.append(torch.from_numpy(grid).reshape(b, gh, gw, -1).permute(0, 3, 1, 2).contiguous())
         return maps
 
@@ -292,9 +297,8 @@ def _onnx_backbone(name: str, path: str, wanted: tuple[str, ...], threads: int) 
     probe = np.zeros((1, 3, _PROBE, _PROBE), np.float32)
     try:
         outs = session.run(outputs, {input_name: probe})
-    except Exception as e:  # noqa: BLE001
-        raise GenadError(f"{path}: the model fails on a 1x3x{_PROBE}x{_PROBE} input "
-                         f"({str(e).splitlines()[0]})") from e
+    except Exception as e:
+        raise GenadError(f"{path}: the model fails on a 1x3x{_PROBE}x{_PROBE} input ({str(e).splitlines()[0]})") from e
     kinds: list[tuple[str, int]] = []
     for o, t in zip(outputs, outs):
         if t.ndim == 4 and t.shape[2] > 0 and _PROBE % t.shape[2] == 0 and t.shape[2] == t.shape[3]:
@@ -306,13 +310,22 @@ def _onnx_backbone(name: str, path: str, wanted: tuple[str, ...], threads: int) 
             if fits:
                 kinds.append(("tokens", fits[0]))
                 continue
-        raise GenadError(f"{path}: output {o!r} has shape {tuple(t.shape)} at a {_PROBE}x{_PROBE} "
-                         "input: neither a feature map (B, C, h, w) nor patch tokens (B, N, C)")
+        raise GenadError(
+            f"{path}: output {o!r} has shape {tuple(t.shape)} at a {_PROBE}x{_PROBE} "
+            "input: neither a feature map (B, C, h, w) nor patch tokens (B, N, C)"
+        )
     order = sorted(range(len(outputs)), key=lambda i: kinds[i][1])
     strides = [kinds[i][1] for i in order]
     multiple = int(np.lcm.reduce(strides))
-    return OnnxBackbone(name, session, input_name, [outputs[i] for i in order], [kinds[i] for i in order],
-                        multiple=multiple, stride=strides[0])
+    return OnnxBackbone(
+        name,
+        session,
+        input_name,
+        [outputs[i] for i in order],
+        [kinds[i] for i in order],
+        multiple=multiple,
+        stride=strides[0],
+    )
 
 
 def combine_layers(maps: list[torch.Tensor]) -> torch.Tensor:

@@ -162,7 +162,10 @@ class EmbeddedDetector(Detector):
     def capabilities(self) -> Capabilities:
         few = self.bank_ is not None
         return Capabilities(
-            self.modalities, True, whole_batch=not few, min_batch=1 if few else MIN_ZERO_SHOT_BATCH,
+            self.modalities,
+            True,
+            whole_batch=not few,
+            min_batch=1 if few else MIN_ZERO_SHOT_BATCH,
             chunk_size=self.chunk_size,
         )
 
@@ -188,10 +191,10 @@ class EmbeddedDetector(Detector):
         return dict(params)
 
     # -- plumbing -----------------------------------------------------------------------------
-    def _backbone(self):  # noqa: ANN202
+    def _backbone(self):
         return get_backbone(self.backbone, self.threads, self.strides)
 
-    def _features(self, samples: Sequence[Sample], scale: float | None = None):  # noqa: ANN202
+    def _features(self, samples: Sequence[Sample], scale: float | None = None):
         """Yield (index, ImageFeatures | error message), batched by working size.
 
         The resize factor `scale` comes from the references in few-shot mode (test images
@@ -208,7 +211,14 @@ class EmbeddedDetector(Detector):
         if scale is None:
             scale = batch_scale(shapes, self.resolution)
         for j, f in extract(
-            self._backbone(), loaders, shapes, self.resolution, self._rs, self.feature_batch, scale, self.dims,
+            self._backbone(),
+            loaders,
+            shapes,
+            self.resolution,
+            self._rs,
+            self.feature_batch,
+            scale,
+            self.dims,
         ):
             yield ok[j], (str(f) if isinstance(f, Exception) else f)
 
@@ -238,8 +248,14 @@ class EmbeddedDetector(Detector):
             if not regions:  # a smoothed image score can pass thr while no pixel does
                 regions = propose_regions(m, self.max_regions, self.min_area_frac)
         return Result(
-            sample_id=s.id, score=score, decision=decision, anomaly_map=m, regions=regions,
-            threshold=thr, timings=t, extra={"mode": mode, "backbone": self.backbone},
+            sample_id=s.id,
+            score=score,
+            decision=decision,
+            anomaly_map=m,
+            regions=regions,
+            threshold=thr,
+            timings=t,
+            extra={"mode": mode, "backbone": self.backbone},
         )
 
     # -- few-shot -----------------------------------------------------------------------------
@@ -271,7 +287,14 @@ class EmbeddedDetector(Detector):
                 loaders = [(lambda a=a: a) for a in arrs]
                 shapes = [a.shape[:2] for a in arrs]
                 for _, f in extract(
-                    self._backbone(), loaders, shapes, self.resolution, self._rs, self.feature_batch, scale, self.dims,
+                    self._backbone(),
+                    loaders,
+                    shapes,
+                    self.resolution,
+                    self._rs,
+                    self.feature_batch,
+                    scale,
+                    self.dims,
                 ):
                     aug_feats[i].append(f)  # type: ignore[arg-type]
         bank_feats = list(feats)
@@ -324,7 +347,11 @@ class EmbeddedDetector(Detector):
             m, score = self._finish(f, self.bank_.score(f))
             t2 = time.perf_counter()
             results[i] = self._result(
-                samples[i], m, score, thr, "few-shot",
+                samples[i],
+                m,
+                score,
+                thr,
+                "few-shot",
                 {"features": t1 - t0, "scoring": t2 - t1},
             )
             t0 = time.perf_counter()

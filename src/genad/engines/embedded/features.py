@@ -90,7 +90,7 @@ def extract(
             for i in idx[k : k + batch_size]:
                 try:
                     im = loaders[i]()
-                except Exception as e:  # noqa: BLE001 - reported on that sample only
+                except Exception as e:
                     yield i, e
                     continue
                 chunk.append(i)
@@ -102,12 +102,15 @@ def extract(
             per_r = {r: aggregate(fmap, r) for r in rs}
             grid = (int(fmap.shape[2]), int(fmap.shape[3]))
             for j, i in enumerate(chunk):
-                yield i, ImageFeatures(
-                    orig=(int(arrays[j][0]), int(arrays[j][1])),
-                    work=size,
-                    grid=grid,
-                    by_r={r: per_r[r][j].clone() for r in rs},
-                    global_vec=gvec[j].clone(),
+                yield (
+                    i,
+                    ImageFeatures(
+                        orig=(int(arrays[j][0]), int(arrays[j][1])),
+                        work=size,
+                        grid=grid,
+                        by_r={r: per_r[r][j].clone() for r in rs},
+                        global_vec=gvec[j].clone(),
+                    ),
                 )
 
 

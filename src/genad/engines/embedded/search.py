@@ -8,7 +8,9 @@ import torch
 BLOCK_FLOATS = 1 << 26
 
 
-def nn_distance(query: torch.Tensor, bank: torch.Tensor, block_floats: int = BLOCK_FLOATS) -> tuple[torch.Tensor, torch.Tensor]:
+def nn_distance(
+    query: torch.Tensor, bank: torch.Tensor, block_floats: int = BLOCK_FLOATS
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Euclidean distance from each query row to its nearest bank row, and that row's index.
 
     query (n, D), bank (m, D) float32. Uses |q|^2 + |b|^2 - 2 q.b on blocks of the bank so that

@@ -24,6 +24,7 @@ import torch
 from genad.engines.embedded.features import ImageFeatures
 from genad.ops import check_min_batch
 
+
 def _pairs(n: int, max_refs: int | None, seed: int) -> list[list[int]]:
     """partners[i] = images j > i compared with i (each pair once, used both ways)."""
     partners: list[set[int]] = [set() for _ in range(n)]

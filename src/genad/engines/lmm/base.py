@@ -48,15 +48,21 @@ class LMMDetectorBase(Detector):
     cache_dir: str | None = param(None, "str", doc="response cache folder (GENAD_CACHE_DIR)")
     max_concurrency: int | None = param(None, "int", low=1, high=64, aliases=("concurrency",), doc="requests at once")
     requests_per_minute: float | None = param(None, "float", low=0.01, high=1e6, aliases=("rpm",), doc="rate limit")
-    budget_usd: float | None = param(None, "float", low=0.0, high=1e6, aliases=("budget",), doc="stop before spending more")
+    budget_usd: float | None = param(
+        None, "float", low=0.0, high=1e6, aliases=("budget",), doc="stop before spending more"
+    )
     max_retries: int | None = param(None, "int", low=0, high=20, doc="retries of a failed request")
-    json_mode: str | None = param(None, "str", choices=(*JSON_MODES, None), doc="structured answers: auto, schema, object, off")
+    json_mode: str | None = param(
+        None, "str", choices=(*JSON_MODES, None), doc="structured answers: auto, schema, object, off"
+    )
     price_table: Any = param(None, "any", aliases=("prices",), doc="price file (TOML/JSON) or {model: {input, output}}")
     retry_base_delay: float | None = param(None, "float", low=0.0, high=60.0, doc="backoff base, seconds")
     prompts_dir: str | None = param(None, "str", aliases=("prompts",), doc="your prompt templates (NAME.toml)")
     # -- where the rest comes from -----------------------------------------------------------
     config_file: str | None = param(None, "str", doc="config file with an [lmm] table (GENAD_CONFIG)")
-    lmm_config: Any = param(None, "any", public=False, aliases=("config",), doc="a ready LMMConfig, or a config file's path")
+    lmm_config: Any = param(
+        None, "any", public=False, aliases=("config",), doc="a ready LMMConfig, or a config file's path"
+    )
     lmm_client: Any = param(None, "any", public=False, aliases=("client",), doc="a ready LMMClient")
     # -- the request ---------------------------------------------------------------------------
     max_tokens: int | None = param(None, "int", low=1, high=1_000_000, doc="longest answer, in tokens")

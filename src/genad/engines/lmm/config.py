@@ -103,23 +103,19 @@ class LMMConfig:
             if v:
                 values[k] = v
         if not values.get("api_key"):
-            values["api_key"] = (os.environ.get(key_env) if key_env else None) or os.environ.get(
-                "OPENAI_API_KEY"
-            )
+            values["api_key"] = (os.environ.get(key_env) if key_env else None) or os.environ.get("OPENAI_API_KEY")
         for k, v in overrides.items():
             if v is not None:
                 values[k] = v
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(
-                f"unknown LMM setting(s) {', '.join(unknown)}: valid keys are {', '.join(sorted(known))}"
-            )
+            raise ConfigError(f"unknown LMM setting(s) {', '.join(unknown)}: valid keys are {', '.join(sorted(known))}")
         values.setdefault("base_url", DEFAULT_BASE_URL)
         if not values.get("model"):
             raise ConfigError(
                 "no LMM model set: set GENAD_LMM_MODEL (e.g. gpt-4o), pass --model, or add "
-                f"model = \"...\" under [lmm] in {default_config_file()}"
+                f'model = "..." under [lmm] in {default_config_file()}'
             )
         if not values.get("api_key"):
             raise ConfigError(

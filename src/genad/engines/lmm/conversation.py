@@ -61,8 +61,7 @@ class Conversation:
         if not text.strip() and not images:
             raise GenadError("ask needs a question (and optionally images)")
         msg = self.client.user(*images, text)
-        reply = self.client.chat([*self.messages, msg], schema=schema, max_tokens=max_tokens,
-                                 temperature=temperature)
+        reply = self.client.chat([*self.messages, msg], schema=schema, max_tokens=max_tokens, temperature=temperature)
         self.messages += [msg, assistant(reply.text)]
         self.usage = self.usage + reply.usage
         self.last_reply = reply

@@ -27,6 +27,7 @@ from genad.engines.lmm.templates import Templates, normalise_variant
 from genad.errors import ConfigError, GenadError
 from genad.types import ImageSample, Result, Sample
 
+
 def _regions(value: str) -> str:
     if value not in ("grid", "slic"):
         # "proposals" needs the embedded engine's map: that is detector "lmm+embedded"
@@ -92,8 +93,13 @@ class LMMDetector(LMMImageDetector):
         if sys_text:
             msgs.append(system(sys_text))
         msgs.append(self.client.user(*parts))
-        info = {"variant": self.variant, "domain": domain, "class_name": class_name,
-                "references": [r.id for r in refs], "prompt": prompt}
+        info = {
+            "variant": self.variant,
+            "domain": domain,
+            "class_name": class_name,
+            "references": [r.id for r in refs],
+            "prompt": prompt,
+        }
         if note:
             info["prompt_note"] = note
         return msgs, (ANSWER_SCHEMA if json_answer else None), info
@@ -101,7 +107,7 @@ class LMMDetector(LMMImageDetector):
     # -- scoring
     def predict(self, samples: Sequence[Sample]) -> list[Result]:
         client = self.client
-        self.templates  # an unknown domain or a bad prompts folder fails here, once
+        _ = self.templates  # an unknown domain or a bad prompts folder fails here, once
         if self.regions is not None:
             return self._predict_regions(samples)
         results: list[Result | None] = [None] * len(samples)
@@ -127,7 +133,9 @@ class LMMDetector(LMMImageDetector):
         for (i, info, msgs), rep in zip(owners, replies, strict=True):
             sid = samples[i].id
             if isinstance(rep, Exception):
-                results[i] = Result(sample_id=sid, error=str(rep) if isinstance(rep, GenadError) else f"{type(rep).__name__}: {rep}")
+                results[i] = Result(
+                    sample_id=sid, error=str(rep) if isinstance(rep, GenadError) else f"{type(rep).__name__}: {rep}"
+                )
             else:
                 res = self._to_result(sid, rep, info, msgs)
                 res.timings["lmm"] = elapsed
@@ -153,11 +161,23 @@ class LMMDetector(LMMImageDetector):
         score = ans.effective_score
         if score is None:
             why = "the model refused to answer" if ans.refusal else "no usable score in the model's answer"
-            return Result(sample_id=sample_id, error=why, explanation=explanation or ans.reason,
-                          usage=rep.usage, extra={**extra, "refusal": ans.refusal})
+            return Result(
+                sample_id=sample_id,
+                error=why,
+                explanation=explanation or ans.reason,
+                usage=rep.usage,
+                extra={**extra, "refusal": ans.refusal},
+            )
         decision = ans.anomalous if ans.anomalous is not None else score >= self.threshold
-        return Result(sample_id=sample_id, score=float(score), decision=bool(decision), explanation=explanation,
-                      threshold=self.threshold, usage=rep.usage, extra=extra)
+        return Result(
+            sample_id=sample_id,
+            score=float(score),
+            decision=bool(decision),
+            explanation=explanation,
+            threshold=self.threshold,
+            usage=rep.usage,
+            extra=extra,
+        )
 
     def _predict_regions(self, samples: Sequence[Sample]) -> list[Result]:
         from genad.engines.lmm.text2seg import localize
@@ -171,10 +191,17 @@ class LMMDetector(LMMImageDetector):
             try:
                 refs = [r.load() for r in self._refs_for(s)]
                 r = localize(
-                    client, s.load(), method=self.regions or "grid", n=self.n_regions,
-                    class_name=self.class_name or s.class_name, knowledge=self.knowledge_for(s),
-                    references=refs, sample_id=s.id, threshold=self.threshold,
-                    json_answer=client.config.json_mode != "off", max_tokens=self.max_tokens,
+                    client,
+                    s.load(),
+                    method=self.regions or "grid",
+                    n=self.n_regions,
+                    class_name=self.class_name or s.class_name,
+                    knowledge=self.knowledge_for(s),
+                    references=refs,
+                    sample_id=s.id,
+                    threshold=self.threshold,
+                    json_answer=client.config.json_mode != "off",
+                    max_tokens=self.max_tokens,
                 )
             except (BudgetExceeded, ConfigError):
                 raise
@@ -192,8 +219,12 @@ class LMMDetector(LMMImageDetector):
 
 def _answer_dict(a: Answer) -> dict[str, Any]:
     return {
-        "score": a.score, "anomalous": a.anomalous, "defect_type": a.defect_type,
-        "location": a.location, "reason": a.reason, "refusal": a.refusal,
+        "score": a.score,
+        "anomalous": a.anomalous,
+        "defect_type": a.defect_type,
+        "location": a.location,
+        "reason": a.reason,
+        "refusal": a.refusal,
         "region_scores": {int(k): v for k, v in a.region_scores.items()},
     }
 

@@ -147,7 +147,7 @@ def parse_verdicts(text: str, data: dict[str, Any] | None, n_regions: int) -> di
         heads = list(_REGION_HEAD.finditer(text))
         for h, nxt in zip(heads, heads[1:] + [None]):
             seg = text[h.end() : nxt.start() if nxt else len(text)]
-            seg = seg.lstrip(" :=-–\t\"")
+            seg = seg.lstrip(' :=-–\t"')
             v = Verdict(int(h.group(1)), anomalous=decide_yes_no(seg))
             cm = _CONF.search(seg)
             if cm:
@@ -313,8 +313,11 @@ class LookTwiceDetector(LMMImageDetector):
             t_lmm = 0.0
             if todo:
                 reqs = [
-                    {"messages": self._messages(samples[i], plans[i], self._refs_for(samples[i], ref_cache)),  # type: ignore[arg-type]
-                     "schema": VERDICT_SCHEMA, "max_tokens": self.max_tokens}
+                    {
+                        "messages": self._messages(samples[i], plans[i], self._refs_for(samples[i], ref_cache)),  # type: ignore[arg-type]
+                        "schema": VERDICT_SCHEMA,
+                        "max_tokens": self.max_tokens,
+                    }
                     for i in todo
                 ]
                 t1 = time.perf_counter()
@@ -366,7 +369,7 @@ class LookTwiceDetector(LMMImageDetector):
         if scale is None:  # no threshold from the engine: the map's own high quantile
             scale = float(np.quantile(amap, 0.99)) or 1.0
         masks = divide(image, "proposals", self.k, amap, regions=r.regions or None, background=False)
-        labels, n = (as_labels(masks) if masks else (np.zeros((h, w), np.int32), 0))
+        labels, n = as_labels(masks) if masks else (np.zeros((h, w), np.int32), 0)
         som = render_set_of_mark(image, masks) if n else image
         return _Plan(image, normalise_embedded(amap, scale), scale, labels, n, som)
 
@@ -380,13 +383,20 @@ class LookTwiceDetector(LMMImageDetector):
         regions = t.text("look_twice", "region_one") if k == 1 else t.text("look_twice", "regions_many", n=k)
         parts: list[Any] = []
         if self.include_original:
-            parts += [t.text("look_twice", "original", what=what), plan.image,
-                      t.text("look_twice", "marked", what=what, regions=regions), plan.som]
+            parts += [
+                t.text("look_twice", "original", what=what),
+                plan.image,
+                t.text("look_twice", "marked", what=what, regions=regions),
+                plan.som,
+            ]
         else:
             parts += [t.text("look_twice", "marked_only", what=what, regions=regions), plan.som]
         if refs:
-            parts.append(t.text("look_twice", "reference_one") if len(refs) == 1
-                         else t.text("look_twice", "reference_many", n=len(refs)))
+            parts.append(
+                t.text("look_twice", "reference_one")
+                if len(refs) == 1
+                else t.text("look_twice", "reference_many", n=len(refs))
+            )
             parts += refs
         know = knowledge_text(self.knowledge_for(s), t)
         if know:
@@ -424,14 +434,21 @@ class LookTwiceDetector(LMMImageDetector):
             extra["fallback"] = fallback
             kept = [
                 Region(score=float(e[labels == i].max()), box=boxes[i - 1], mask=labels == i, index=i)
-                for i in range(1, n + 1) if boxes[i - 1] is not None
+                for i in range(1, n + 1)
+                if boxes[i - 1] is not None
             ]
             score = emb_score if emb_score is not None else float(e.max())
             return Result(
-                s.id, score=score, decision=score >= self.threshold, anomaly_map=e,
+                s.id,
+                score=score,
+                decision=score >= self.threshold,
+                anomaly_map=e,
                 regions=[r for r in kept if r.score >= self.threshold],
-                explanation=f"embedded engine only ({fallback})", threshold=self.threshold,
-                usage=usage, extra=extra, visual_prompt=prompt,
+                explanation=f"embedded engine only ({fallback})",
+                threshold=self.threshold,
+                usage=usage,
+                extra=extra,
+                visual_prompt=prompt,
             )
         probs = {i: p for i, v in verdicts.items() if (p := v.probability) is not None}
         fused, region_scores = fuse(e, labels, n, probs, self.weight)
@@ -449,23 +466,39 @@ class LookTwiceDetector(LMMImageDetector):
             if v is not None and p is not None:
                 (confirmed if ok else rejected).append(_describe(i, v, ok))
             if region_scores[i - 1] >= self.threshold:
-                regions.append(Region(
-                    score=region_scores[i - 1], box=box, mask=labels == i, index=i,
-                    label=v.defect_type if v and ok else None,
-                    explanation=v.reason if v else None,
-                ))
+                regions.append(
+                    Region(
+                        score=region_scores[i - 1],
+                        box=box,
+                        mask=labels == i,
+                        index=i,
+                        label=v.defect_type if v and ok else None,
+                        explanation=v.reason if v else None,
+                    )
+                )
         extra["verdicts"] = [
-            {**asdict(v), "probability": probs.get(i), "fused_score": region_scores[i - 1],
-             "embedded_score": float(e[labels == i].max())}
+            {
+                **asdict(v),
+                "probability": probs.get(i),
+                "fused_score": region_scores[i - 1],
+                "embedded_score": float(e[labels == i].max()),
+            }
             for i, v in sorted(verdicts.items())
         ]
-        lines = (["Confirmed: " + " ".join(confirmed)] if confirmed else ["No proposed region confirmed."])
+        lines = ["Confirmed: " + " ".join(confirmed)] if confirmed else ["No proposed region confirmed."]
         if rejected:
             lines.append("Judged normal: " + " ".join(rejected))
         return Result(
-            s.id, score=score, decision=score >= self.threshold, anomaly_map=fused,
-            regions=sorted(regions, key=lambda r: -r.score), explanation="\n".join(lines),
-            threshold=self.threshold, usage=usage, extra=extra, visual_prompt=prompt,
+            s.id,
+            score=score,
+            decision=score >= self.threshold,
+            anomaly_map=fused,
+            regions=sorted(regions, key=lambda r: -r.score),
+            explanation="\n".join(lines),
+            threshold=self.threshold,
+            usage=usage,
+            extra=extra,
+            visual_prompt=prompt,
         )
 
 

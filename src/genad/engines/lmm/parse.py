@@ -68,8 +68,15 @@ ANSWER_SCHEMA: dict[str, Any] = {
     "required": ["anomalous", "anomaly_score", "reason"],
 }
 
-_SCORE_KEYS = ("anomaly_score", "image_anomaly_score", "score", "anomaly score", "image anomaly score",
-               "probability", "confidence_anomalous")
+_SCORE_KEYS = (
+    "anomaly_score",
+    "image_anomaly_score",
+    "score",
+    "anomaly score",
+    "image anomaly score",
+    "probability",
+    "confidence_anomalous",
+)
 _BOOL_KEYS = ("anomalous", "is_anomalous", "anomaly", "has_anomaly", "defective", "is_defective", "abnormal")
 _REASON_KEYS = ("reason", "explanation", "rationale", "description", "analysis")
 _DEFECT_KEYS = ("defect_type", "defect", "anomaly_type", "type")
@@ -83,7 +90,9 @@ _IMAGE_SCORE_RE = re.compile(
 _PLAIN_SCORE_RE = re.compile(r"\bscore\s*\"?\s*(?:is|of|=|:)\s*\"?\s*" + _NUM + r"\s*(%|/\s*(?:10|100)\b)?", re.I)
 _REGION_RE = re.compile(r"\b(?:region|mask|area)\s*#?\s*(\d+)\s*\"?\s*[:=]\s*\"?\s*" + _NUM, re.IGNORECASE)
 _FIELD_RE = {
-    "defect_type": re.compile(r"(?:defect|anomaly)[\s_]+type\s*\"?\s*[:=]\s*\"?([^\n\";]+?)(?=\.\s|[\n\";]|\.?$)", re.I),
+    "defect_type": re.compile(
+        r"(?:defect|anomaly)[\s_]+type\s*\"?\s*[:=]\s*\"?([^\n\";]+?)(?=\.\s|[\n\";]|\.?$)", re.I
+    ),
     "location": re.compile(r"\blocation\s*\"?\s*[:=]\s*\"?([^\n\";]+?)(?=\.\s|[\n\";]|\.?$)", re.I),
     "reason": re.compile(r"\b(?:reason|explanation)\s*\"?\s*[:=]\s*\"?([^\n\"]+)", re.I),
 }

@@ -76,9 +76,7 @@ def _to_price(model: str, p: Any) -> Price:
         i, o = p
         return Price(float(i), float(o))
     except (KeyError, TypeError, ValueError) as e:
-        raise ConfigError(
-            f"bad price for {model!r}: write {{\"input\": $/1M, \"output\": $/1M}} ({e})"
-        ) from e
+        raise ConfigError(f'bad price for {model!r}: write {{"input": $/1M, "output": $/1M}} ({e})') from e
 
 
 def _read_price_file(path: Path) -> dict[str, Any]:

@@ -294,8 +294,11 @@ class LMMClient:
                 with self._lock:
                     self.usage_total = self.usage_total + usage
                 return LMMReply(
-                    hit["text"], _json_data(hit["text"]) if schema is not None else None, usage,
-                    cached=True, model=hit.get("model", self.config.model),
+                    hit["text"],
+                    _json_data(hit["text"]) if schema is not None else None,
+                    usage,
+                    cached=True,
+                    model=hit.get("model", self.config.model),
                     json_mode_used=hit.get("json_mode_used", "off"),
                 )
 
@@ -312,15 +315,25 @@ class LMMClient:
         with self._lock:
             self.usage_total = self.usage_total + usage
         if self.cache is not None:
-            self.cache.put(key, {
-                "model": self.config.model,
-                "text": text,
-                "usage": {"prompt_tokens": pt, "completion_tokens": ct, "cost_usd": cost},
-                "json_mode_used": mode,
-                "created": time.time(),
-            })
-        return LMMReply(text, _json_data(text) if schema is not None else None, usage,
-                        cached=False, retries=retries, model=self.config.model, json_mode_used=mode)
+            self.cache.put(
+                key,
+                {
+                    "model": self.config.model,
+                    "text": text,
+                    "usage": {"prompt_tokens": pt, "completion_tokens": ct, "cost_usd": cost},
+                    "json_mode_used": mode,
+                    "created": time.time(),
+                },
+            )
+        return LMMReply(
+            text,
+            _json_data(text) if schema is not None else None,
+            usage,
+            cached=False,
+            retries=retries,
+            model=self.config.model,
+            json_mode_used=mode,
+        )
 
     def _response_format(self, schema: dict[str, Any] | None) -> tuple[dict[str, Any] | None, str]:
         mode = self.config.json_mode
@@ -374,8 +387,7 @@ class LMMClient:
                 raise LMMRequestError(f"the server refused the request (HTTP 400): {self._msg(e)}") from e
             except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
                 raise ConfigError(
-                    f"the server at {cfg.base_url} rejected the API key (HTTP {e.status_code}): "
-                    "check GENAD_LMM_API_KEY"
+                    f"the server at {cfg.base_url} rejected the API key (HTTP {e.status_code}): check GENAD_LMM_API_KEY"
                 ) from e
             except openai.NotFoundError as e:
                 raise ConfigError(
@@ -407,8 +419,10 @@ class LMMClient:
                 )
             if attempt >= cfg.max_retries:
                 raise final from err
-            delay = wait_hint if wait_hint is not None else min(
-                MAX_BACKOFF, cfg.retry_base_delay * 2**attempt * (1 + random.random())
+            delay = (
+                wait_hint
+                if wait_hint is not None
+                else min(MAX_BACKOFF, cfg.retry_base_delay * 2**attempt * (1 + random.random()))
             )
             attempt += 1
             with self._lock:
@@ -437,7 +451,7 @@ class LMMClient:
         def one(i: int) -> None:
             try:
                 r: LMMReply | Exception = self.chat(**requests[i])
-            except Exception as e:  # noqa: BLE001 - handed back to the caller, in place
+            except Exception as e:
                 r = e
             results[i] = r
             if on_done is not None:

@@ -92,9 +92,7 @@ class Templates:
         node: Any = self.files[file]
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
-                raise GenadError(
-                    f"prompt file {file}.toml has no key {key!r}: add it (see the packaged {file}.toml)"
-                )
+                raise GenadError(f"prompt file {file}.toml has no key {key!r}: add it (see the packaged {file}.toml)")
             node = node[part]
         if not isinstance(node, str):
             raise GenadError(f"key {key!r} of prompt file {file}.toml must be a string, not {type(node).__name__}")
@@ -124,17 +122,20 @@ class Templates:
             note = f"no normal standards or defect types known for {class_name or 'this class'}: used the class prompt"
             variant = "class"
         if variant in ("class", "expertise") and not (class_name and class_name.strip()):
-            raise GenadError(
-                f"the {variant!r} prompt needs a class name: pass class_name=... or use variant=naive"
-            )
+            raise GenadError(f"the {variant!r} prompt needs a class name: pass class_name=... or use variant=naive")
         table = d.get("few_shot" if n_refs else "zero_shot", {})
-        if (variant == "expertise" and "$standards" in str(table.get(variant, ""))
-                and not (knowledge and knowledge.normal_standards)):
+        if (
+            variant == "expertise"
+            and "$standards" in str(table.get(variant, ""))
+            and not (knowledge and knowledge.normal_standards)
+        ):
             note = f"the {domain} expertise prompt needs normal standards (rules): used the class prompt"
             variant = "class"
         tmpl = table.get(variant)
         if not isinstance(tmpl, str):
-            raise GenadError(f"prompt domain {domain!r} has no {variant!r} template for {'few' if n_refs else 'zero'}-shot")
+            raise GenadError(
+                f"prompt domain {domain!r} has no {variant!r} template for {'few' if n_refs else 'zero'}-shot"
+            )
         word = str(d.get("words", {}).get("image", "image"))
         fields = {
             "object": (class_name or "object").strip(),

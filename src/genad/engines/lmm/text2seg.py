@@ -18,8 +18,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import ndimage
 
-from genad.ops import resize_map
-
 from genad.engines.lmm.templates import Templates, templates_for
 from genad.engines.lmm.visual_prompt import (
     as_labels,
@@ -27,6 +25,7 @@ from genad.engines.lmm.visual_prompt import (
     region_boxes,
     render_set_of_mark,
 )
+from genad.ops import resize_map
 from genad.types import ImageSample, Knowledge, Region, Result, Usage, VisualPrompt
 
 if TYPE_CHECKING:
@@ -124,17 +123,14 @@ def build_localize_messages(
     what = t.text("localize", "inspected_class", object=class_name) if class_name else t.text("localize", "inspected")
     parts: list[Any] = []
     if include_original:
-        parts += [t.text("localize", "original", what=what), image,
-                  t.text("localize", "divided", n=n_regions), som]
+        parts += [t.text("localize", "original", what=what), image, t.text("localize", "divided", n=n_regions), som]
     else:
         parts += [t.text("localize", "divided_only", what=what, n=n_regions), som]
     parts.append(t.text("localize", "marks", n=n_regions))
     refs = list(references)
     if refs:
         parts.append(
-            t.text("localize", "reference_one")
-            if len(refs) == 1
-            else t.text("localize", "reference_many", n=len(refs))
+            t.text("localize", "reference_one") if len(refs) == 1 else t.text("localize", "reference_many", n=len(refs))
         )
         parts += [_pixels(r) for r in refs]
     know = knowledge_text(knowledge, t)
@@ -193,16 +189,29 @@ def localize(
     som = render_set_of_mark(img, masks)
     t1 = time.perf_counter()
     msgs = build_localize_messages(
-        client, img, som, len(masks), class_name=class_name, knowledge=knowledge,
-        references=references, include_original=include_original, json_answer=json_answer,
+        client,
+        img,
+        som,
+        len(masks),
+        class_name=class_name,
+        knowledge=knowledge,
+        references=references,
+        include_original=include_original,
+        json_answer=json_answer,
     )
     reply = client.chat(msgs, schema=LOCALIZE_SCHEMA if json_answer else None, max_tokens=max_tokens)
     t2 = time.perf_counter()
     answer = parse_answer(reply.text, reply.data)
     region_scores = dict(answer.region_scores)
     result = answer_to_result(
-        answer, region_scores, masks, (h, w), sample_id=sample_id,
-        smooth_sigma=smooth_sigma, threshold=threshold, usage=reply.usage,
+        answer,
+        region_scores,
+        masks,
+        (h, w),
+        sample_id=sample_id,
+        smooth_sigma=smooth_sigma,
+        threshold=threshold,
+        usage=reply.usage,
     )
     result.visual_prompt = VisualPrompt(
         labels=as_labels(masks)[0].astype(np.uint16 if len(masks) > 255 else np.uint8),
@@ -234,21 +243,25 @@ def answer_to_result(
         score = 1.0 if answer.anomalous else 0.0
     if score is None:
         why = "the model refused to answer" if answer.refusal else "no score in the model's answer"
-        return Result(sample_id=sample_id, error=why, usage=usage,
-                      extra={"region_scores": region_scores})
+        return Result(sample_id=sample_id, error=why, usage=usage, extra={"region_scores": region_scores})
     decision = bool(answer.anomalous) if answer.anomalous is not None else score >= threshold
     boxes = region_boxes(labels, n)
     regions = []
     for i, s in sorted(region_scores.items(), key=lambda kv: -kv[1]):
         if not (1 <= i <= n) or s <= 0 or boxes[i - 1] is None:
             continue
-        regions.append(Region(score=float(s), box=boxes[i - 1], mask=labels == i, index=i,
-                              label=answer.defect_type))
+        regions.append(Region(score=float(s), box=boxes[i - 1], mask=labels == i, index=i, label=answer.defect_type))
     parts = [answer.defect_type, answer.location, answer.reason]
     explanation = "; ".join(p for p in parts if p) or None
     return Result(
-        sample_id=sample_id, score=float(score), decision=decision, anomaly_map=amap,
-        regions=regions, explanation=explanation, threshold=threshold, usage=usage,
+        sample_id=sample_id,
+        score=float(score),
+        decision=decision,
+        anomaly_map=amap,
+        regions=regions,
+        explanation=explanation,
+        threshold=threshold,
+        usage=usage,
         extra={"region_scores": {int(k): float(v) for k, v in region_scores.items()}},
     )
 

@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from genad.ops import resize_map
 from genad.errors import GenadError
+from genad.ops import resize_map
 from genad.types import Region, Result
 
 METHODS = ("grid", "slic", "proposals")
@@ -85,7 +85,11 @@ def _slic(image: np.ndarray, n: int, compactness: float) -> list[np.ndarray]:
         size = (max(1, round(w * f)), max(1, round(h * f)))
         small = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
     labels = slic(
-        small, n_segments=n, compactness=compactness, start_label=1, channel_axis=-1,
+        small,
+        n_segments=n,
+        compactness=compactness,
+        start_label=1,
+        channel_axis=-1,
         enforce_connectivity=True,
     )
     labels, _, _ = relabel_sequential(labels)
@@ -184,9 +188,7 @@ def labels_to_masks(labels: np.ndarray, n: int | None = None) -> list[np.ndarray
 def region_boxes(labels: np.ndarray, n: int) -> list[tuple[int, int, int, int] | None]:
     """(x0, y0, x1, y1) box of each region 1..n (exclusive ends), None for an empty region."""
     slices = ndimage.find_objects(labels, max_label=n)
-    return [
-        None if s is None else (s[1].start, s[0].start, s[1].stop, s[0].stop) for s in slices
-    ]
+    return [None if s is None else (s[1].start, s[0].start, s[1].stop, s[0].stop) for s in slices]
 
 
 # --------------------------------------------------------------------------- set of mark
@@ -196,9 +198,7 @@ def mark_positions(masks: Sequence[np.ndarray] | np.ndarray) -> list[tuple[int, 
     return [None if p is None else (p[0], p[1]) for p in _deepest_points(*as_labels(masks))]
 
 
-def _deepest_points(
-    labels: np.ndarray, n: int
-) -> list[tuple[int, int, float, tuple[int, int, int, int]] | None]:
+def _deepest_points(labels: np.ndarray, n: int) -> list[tuple[int, int, float, tuple[int, int, int, int]] | None]:
     """(x, y, area in px, region box) per region 1..n; None for an empty region."""
     out: list[tuple[int, int, float, tuple[int, int, int, int]] | None] = []
     for i, sl in enumerate(ndimage.find_objects(labels, max_label=n), start=1):
@@ -250,9 +250,7 @@ def render_set_of_mark(
     h, w = rgb.shape[:2]
     labels, n = as_labels(masks)
     if labels.shape != (h, w):
-        raise GenadError(
-            f"region masks are {labels.shape[1]}x{labels.shape[0]} but the image is {w}x{h}"
-        )
+        raise GenadError(f"region masks are {labels.shape[1]}x{labels.shape[0]} but the image is {w}x{h}")
     out = rgb.copy()
     thick = max(1, round(min(h, w) / 400))
     core = _boundaries(labels)
@@ -320,9 +318,7 @@ def _label_box(
 
 
 # --------------------------------------------------------------------------- saving
-def save_visual_prompt(
-    out_dir: str | Path, result: Result, image: np.ndarray | None = None
-) -> dict[str, Path]:
+def save_visual_prompt(out_dir: str | Path, result: Result, image: np.ndarray | None = None) -> dict[str, Path]:
     """Write what the model saw and how its numbers map to pixels, so anyone can check it:
     som.png (the marked image), regions.png (label image: pixel value = region number,
     16-bit when there are more than 255 regions) and regions.json (per region: index, box,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -98,11 +97,14 @@ class PointCloudDetector(Detector):
             results[i].timings["detect"] = per_sample_time
         return results
 
-    def _score_views(self, samples: list[Sample], rendered: dict[int, list[View]], ok: list[int]) -> dict[int, list[Result]]:
+    def _score_views(
+        self, samples: list[Sample], rendered: dict[int, list[View]], ok: list[int]
+    ) -> dict[int, list[Result]]:
         out: dict[int, list[Result]] = {i: [] for i in ok}
         images = {
             (i, v): ImageSample(id=f"{samples[i].id}#view{v}", array=rendered[i][v].image)
-            for i in ok for v in range(self.views)
+            for i in ok
+            for v in range(self.views)
         }
         if self.view_detectors_ is not None:
             for v in range(self.views):
@@ -146,9 +148,7 @@ class PointCloudDetector(Detector):
             hot = point_scores >= np.nanpercentile(point_scores, 99)
             centre = np.asarray(sample.points, dtype=np.float64)[hot].mean(axis=0)
             result.extra["hot_spot"] = [float(c) for c in centre]
-            result.explanation += (
-                f"; highest point scores around ({centre[0]:.3g}, {centre[1]:.3g}, {centre[2]:.3g})"
-            )
+            result.explanation += f"; highest point scores around ({centre[0]:.3g}, {centre[1]:.3g}, {centre[2]:.3g})"
         result.extra["view_scores"] = [None if not r.ok else float(r.score) for r in vres]  # type: ignore[arg-type]
         result.extra["best_view"] = best
         if self.keep_views:

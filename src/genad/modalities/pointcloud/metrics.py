@@ -28,7 +28,8 @@ def pointcloud_metrics(samples: Sequence[PointCloudSample], results: Sequence[Re
         "n_failed": len(samples) - len(ok),
     }
     with_points = [
-        (s.truth.point_labels, r.anomaly_map) for s, r in ok
+        (s.truth.point_labels, r.anomaly_map)
+        for s, r in ok
         if s.truth is not None and s.truth.point_labels is not None and r.anomaly_map is not None
     ]
     for lab, amap in with_points:

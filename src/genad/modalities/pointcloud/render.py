@@ -111,8 +111,12 @@ def render_view(
     n = len(points)
     p = points @ rotation.T
     px = _MARGIN * (size - 1) / 2.0  # pixels per normalised unit
-    col = np.clip(np.rint((p[:, 0] + 1) / 2 * (size - 1) * _MARGIN + (1 - _MARGIN) * (size - 1) / 2), 0, size - 1).astype(np.int64)
-    row = np.clip(np.rint((1 - (p[:, 1] + 1) / 2) * (size - 1) * _MARGIN + (1 - _MARGIN) * (size - 1) / 2), 0, size - 1).astype(np.int64)
+    col = np.clip(
+        np.rint((p[:, 0] + 1) / 2 * (size - 1) * _MARGIN + (1 - _MARGIN) * (size - 1) / 2), 0, size - 1
+    ).astype(np.int64)
+    row = np.clip(
+        np.rint((1 - (p[:, 1] + 1) / 2) * (size - 1) * _MARGIN + (1 - _MARGIN) * (size - 1) / 2), 0, size - 1
+    ).astype(np.int64)
     z = p[:, 2]
     if spacing is None:
         spacing = point_spacing(points)
@@ -260,8 +264,9 @@ def _resize(a: np.ndarray, size: int) -> np.ndarray:
     return ndimage.zoom(a, zoom, order=1)[:size, :size]
 
 
-def colorize_points(views: list[View], point_values: np.ndarray, vmin: float | None = None,
-                    vmax: float | None = None) -> list[np.ndarray]:
+def colorize_points(
+    views: list[View], point_values: np.ndarray, vmin: float | None = None, vmax: float | None = None
+) -> list[np.ndarray]:
     """Views with per-point values painted on them (jet-like colours over the shading), for
     reports: shows where on the shape the anomaly is."""
     v = np.asarray(point_values, dtype=np.float64)
@@ -269,8 +274,14 @@ def colorize_points(views: list[View], point_values: np.ndarray, vmin: float | N
     hi = float(np.max(v)) if vmax is None else vmax
     t = np.clip((v - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
     # jet-like: blue -> cyan -> yellow -> red
-    rgb = np.stack([np.clip(1.5 - np.abs(4 * t - 3), 0, 1), np.clip(1.5 - np.abs(4 * t - 2), 0, 1),
-                    np.clip(1.5 - np.abs(4 * t - 1), 0, 1)], axis=1)
+    rgb = np.stack(
+        [
+            np.clip(1.5 - np.abs(4 * t - 3), 0, 1),
+            np.clip(1.5 - np.abs(4 * t - 2), 0, 1),
+            np.clip(1.5 - np.abs(4 * t - 1), 0, 1),
+        ],
+        axis=1,
+    )
     out = []
     for view in views:
         img = view.image.astype(np.float64)

@@ -65,7 +65,9 @@ def prepare(sample: TimeSeriesSample, max_nan_frac: float = 0.2) -> Prepared:
     if v.shape[0] == 0 or v.shape[1] == 0:
         raise GenadError(f"series {sample.id!r} is empty: nothing to score")
     if v.shape[0] < MIN_POINTS:
-        raise GenadError(f"series {sample.id!r} has only {v.shape[0]} point(s): too few to judge (at least {MIN_POINTS})")
+        raise GenadError(
+            f"series {sample.id!r} has only {v.shape[0]} point(s): too few to judge (at least {MIN_POINTS})"
+        )
     bad = ~np.isfinite(v)
     if bad.all(axis=0).any():
         raise GenadError(f"series {sample.id!r} has a column with no numeric value: drop it or fix the file")
@@ -99,8 +101,9 @@ def find_gaps(timestamps: np.ndarray | None) -> list[int]:
     return (np.flatnonzero(step > 2 * med) + 1).tolist()
 
 
-def estimate_period(x: np.ndarray, min_period: int = 4, max_period: int | None = None,
-                    max_len: int = 50_000) -> int | None:
+def estimate_period(
+    x: np.ndarray, min_period: int = 4, max_period: int | None = None, max_len: int = 50_000
+) -> int | None:
     """Dominant period by autocorrelation: the highest ACF peak after its first zero crossing.
     None when the series shows no clear period (peak ACF below 0.1)."""
     x = as_2d(x)[:max_len, 0]
@@ -115,7 +118,7 @@ def estimate_period(x: np.ndarray, min_period: int = 4, max_period: int | None =
     acf = np.fft.irfft(f * np.conj(f))[:n]
     acf /= acf[0]
     max_period = min(max_period or n // 3, n - 1)
-    a = acf[:max_period + 2]
+    a = acf[: max_period + 2]
     # the ACF's first trough: its first zero crossing, or its first local minimum when a level
     # shift or a trend keeps it above zero
     neg = np.flatnonzero(a < 0)
@@ -126,7 +129,7 @@ def estimate_period(x: np.ndarray, min_period: int = 4, max_period: int | None =
     lo = max(min(cands), min_period)
     if lo >= max_period:
         return None
-    seg = acf[lo:max_period + 1]
+    seg = acf[lo : max_period + 1]
     best = float(seg.max())
     if best < 0.1:
         return None
@@ -140,8 +143,9 @@ def estimate_period(x: np.ndarray, min_period: int = 4, max_period: int | None =
     return lo + int(good[0])
 
 
-def choose_window(x: np.ndarray, window: int | str | None, default: int = 32,
-                  min_window: int = 4, max_window: int = 300) -> tuple[int, int | None]:
+def choose_window(
+    x: np.ndarray, window: int | str | None, default: int = 32, min_window: int = 4, max_window: int = 300
+) -> tuple[int, int | None]:
     """(window, period). window="auto"/None: the estimated period (up to max_window; 300 holds
     a day of 5-minute data), else `default`; the result is capped at a quarter of the series
     so that enough windows remain to compare."""
@@ -192,8 +196,9 @@ def windows_to_points(win_scores: np.ndarray, starts: np.ndarray, m: int, n: int
     return out.astype(np.float32)
 
 
-def ranges_above(scores: np.ndarray, threshold: float, merge_gap: int = 0,
-                 max_ranges: int | None = None, min_len: int = 1) -> list[tuple[int, int]]:
+def ranges_above(
+    scores: np.ndarray, threshold: float, merge_gap: int = 0, max_ranges: int | None = None, min_len: int = 1
+) -> list[tuple[int, int]]:
     """[start, end) runs where scores >= threshold; runs closer than merge_gap are joined, runs
     shorter than min_len dropped (a real finding of a window detector spans part of a window,
     a lone point above the line is noise); the max_ranges with the highest peaks are kept, in
@@ -207,8 +212,13 @@ def ranges_above(scores: np.ndarray, threshold: float, merge_gap: int = 0,
     return merged
 
 
-def describe_ranges(scores: np.ndarray, ranges: list[tuple[int, int]], threshold: float,
-                    method: str, timestamps: np.ndarray | None = None) -> str:
+def describe_ranges(
+    scores: np.ndarray,
+    ranges: list[tuple[int, int]],
+    threshold: float,
+    method: str,
+    timestamps: np.ndarray | None = None,
+) -> str:
     """One readable sentence per finding, naming index ranges (and times when known)."""
 
     def at(i: int) -> str:
@@ -218,8 +228,10 @@ def describe_ranges(scores: np.ndarray, ranges: list[tuple[int, int]], threshold
 
     if not ranges:
         i = int(np.argmax(scores))
-        return (f"{method}: no range reaches the threshold {threshold:.3g}; "
-                f"the highest score is {float(scores[i]):.3g} at index {at(i)}.")
+        return (
+            f"{method}: no range reaches the threshold {threshold:.3g}; "
+            f"the highest score is {float(scores[i]):.3g} at index {at(i)}."
+        )
     parts = []
     for a, b in ranges:
         i = a + int(np.argmax(scores[a:b]))

@@ -76,8 +76,7 @@ class _SeriesDetector(Detector):
         refs = list(self.refs_)
         if refs and refs[0].shape[1] != prep.values.shape[1]:
             raise GenadError(
-                f"series {sample.id!r} has {prep.values.shape[1]} columns but the normal series "
-                f"have {refs[0].shape[1]}"
+                f"series {sample.id!r} has {prep.values.shape[1]} columns but the normal series have {refs[0].shape[1]}"
             )
         start = 0
         te = sample.train_end
@@ -105,10 +104,13 @@ class _SeriesDetector(Detector):
         prep = prepare(s, self.max_nan_frac)
         if prep.constant:
             return Result(
-                sample_id=s.id, score=0.0, decision=False, threshold=None,
+                sample_id=s.id,
+                score=0.0,
+                decision=False,
+                threshold=None,
                 anomaly_map=np.zeros(prep.n, dtype=np.float32),
                 explanation="constant series: every value is the same, so there is no shape to "
-                            "compare; every point scores 0.",
+                "compare; every point scores 0.",
                 extra={**prep.extra, "method": self.method, "constant": True},
             )
         scores, info = self._score(prep, s)
@@ -116,8 +118,10 @@ class _SeriesDetector(Detector):
         scored = scores[start:]
         thr = float(self.threshold) if self.threshold is not None else robust_threshold(scored, self.threshold_k)
         m = int(info.get("window", 1))
-        ranges = [(a + start, b + start) for a, b in
-                  ranges_above(scored, thr, merge_gap=m, max_ranges=self.max_ranges, min_len=max(1, m // 4))]
+        ranges = [
+            (a + start, b + start)
+            for a, b in ranges_above(scored, thr, merge_gap=m, max_ranges=self.max_ranges, min_len=max(1, m // 4))
+        ]
         window_note = f"window {m}" + (" = estimated period" if info.get("period") == m else "")
         method = f"{self.method} ({window_note})"
         return Result(
@@ -142,7 +146,12 @@ def _normalize(value: object) -> bool | str:
 def _max_samples(value: object) -> int | str:
     if value == "auto":
         return "auto"
-    if isinstance(value, (int, float, str)) and not isinstance(value, bool) and str(value).isdigit() and int(value) >= 1:
+    if (
+        isinstance(value, (int, float, str))
+        and not isinstance(value, bool)
+        and str(value).isdigit()
+        and int(value) >= 1
+    ):
         return int(value)
     raise GenadError(f"max_samples must be auto or a whole number >= 1, got {value!r}")
 
@@ -215,8 +224,12 @@ class MatrixProfileDetector(_SeriesDetector):
         profile = np.mean(profiles, axis=0)
         scores = np.zeros(prep.n, dtype=np.float32)
         scores[start:] = windows_to_points(profile, np.arange(profile.size), m, test.shape[0])
-        info = {"window": m, "period": period, "scored_from": start,
-                "reference": "normal references" if self.refs_ else ("training prefix" if start else "self-join")}
+        info = {
+            "window": m,
+            "period": period,
+            "scored_from": start,
+            "reference": "normal references" if self.refs_ else ("training prefix" if start else "self-join"),
+        }
         return scores, info
 
 
@@ -254,8 +267,7 @@ class IsolationForestSeriesDetector(_SeriesDetector):
         edges = np.linspace(0, m, k + 1).astype(int)
         paa = np.add.reduceat(w, edges[:-1], axis=2) / np.diff(edges)
         step = np.abs(np.diff(w, axis=2)).max(axis=2)
-        feats = [paa, w.min(axis=2)[..., None], w.max(axis=2)[..., None], w.std(axis=2)[..., None],
-                 step[..., None]]
+        feats = [paa, w.min(axis=2)[..., None], w.max(axis=2)[..., None], w.std(axis=2)[..., None], step[..., None]]
         return np.concatenate(feats, axis=2).reshape(starts.size, -1), starts
 
     def _score(self, prep: Prepared, sample: TimeSeriesSample) -> tuple[np.ndarray, dict]:
@@ -278,14 +290,19 @@ class IsolationForestSeriesDetector(_SeriesDetector):
         else:
             x_fit = None
         x, starts = self._windows(z, m)
-        forest = IsolationForest(n_estimators=self.n_estimators, max_samples=self.max_samples,
-                                 random_state=self.random_state, n_jobs=1)
+        forest = IsolationForest(
+            n_estimators=self.n_estimators, max_samples=self.max_samples, random_state=self.random_state, n_jobs=1
+        )
         forest.fit(x if x_fit is None else x_fit)
         win_scores = -forest.score_samples(x)
         scores = np.zeros(prep.n, dtype=np.float32)
         scores[start:] = windows_to_points(win_scores, starts, m, test.shape[0])
-        info = {"window": m, "period": period, "scored_from": start,
-                "reference": "normal references" if self.refs_ else ("training prefix" if start else "self")}
+        info = {
+            "window": m,
+            "period": period,
+            "scored_from": start,
+            "reference": "normal references" if self.refs_ else ("training prefix" if start else "self"),
+        }
         return scores, info
 
 

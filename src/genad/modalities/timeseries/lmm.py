@@ -83,15 +83,18 @@ def summarize(values: np.ndarray, sample: TimeSeriesSample, max_values: int = 12
     if k == n:
         lines.append("All values, as index: value" + (" per column" if dims > 1 else "") + ":")
     else:
-        lines.append(f"Values in {k} buckets, as start-end index: mean [min..max]" + (" per column" if dims > 1 else "") + ":")
+        lines.append(
+            f"Values in {k} buckets, as start-end index: mean [min..max]" + (" per column" if dims > 1 else "") + ":"
+        )
     for a, b in zip(edges[:-1], edges[1:]):
         seg = v[a:b]
         if b - a == 1:
             body = ", ".join(_fmt(seg[0, d]) for d in range(dims))
             lines.append(f"{a}: {body}")
         else:
-            body = "; ".join(f"{_fmt(seg[:, d].mean())} [{_fmt(seg[:, d].min())}..{_fmt(seg[:, d].max())}]"
-                             for d in range(dims))
+            body = "; ".join(
+                f"{_fmt(seg[:, d].mean())} [{_fmt(seg[:, d].min())}..{_fmt(seg[:, d].max())}]" for d in range(dims)
+            )
             lines.append(f"{a}-{b - 1}: {body}")
     return "\n".join(lines)
 
@@ -127,8 +130,9 @@ def read_ranges(data: dict[str, Any] | None) -> tuple[list[dict[str, Any]], bool
     when the JSON has none of these."""
     if not isinstance(data, dict):
         return None
-    raw = next((data[k] for k in ("ranges", "anomalous_ranges", "anomalies", "anomaly_ranges", "intervals")
-                if k in data), None)
+    raw = next(
+        (data[k] for k in ("ranges", "anomalous_ranges", "anomalies", "anomaly_ranges", "intervals") if k in data), None
+    )
     anomalous = data.get("anomalous", data.get("is_anomalous"))
     anomalous = anomalous if isinstance(anomalous, bool) else None
     score = _num(data.get("score", data.get("anomaly_score")))
@@ -149,7 +153,9 @@ def read_ranges(data: dict[str, Any] | None) -> tuple[list[dict[str, Any]], bool
     return out, anomalous, score
 
 
-def ranges_to_map(ranges: list[dict[str, Any]], n: int, default_score: float) -> tuple[np.ndarray, list[dict[str, Any]], list[dict[str, Any]]]:
+def ranges_to_map(
+    ranges: list[dict[str, Any]], n: int, default_score: float
+) -> tuple[np.ndarray, list[dict[str, Any]], list[dict[str, Any]]]:
     """Paint answer ranges onto a (n,) map. Returns (map, kept ranges with int bounds, dropped)."""
     m = np.zeros(n, dtype=np.float32)
     kept, dropped = [], []
@@ -228,9 +234,13 @@ class SeriesLMMDetector(LMMDetectorBase):
                 prep = prepare(s, self.max_nan_frac)
                 if prep.constant:  # nothing to ask: the rule is the same as the classical detectors'
                     results[i] = Result(
-                        sample_id=s.id, score=0.0, decision=False, anomaly_map=np.zeros(prep.n, np.float32),
+                        sample_id=s.id,
+                        score=0.0,
+                        decision=False,
+                        anomaly_map=np.zeros(prep.n, np.float32),
                         explanation="constant series: every value is the same; every point scores 0 (no model call).",
-                        extra={**prep.extra, "constant": True})
+                        extra={**prep.extra, "constant": True},
+                    )
                     continue
                 msgs = self.messages(s, prep)
             except ConfigError:
@@ -268,8 +278,12 @@ class SeriesLMMDetector(LMMDetectorBase):
             ans = parse_answer(text, None)
             if ans.refusal or (ans.anomalous is None and ans.score is None and not ans.ranges):
                 what = "refused" if ans.refusal else "gave no decision or ranges"
-                return Result(sample_id=sample.id, error=f"the model {what}: {text[:200]!r}",
-                              usage=reply.usage, extra={"answer": text[:2000]})
+                return Result(
+                    sample_id=sample.id,
+                    error=f"the model {what}: {text[:200]!r}",
+                    usage=reply.usage,
+                    extra={"answer": text[:2000]},
+                )
             ranges = [{"start": a, "end": b, "score": None, "reason": None} for a, b in ans.ranges]
             anomalous, score = ans.anomalous, ans.score
             reason = ans.reason
@@ -281,17 +295,30 @@ class SeriesLMMDetector(LMMDetectorBase):
         if score is None:
             score = float(amap.max()) if kept else (0.0 if anomalous is False else None)
         if score is None:
-            return Result(sample_id=sample.id, error=f"the model named no usable range: {text[:200]!r}",
-                          usage=reply.usage, extra={"answer": text[:2000]})
+            return Result(
+                sample_id=sample.id,
+                error=f"the model named no usable range: {text[:200]!r}",
+                usage=reply.usage,
+                extra={"answer": text[:2000]},
+            )
         decision = anomalous if anomalous is not None else score >= self.threshold
         parts = [f"[{r['start']}, {r['end']}): {r['reason'] or 'no reason given'}" for r in kept]
-        explanation = ("; ".join(parts) if parts else (reason or ("no anomaly seen" if not decision else "anomalous, no range given")))
-        extra: dict[str, Any] = {**prep.extra, "answer": text[:2000],
-                                 "range_reasons": [r["reason"] for r in kept]}
+        explanation = (
+            "; ".join(parts)
+            if parts
+            else (reason or ("no anomaly seen" if not decision else "anomalous, no range given"))
+        )
+        extra: dict[str, Any] = {**prep.extra, "answer": text[:2000], "range_reasons": [r["reason"] for r in kept]}
         if dropped:
             extra["dropped_ranges"] = json.loads(json.dumps(dropped, default=str))
         return Result(
-            sample_id=sample.id, score=float(score), decision=bool(decision), threshold=self.threshold,
-            anomaly_map=amap, ranges=[(r["start"], r["end"]) for r in kept], explanation=explanation,
-            usage=reply.usage, extra=extra,
+            sample_id=sample.id,
+            score=float(score),
+            decision=bool(decision),
+            threshold=self.threshold,
+            anomaly_map=amap,
+            ranges=[(r["start"], r["end"]) for r in kept],
+            explanation=explanation,
+            usage=reply.usage,
+            extra=extra,
         )

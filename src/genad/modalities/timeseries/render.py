@@ -33,8 +33,13 @@ def _fig_to_array(fig) -> np.ndarray:
     return np.asarray(Image.open(buf).convert("RGB"), dtype=np.uint8).copy()
 
 
-def render_chart(values: np.ndarray, title: str | None = None, columns: list[str] | None = None,
-                 size: tuple[int, int] = (1200, 500), max_points: int = 4000) -> np.ndarray:
+def render_chart(
+    values: np.ndarray,
+    title: str | None = None,
+    columns: list[str] | None = None,
+    size: tuple[int, int] = (1200, 500),
+    max_points: int = 4000,
+) -> np.ndarray:
     """The series as a line chart, x = point index (the unit answers are asked in), with a dense
     readable index axis and a grid. Long series are drawn from min/max per bucket, so a one-point
     spike stays visible. Returns uint8 RGB HxWx3."""
@@ -83,8 +88,9 @@ def _minmax_downsample(v: np.ndarray, max_points: int) -> tuple[np.ndarray, np.n
     return np.array(xs), np.array(ys)
 
 
-def plot_result(sample: TimeSeriesSample, result: Result, path: str | Path,
-                size: tuple[int, int] = (1400, 700)) -> Path:
+def plot_result(
+    sample: TimeSeriesSample, result: Result, path: str | Path, size: tuple[int, int] = (1400, 700)
+) -> Path:
     """PNG of the series (top) and the point scores with the threshold (bottom); detected ranges
     shaded red, true ranges (when known) shaded green. x = timestamps when the series has them."""
     plt = _plt()
@@ -96,8 +102,9 @@ def plot_result(sample: TimeSeriesSample, result: Result, path: str | Path,
     if np.issubdtype(np.asarray(x).dtype, np.datetime64):
         x = np.asarray(x).astype("datetime64[ms]").astype(object)  # matplotlib dates
     dpi = 100
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi, sharex=True,
-                                   gridspec_kw={"height_ratios": [2, 1]})
+    fig, (ax1, ax2) = plt.subplots(
+        2, 1, figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi, sharex=True, gridspec_kw={"height_ratios": [2, 1]}
+    )
     try:
         for d in range(v.shape[1]):
             label = sample.columns[d] if sample.columns and d < len(sample.columns) else None

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -139,7 +138,9 @@ class VideoDetector(Detector):
             spans = ", ".join(f"{a}-{b - 1}" for a, b in ranges[:5])
             result.explanation = f"anomalous frames {spans} of {n} (peak at frame {peak}, score {smoothed[peak]:.3g})"
         else:
-            result.explanation = f"no frame above the threshold {thr:.3g} (peak at frame {peak}, score {smoothed[peak]:.3g})"
+            result.explanation = (
+                f"no frame above the threshold {thr:.3g} (peak at frame {peak}, score {smoothed[peak]:.3g})"
+            )
 
     def _threshold(self, frame_results: list[Result], smoothed: np.ndarray) -> float:
         if self.threshold is not None:

@@ -158,8 +158,10 @@ class RuleVideoDetector(LMMDetectorBase):
 
     def _configure(self) -> None:
         r = self.rules
-        self._given_rules = None if r is None else Rules(
-            list(r.get("normal", [])), list(r.get("abnormal", [])), str(r.get("description", ""))
+        self._given_rules = (
+            None
+            if r is None
+            else Rules(list(r.get("normal", [])), list(r.get("abnormal", [])), str(r.get("description", "")))
         )
 
     def _small(self, frame: np.ndarray) -> Image.Image:
@@ -176,8 +178,9 @@ class RuleVideoDetector(LMMDetectorBase):
         t = templates_for(self.client)
         parts.append(induction_prompt(len(frames), self.context, from_video_itself, t))
         sys_msg = system(t.text("video_rules", "system"))
-        reply = self.client.chat([sys_msg, self.client.user(*parts)], schema=INDUCTION_SCHEMA,
-                                 max_tokens=self.max_tokens)
+        reply = self.client.chat(
+            [sys_msg, self.client.user(*parts)], schema=INDUCTION_SCHEMA, max_tokens=self.max_tokens
+        )
         data = reply.data if reply.data is not None else extract_json(reply.text)
         rules = _read_rules(data, reply.text)
         return rules, reply.usage
@@ -241,8 +244,9 @@ class RuleVideoDetector(LMMDetectorBase):
                 parts += [f"Frame {j}:", self._small(frames[j])]
             parts.append(judge_prompt(rules, batch, t))
             try:
-                reply = self.client.chat([sys_msg, self.client.user(*parts)], schema=JUDGE_SCHEMA,
-                                         max_tokens=self.max_tokens)
+                reply = self.client.chat(
+                    [sys_msg, self.client.user(*parts)], schema=JUDGE_SCHEMA, max_tokens=self.max_tokens
+                )
             except BudgetExceeded:
                 raise
             except GenadError as e:
@@ -292,16 +296,20 @@ class RuleVideoDetector(LMMDetectorBase):
 
 def _read_rules(data: dict[str, Any] | None, text: str) -> Rules:
     if not isinstance(data, dict):
-        raise GenadError("the model did not answer the rule induction with JSON rules: try another model or give rules=")
+        raise GenadError(
+            "the model did not answer the rule induction with JSON rules: try another model or give rules="
+        )
 
     def as_list(v: Any) -> list[str]:
         if isinstance(v, str):
             return [s.strip(" -*\t") for s in v.splitlines() if s.strip(" -*\t")]
         return [str(x).strip() for x in (v or []) if str(x).strip()]
 
-    rules = Rules(as_list(data.get("normal_rules") or data.get("normal")),
-                  as_list(data.get("abnormal_rules") or data.get("abnormal")),
-                  str(data.get("description") or ""))
+    rules = Rules(
+        as_list(data.get("normal_rules") or data.get("normal")),
+        as_list(data.get("abnormal_rules") or data.get("abnormal")),
+        str(data.get("description") or ""),
+    )
     if not (rules.normal or rules.abnormal):
         raise GenadError("the model induced no rules: try another model, more normal frames, or give rules=")
     return rules
@@ -341,8 +349,13 @@ def _read_verdicts(data: dict[str, Any] | None, batch: list[int]) -> dict[int, d
             s = 1.0 if anomalous else 0.0
         s = float(np.clip(s, 0.0, 1.0))
         vote = bool(anomalous) if anomalous is not None else s >= 0.5
-        out[j] = {"score": s, "vote": float(vote), "anomalous": vote, "rule": it.get("rule") or None,
-                  "reason": it.get("reason") or None}
+        out[j] = {
+            "score": s,
+            "vote": float(vote),
+            "anomalous": vote,
+            "rule": it.get("rule") or None,
+            "reason": it.get("reason") or None,
+        }
     return out
 
 

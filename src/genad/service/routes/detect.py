@@ -82,7 +82,9 @@ async def detect(
     threshold, regions, explanation, timings, usage and the heatmap overlay."""
     normals = [n for n in (normals or []) if n.filename or n.size]
     if len(files) + len(normals) > limits.max_files:
-        raise HTTPException(413, f"too many files ({len(files) + len(normals)}): at most {limits.max_files} per request")
+        raise HTTPException(
+            413, f"too many files ({len(files) + len(normals)}): at most {limits.max_files} per request"
+        )
     uploads = [await _read(f, limits.per_file, limits.max_upload_mb) for f in files]
     refs = [await _read(f, limits.per_file, limits.max_upload_mb) for f in normals]
     opts = _parse_params(params)
@@ -136,7 +138,7 @@ def _parse_params(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text or "{}")
     except json.JSONDecodeError as e:
-        raise GenadError(f"params is not valid JSON ({e.msg}): give an object such as {{\"threshold\": 0.5}}") from e
+        raise GenadError(f'params is not valid JSON ({e.msg}): give an object such as {{"threshold": 0.5}}') from e
     if not isinstance(value, dict):
-        raise GenadError("params must be a JSON object such as {\"threshold\": 0.5}")
+        raise GenadError('params must be a JSON object such as {"threshold": 0.5}')
     return value

@@ -21,8 +21,12 @@ class JobIn(BaseModel):
     """Body of POST /v1/jobs."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["evaluate", "batch"] = Field(description="evaluate: MVTec-style folder with labels; batch: score every input")
-    data_dir: str = Field(description="a folder under one of the service's --data-root folders (relative to it, or absolute)")
+    kind: Literal["evaluate", "batch"] = Field(
+        description="evaluate: MVTec-style folder with labels; batch: score every input"
+    )
+    data_dir: str = Field(
+        description="a folder under one of the service's --data-root folders (relative to it, or absolute)"
+    )
     detector: str = registry.DEFAULT_DETECTOR
     params: dict[str, Any] = Field(default_factory=dict, description="detector options")
     shots: int = Field(0, ge=0, description="evaluate: normal references drawn from train/good (0 = zero-shot)")

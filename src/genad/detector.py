@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -375,6 +376,20 @@ class Detector(ABC):
     def capabilities(self) -> Capabilities:
         return Capabilities(tuple(self.modalities), self.zero_shot, False, 1, self.chunk_size)
 
+    def _compare_until_fitted(self, fitted: bool) -> Capabilities:
+        """The capabilities of a detector whose zero-shot scores the samples of a batch
+        against each other (the whole batch at once, at least 3) and whose fitted form scores
+        each sample alone (streamed in chunks)."""
+        from genad.ops import MIN_ZERO_SHOT_BATCH
+
+        return Capabilities(
+            tuple(self.modalities),
+            True,
+            whole_batch=not fitted,
+            min_batch=1 if fitted else MIN_ZERO_SHOT_BATCH,
+            chunk_size=self.chunk_size,
+        )
+
     @classmethod
     def tuned(cls, params: dict[str, Any], purpose: str) -> dict[str, Any]:
         """Options for serving inside another detector, given the caller's own `params` (which
@@ -404,6 +419,40 @@ def check_image_detector(name: str) -> str:
     an image engine inside: video frames, point-cloud views)."""
     image_detector_class(name)
     return name
+
+
+def predict_each(
+    samples: Sequence[Sample],
+    score_one: Callable[[Sample, Result], Result | None],
+    stop_on: tuple[type[Exception], ...] = (),
+) -> list[Result]:
+    """predict() for detectors that score samples one at a time: `score_one(sample, result)`
+    fills in `result` (or returns a Result of its own). Any error becomes that sample's
+    Result.error (whatever was filled in before it, e.g. the usage of paid calls, is kept) and
+    the others go on; an error of a `stop_on` type (a spent budget) fails that sample and every
+    later one with its message. Each Result gets timings["seconds"]."""
+    out: list[Result] = []
+    stop: str | None = None
+    for s in samples:
+        r = Result(sample_id=s.id)
+        if stop is not None:
+            r.error = stop
+            out.append(r)
+            continue
+        t0 = time.perf_counter()
+        try:
+            got = score_one(s, r)
+            if got is not None:
+                r = got
+        except stop_on as e:
+            r.error = stop = str(e)
+        except GenadError as e:
+            r.error = str(e)
+        except Exception as e:
+            r.error = f"{type(e).__name__}: {e}"
+        r.timings["seconds"] = time.perf_counter() - t0
+        out.append(r)
+    return out
 
 
 def _public_value(v: Any) -> Any:

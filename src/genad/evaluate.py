@@ -40,7 +40,7 @@ from genad.errors import GenadError
 from genad.io.images import image_size
 from genad.io.mvtec import categories, load_mvtec, load_mvtec_train
 from genad.ops import resize_map
-from genad.run import RunFolder, run_detector
+from genad.run import RunFolder, pending, run_into
 from genad.secrets import redact
 from genad.types import ImageSample, Result, Sample, Usage
 
@@ -233,8 +233,7 @@ def run_benchmark(
     folder = RunFolder(run_dir)
     done = folder.start(config, resume=resume, must_match=_RESUME_KEYS)
 
-    index = {s.id: n for n, s in enumerate(test)}
-    todo = [s for s in test if s.id not in done or done[s.id].get("error") or done[s.id].get("score") is None]
+    todo = pending(test, done)
     n_resumed = len(test) - len(todo)
 
     t_fit = t_pred = 0.0
@@ -243,25 +242,18 @@ def run_benchmark(
         det.fit(refs)
         t_fit = time.perf_counter() - t0
     t0 = time.perf_counter()
-
-    def keep(s: Sample, r: Result) -> None:
-        done[s.id] = folder.append(s, r, index[s.id])
-
-    with folder:
-        for _ in run_detector(
-            det,
-            test,
-            todo=todo,
-            on_progress=on_progress,
-            stop=stop,
-            progress_bar=progress,
-            desc=f"genad eval {det.name}",
-            sink=keep,
-        ):
-            pass
+    records = run_into(
+        folder,
+        det,
+        test,
+        done,
+        on_progress=on_progress,
+        stop=stop,
+        progress_bar=progress,
+        desc=f"genad eval {det.name}",
+    )
     t_pred = time.perf_counter() - t0 if todo else 0.0
 
-    records = [done[s.id] for s in test]
     summary, curves = summarise(test, records, folder)
     summary.update(
         {

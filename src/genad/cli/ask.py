@@ -14,57 +14,8 @@ from typing import Annotated, Any
 import typer
 
 from genad.cli.app import app
+from genad.cli.lmm_flags import lmm_config, lmm_flags
 from genad.errors import GenadError
-
-# LMM connection options shared by `genad ask` and `genad cases` (the key only from env/config:
-# a key on the command line ends up in shell history)
-ModelOpt = Annotated[str | None, typer.Option("--model", help="Model name (else GENAD_LMM_MODEL).")]
-BaseUrlOpt = Annotated[
-    str | None, typer.Option("--base-url", help="OpenAI-compatible server URL (else GENAD_LMM_BASE_URL).")
-]
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", help="TOML config file, settings in its lmm table (default ~/.config/genad/config.toml)."),
-]
-TimeoutOpt = Annotated[float | None, typer.Option("--timeout", help="Seconds per request before retrying.")]
-MaxSideOpt = Annotated[
-    int | None, typer.Option("--max-image-side", help="Downscale images so the longest side is at most this.")
-]
-DetailOpt = Annotated[str | None, typer.Option("--detail", help="Image detail: auto, low or high.")]
-NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the response cache.")]
-BudgetOpt = Annotated[float | None, typer.Option("--budget", help="Stop before spending more than this many USD.")]
-PricesOpt = Annotated[Path | None, typer.Option("--prices", help="Price table (TOML/JSON, $ per 1M tokens per model).")]
-
-
-def lmm_config(
-    *,
-    model: str | None = None,
-    base_url: str | None = None,
-    config: Path | None = None,
-    timeout: float | None = None,
-    max_image_side: int | None = None,
-    detail: str | None = None,
-    no_cache: bool = False,
-    budget: float | None = None,
-    prices: Path | None = None,
-    **more: Any,
-) -> Any:
-    from genad.engines.lmm.config import LMMConfig
-
-    overrides: dict[str, Any] = dict(
-        model=model,
-        base_url=base_url,
-        timeout=timeout,
-        max_image_side=max_image_side,
-        detail=detail,
-        budget_usd=budget,
-        price_table=prices,
-        **more,
-    )
-    cfg = LMMConfig.from_env(config, **overrides)
-    if no_cache:
-        cfg.cache_dir = None
-    return cfg
 
 
 def usage_line(usage: Any, note: str | None = None) -> str:
@@ -76,6 +27,7 @@ def usage_line(usage: Any, note: str | None = None) -> str:
 
 
 @app.command("ask")
+@lmm_flags
 def ask(
     args: Annotated[list[str], typer.Argument(help="IMAGE... then the QUESTION (last argument).", show_default=False)],
     normal: Annotated[
@@ -86,15 +38,7 @@ def ask(
     ] = False,
     session: Annotated[str, typer.Option("--session", help="Session name (stored under the cache dir).")] = "default",
     as_json: Annotated[bool, typer.Option("--json", help="Print the reply and its parsed fields as JSON.")] = False,
-    model: ModelOpt = None,
-    base_url: BaseUrlOpt = None,
-    config: ConfigOpt = None,
-    timeout: TimeoutOpt = None,
-    max_image_side: MaxSideOpt = None,
-    detail: DetailOpt = None,
-    no_cache: NoCacheOpt = False,
-    budget: BudgetOpt = None,
-    prices: PricesOpt = None,
+    lmm_flags: dict[str, Any] | None = None,
 ) -> None:
     """Ask a multimodal model about images; --continue asks a follow-up with the history."""
     from genad.engines.lmm.config import default_cache_dir
@@ -108,17 +52,7 @@ def ask(
     for p in [*image_args, *(normal or [])]:
         if not p.is_file():
             raise GenadError(f"no such image: {p} (the question must be the last argument)")
-    cfg = lmm_config(
-        model=model,
-        base_url=base_url,
-        config=config,
-        timeout=timeout,
-        max_image_side=max_image_side,
-        detail=detail,
-        no_cache=no_cache,
-        budget=budget,
-        prices=prices,
-    )
+    cfg = lmm_config(lmm_flags or {})
     client = LMMClient(cfg)
     path = Conversation.session_path(session, cfg.cache_dir or default_cache_dir())
     conv = Conversation.load(path, client) if cont else Conversation(client)

@@ -21,19 +21,8 @@ from typing import Annotated, Any
 import typer
 
 from genad.cli.app import app
-from genad.cli.ask import (
-    BaseUrlOpt,
-    BudgetOpt,
-    ConfigOpt,
-    DetailOpt,
-    MaxSideOpt,
-    ModelOpt,
-    NoCacheOpt,
-    PricesOpt,
-    TimeoutOpt,
-    lmm_config,
-    usage_line,
-)
+from genad.cli.ask import usage_line
+from genad.cli.lmm_flags import lmm_config, lmm_flags
 from genad.errors import GenadError
 
 STUDY_VARIANTS = {"naive": "naive", "class": "with class_information", "expertise": "with human expertise"}
@@ -285,6 +274,7 @@ def run_cases(runs: list[CaseRun], client: Any, on_done: Any = None) -> Exceptio
 
 
 @app.command("cases")
+@lmm_flags
 def cases(
     root: Annotated[Path, typer.Argument(help="The suite's folder (Cases/ or its parent).")],
     variant: Annotated[str, typer.Option("--variant", help="naive, class, expertise or all.")] = "all",
@@ -299,15 +289,7 @@ def cases(
         bool, typer.Option("--dry-run", help="Build and report the prompts without calling a model.")
     ] = False,
     concurrency: Annotated[int | None, typer.Option("--concurrency", help="Requests in flight at once.")] = None,
-    model: ModelOpt = None,
-    base_url: BaseUrlOpt = None,
-    config: ConfigOpt = None,
-    timeout: TimeoutOpt = None,
-    max_image_side: MaxSideOpt = None,
-    detail: DetailOpt = None,
-    no_cache: NoCacheOpt = False,
-    budget: BudgetOpt = None,
-    prices: PricesOpt = None,
+    lmm_flags: dict[str, Any] | None = None,
 ) -> None:
     """Run the GPT-4V study's cases with their own prompts and write a report of the answers."""
     from genad.io.gpt4v_cases import load_gpt4v_cases
@@ -332,18 +314,7 @@ def cases(
     from genad.engines.lmm.provider import LMMClient
 
     more = {"max_concurrency": concurrency} if concurrency else {}
-    cfg = lmm_config(
-        model=model,
-        base_url=base_url,
-        config=config,
-        timeout=timeout,
-        max_image_side=max_image_side,
-        detail=detail,
-        no_cache=no_cache,
-        budget=budget,
-        prices=prices,
-        **more,
-    )
+    cfg = lmm_config(lmm_flags or {}, **more)
     client = LMMClient(cfg)
     done = [0]
 

@@ -27,7 +27,7 @@ from scipy import ndimage
 
 from genad.detector import Capabilities, Detector, param
 from genad.errors import GenadError
-from genad.ops import MIN_ZERO_SHOT_BATCH, check_min_batch, label_regions, resize_map, robust_threshold
+from genad.ops import check_min_batch, label_regions, resize_map, robust_threshold
 from genad.types import ImageSample, Region, Result, Sample
 
 
@@ -51,14 +51,7 @@ class BaselineDetector(Detector):
     threshold_: float | None = None
 
     def capabilities(self) -> Capabilities:
-        few = self.center_ is not None
-        return Capabilities(
-            self.modalities,
-            True,
-            whole_batch=not few,
-            min_batch=1 if few else MIN_ZERO_SHOT_BATCH,
-            chunk_size=self.chunk_size,
-        )
+        return self._compare_until_fitted(self.center_ is not None)
 
     # -- features -------------------------------------------------------------------------
     def _features(self, image: np.ndarray) -> np.ndarray:

@@ -2,7 +2,7 @@
 folder format (`rundir`) that `genad detect`, `genad eval`, the service's jobs, the reports and
 resume all write and read."""
 
-from genad.run.rundir import RunFolder
-from genad.run.runner import RunCancelled, run_detector
+from genad.run.rundir import RunFolder, pending
+from genad.run.runner import RunCancelled, run_detector, run_into
 
-__all__ = ["RunFolder", "RunCancelled", "run_detector"]
+__all__ = ["RunFolder", "RunCancelled", "pending", "run_detector", "run_into"]

@@ -52,6 +52,12 @@ def read_map(path: Path) -> np.ndarray:
         return z["map"].astype(np.float32)
 
 
+def pending(samples: Sequence[Sample], done: dict[str, dict[str, Any]]) -> list[Sample]:
+    """The samples a resumed run still has to score: those without a record, or whose record
+    failed (no score)."""
+    return [s for s in samples if s.id not in done or done[s.id].get("error") or done[s.id].get("score") is None]
+
+
 class RunFolder:
     """One run's folder (see the module doc)."""
 

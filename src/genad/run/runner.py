@@ -29,6 +29,7 @@ from typing import Any
 
 from genad.detector import Detector
 from genad.errors import GenadError
+from genad.run.rundir import RunFolder, pending
 from genad.types import Result, Sample
 
 #: samples per predict() call for a detector that names no chunk size
@@ -71,6 +72,23 @@ def _predict(det: Detector, batch: list[Sample]) -> list[Result]:
             r.error = r.error or f"non-finite score {r.score}"
             r.score = None
     return results
+
+
+def run_into(
+    folder: RunFolder, det: Detector, samples: Sequence[Sample], done: dict[str, dict[str, Any]], **options: Any
+) -> list[dict[str, Any]]:
+    """Score into `folder` the samples that `done` (its records by id, from RunFolder.start)
+    lacks or has failed; `done` gains each new record as it is written. Returns the records
+    in sample order. `options` as for run_detector (refs, on_progress, stop, progress_bar...)."""
+    index = {s.id: n for n, s in enumerate(samples)}
+
+    def keep(s: Sample, r: Result) -> None:
+        done[s.id] = folder.append(s, r, index[s.id])
+
+    with folder:
+        for _ in run_detector(det, samples, todo=pending(samples, done), sink=keep, **options):
+            pass
+    return [done[s.id] for s in samples]
 
 
 def run_detector(

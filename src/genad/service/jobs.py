@@ -20,10 +20,10 @@ from typing import Any
 
 from genad import registry
 from genad.errors import GenadError
-from genad.run import RunCancelled, RunFolder, run_detector
+from genad.run import RunCancelled, RunFolder, pending, run_into
 from genad.service.inspector import check_params
 from genad.service.store import FINAL_STATES, Job, Store, new_id
-from genad.types import Result, Sample, jsonable
+from genad.types import jsonable
 
 JOB_KINDS = ("evaluate", "batch")
 
@@ -267,26 +267,11 @@ class JobRunner:
             overwrite=not resume,
             must_match=("data_dir", "normal_dir", "detector", "params", "limit"),
         )
-        todo = [s for s in samples if s.id not in done or done[s.id].get("error") or done[s.id].get("score") is None]
-        index = {s.id: n for n, s in enumerate(samples)}
         on_progress = self._progress(job_id)
-        on_progress(len(samples) - len(todo), len(samples))
-
-        def keep(s: Sample, r: Result) -> None:
-            done[s.id] = folder.append(s, r, index[s.id])
-
-        with folder:
-            for _ in run_detector(
-                det,
-                samples,
-                todo=todo,
-                refs=refs,
-                on_progress=on_progress,
-                stop=lambda: self._stop_status(job_id),
-                sink=keep,
-            ):
-                pass
-        records = [done[s.id] for s in samples]
+        on_progress(len(samples) - len(pending(samples, done)), len(samples))
+        records = run_into(
+            folder, det, samples, done, refs=refs, on_progress=on_progress, stop=lambda: self._stop_status(job_id)
+        )
         scored = sorted(((float(r["score"]), r["id"]) for r in records if r.get("score") is not None), reverse=True)
         return {
             "n_samples": len(samples),

@@ -10,8 +10,9 @@ See docs/embedded.md for how it works and measured figures.
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from genad.engines.embedded.geometry import batch_scale, patch_map_to_image
 from genad.engines.embedded.regions import propose_regions
 from genad.engines.embedded.zero_shot import mutual_scores, neighbour_smooth
 from genad.errors import GenadError
-from genad.ops import MIN_ZERO_SHOT_BATCH, check_min_batch, robust_threshold
+from genad.ops import check_min_batch, robust_threshold
 from genad.types import ImageSample, Result, Sample
 
 
@@ -160,14 +161,7 @@ class EmbeddedDetector(Detector):
         return p
 
     def capabilities(self) -> Capabilities:
-        few = self.bank_ is not None
-        return Capabilities(
-            self.modalities,
-            True,
-            whole_batch=not few,
-            min_batch=1 if few else MIN_ZERO_SHOT_BATCH,
-            chunk_size=self.chunk_size,
-        )
+        return self._compare_until_fitted(self.bank_ is not None)
 
     @classmethod
     def tuned(cls, params: dict, purpose: str) -> dict:
@@ -210,17 +204,16 @@ class EmbeddedDetector(Detector):
         loaders = [samples[i].load for i in ok]  # type: ignore[attr-defined]
         if scale is None:
             scale = batch_scale(shapes, self.resolution)
-        for j, f in extract(
-            self._backbone(),
-            loaders,
-            shapes,
-            self.resolution,
-            self._rs,
-            self.feature_batch,
-            scale,
-            self.dims,
-        ):
+        for j, f in self._extract(loaders, shapes, scale):
             yield ok[j], (str(f) if isinstance(f, Exception) else f)
+
+    def _extract(
+        self, loaders: Sequence[Callable[[], np.ndarray]], shapes: Sequence[tuple[int, int]], scale: float
+    ) -> Iterator[tuple[int, ImageFeatures | Exception]]:
+        """Features with this detector's backbone and settings (see features.extract)."""
+        return extract(
+            self._backbone(), loaders, shapes, self.resolution, self._rs, self.feature_batch, scale, self.dims
+        )
 
     def _augmentations(self, n_refs: int) -> list[str]:
         if self.augment == "auto":
@@ -284,19 +277,12 @@ class EmbeddedDetector(Detector):
             views = kinds or ["hflip", "vflip"]  # one reference: views are needed for its threshold
             for i, im in enumerate(originals):
                 arrs = augment(im, views)
-                loaders = [(lambda a=a: a) for a in arrs]
+                loaders = [functools.partial(np.asarray, a) for a in arrs]
                 shapes = [a.shape[:2] for a in arrs]
-                for _, f in extract(
-                    self._backbone(),
-                    loaders,
-                    shapes,
-                    self.resolution,
-                    self._rs,
-                    self.feature_batch,
-                    scale,
-                    self.dims,
-                ):
-                    aug_feats[i].append(f)  # type: ignore[arg-type]
+                for _, f in self._extract(loaders, shapes, scale):
+                    if isinstance(f, Exception):
+                        raise GenadError(f"cannot use normal reference {normal_samples[i].id}: {f}")
+                    aug_feats[i].append(f)
         bank_feats = list(feats)
         if kinds:
             bank_feats += [f for fs in aug_feats for f in fs]

@@ -12,14 +12,13 @@ the forest is trained on reference windows only. The prefix itself is known norm
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from genad.detector import Detector, param
+from genad.detector import Detector, param, predict_each
 from genad.errors import GenadError
 from genad.modalities.timeseries.common import (
     Prepared,
@@ -86,17 +85,7 @@ class _SeriesDetector(Detector):
         return refs, start
 
     def predict(self, samples: Sequence[Sample]) -> list[Result]:
-        out = []
-        for s in samples:
-            t0 = time.perf_counter()
-            try:
-                out.append(self._predict_one(s))
-            except GenadError as e:
-                out.append(Result(sample_id=s.id, error=str(e)))
-            except Exception as e:  # one bad series must not stop the batch
-                out.append(Result(sample_id=s.id, error=f"{type(e).__name__}: {e}"))
-            out[-1].timings["seconds"] = time.perf_counter() - t0
-        return out
+        return predict_each(samples, lambda s, _: self._predict_one(s))
 
     def _predict_one(self, s: Sample) -> Result:
         if not isinstance(s, TimeSeriesSample):

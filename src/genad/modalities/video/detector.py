@@ -16,14 +16,13 @@ The threshold is the image engine's own (few-shot) or median + k * MAD of the vi
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
 
 from genad import registry
-from genad.detector import Detector, check_image_detector, image_detector_class, param
+from genad.detector import Detector, check_image_detector, image_detector_class, param, predict_each
 from genad.errors import GenadError
 from genad.ops import check_min_batch, robust_threshold, runs_to_ranges
 from genad.types import ImageSample, Result, Sample, VideoSample
@@ -91,17 +90,7 @@ class VideoDetector(Detector):
         return self
 
     def predict(self, samples: Sequence[Sample]) -> list[Result]:
-        out = []
-        for s in samples:
-            t0 = time.perf_counter()
-            r = Result(sample_id=s.id)
-            try:
-                self._predict_one(s, r)
-            except GenadError as e:
-                r.error = str(e)
-            r.timings["total"] = time.perf_counter() - t0
-            out.append(r)
-        return out
+        return predict_each(samples, self._predict_one)
 
     def _predict_one(self, sample: Sample, result: Result) -> None:
         if not isinstance(sample, VideoSample):

@@ -16,7 +16,6 @@ and reuse them, or to write them by hand.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from genad.detector import param
+from genad.detector import param, predict_each
 from genad.engines.lmm.base import LMMDetectorBase
 from genad.engines.lmm.parse import extract_json
 from genad.engines.lmm.provider import BudgetExceeded, system
@@ -203,24 +202,7 @@ class RuleVideoDetector(LMMDetectorBase):
 
     # -- deduction
     def predict(self, samples: Sequence[Sample]) -> list[Result]:
-        out: list[Result] = []
-        stop: str | None = None
-        for s in samples:
-            r = Result(sample_id=s.id)
-            if stop:
-                r.error = stop
-                out.append(r)
-                continue
-            t0 = time.perf_counter()
-            try:
-                self._predict_one(s, r)
-            except BudgetExceeded as e:
-                r.error = stop = str(e)
-            except GenadError as e:
-                r.error = str(e)
-            r.timings["total"] = time.perf_counter() - t0
-            out.append(r)
-        return out
+        return predict_each(samples, self._predict_one, stop_on=(BudgetExceeded,))
 
     def _predict_one(self, sample: Sample, result: Result) -> None:
         if not isinstance(sample, VideoSample):

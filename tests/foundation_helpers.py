@@ -9,6 +9,30 @@ from PIL import Image
 
 SIZE = (48, 64)  # H, W
 
+# what every `genad eval` summary holds
+SUMMARY_KEYS = {
+    "image_auroc",
+    "image_ap",
+    "image_f1_max",
+    "pixel_auroc",
+    "pixel_ap",
+    "aupro",
+    "n_images",
+    "n_failed",
+    "seconds",
+    "images_per_second",
+    "peak_rss_mb",
+    "detector",
+    "params",
+    "shots",
+    "seed",
+    "limit",
+    "data_dir",
+    "per_type",
+    "usage",
+}
+
+
 
 def normal_image(rng: np.random.Generator, size: tuple[int, int] = SIZE) -> np.ndarray:
     """A grey gradient with mild noise: every normal image looks alike."""

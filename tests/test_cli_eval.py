@@ -7,30 +7,9 @@ import numpy as np
 from PIL import Image
 
 from conftest import SHARED_DATA
-from foundation_helpers import make_mvtec
+from foundation_helpers import SUMMARY_KEYS, make_mvtec
 from test_cli_detect import run_cli
 
-KEYS = {
-    "image_auroc",
-    "image_ap",
-    "image_f1_max",
-    "pixel_auroc",
-    "pixel_ap",
-    "aupro",
-    "n_images",
-    "n_failed",
-    "seconds",
-    "images_per_second",
-    "peak_rss_mb",
-    "detector",
-    "params",
-    "shots",
-    "seed",
-    "limit",
-    "data_dir",
-    "per_type",
-    "usage",
-}
 
 
 def test_eval_real_magnetic_tile_writes_every_summary_key(tmp_path, capsys):
@@ -53,7 +32,7 @@ def test_eval_real_magnetic_tile_writes_every_summary_key(tmp_path, capsys):
     )
     assert code == 0, err
     s = json.loads(out.read_text())
-    assert KEYS <= set(s)
+    assert SUMMARY_KEYS <= set(s)
     assert s["n_images"] == 20 and s["limit"] == 20 and s["detector"] == "baseline" and s["n_failed"] == 0
     assert set(s["per_type"]) == {"good", "blowhole", "break", "crack", "fray", "uneven"}
     for k in ("image_auroc", "image_ap", "pixel_auroc", "aupro"):

@@ -7,33 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from foundation_helpers import make_mvtec, truncate
+from foundation_helpers import SUMMARY_KEYS, make_mvtec, truncate
 from genad.engines.baseline import BaselineDetector
 from genad.errors import GenadError
 from genad.evaluate import run_benchmark, stratified_subset
 from genad.types import GroundTruth, ImageSample
 
-SUMMARY_KEYS = {
-    "image_auroc",
-    "image_ap",
-    "image_f1_max",
-    "pixel_auroc",
-    "pixel_ap",
-    "aupro",
-    "n_images",
-    "n_failed",
-    "seconds",
-    "images_per_second",
-    "peak_rss_mb",
-    "detector",
-    "params",
-    "shots",
-    "seed",
-    "limit",
-    "data_dir",
-    "per_type",
-    "usage",
-}
 
 
 class Counting(BaselineDetector):

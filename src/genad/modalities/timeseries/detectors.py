@@ -70,6 +70,21 @@ class _SeriesDetector(Detector):
         raise NotImplementedError
 
     # --- shared
+    def _to_points(
+        self, n: int, start: int, win_scores: np.ndarray, starts: np.ndarray, m: int, period: int | None, alone: str
+    ) -> tuple[np.ndarray, dict]:
+        """Window scores of the scored part (from `start`) -> per-point scores of the whole
+        series (the known-normal prefix scores 0), and what was used."""
+        scores = np.zeros(n, dtype=np.float32)
+        scores[start:] = windows_to_points(win_scores, starts, m, n - start)
+        info = {
+            "window": m,
+            "period": period,
+            "scored_from": start,
+            "reference": "normal references" if self.refs_ else ("training prefix" if start else alone),
+        }
+        return scores, info
+
     def _references(self, prep: Prepared, sample: TimeSeriesSample) -> tuple[list[np.ndarray], int]:
         """(reference arrays, index where scoring starts)."""
         refs = list(self.refs_)
@@ -211,15 +226,7 @@ class MatrixProfileDetector(_SeriesDetector):
             # "both": each profile in robust standard deviations, so that neither unit dominates
             profiles.append(parts[0] if len(parts) == 1 else np.mean([robust_z(p) for p in parts], axis=0))
         profile = np.mean(profiles, axis=0)
-        scores = np.zeros(prep.n, dtype=np.float32)
-        scores[start:] = windows_to_points(profile, np.arange(profile.size), m, test.shape[0])
-        info = {
-            "window": m,
-            "period": period,
-            "scored_from": start,
-            "reference": "normal references" if self.refs_ else ("training prefix" if start else "self-join"),
-        }
-        return scores, info
+        return self._to_points(prep.n, start, profile, np.arange(profile.size), m, period, "self-join")
 
 
 PAA_SEGMENTS = 8
@@ -284,15 +291,7 @@ class IsolationForestSeriesDetector(_SeriesDetector):
         )
         forest.fit(x if x_fit is None else x_fit)
         win_scores = -forest.score_samples(x)
-        scores = np.zeros(prep.n, dtype=np.float32)
-        scores[start:] = windows_to_points(win_scores, starts, m, test.shape[0])
-        info = {
-            "window": m,
-            "period": period,
-            "scored_from": start,
-            "reference": "normal references" if self.refs_ else ("training prefix" if start else "self"),
-        }
-        return scores, info
+        return self._to_points(prep.n, start, win_scores, starts, m, period, "self")
 
 
 _STUMPY_READY = False

@@ -33,7 +33,6 @@ SUMMARY_KEYS = {
 }
 
 
-
 def normal_image(rng: np.random.Generator, size: tuple[int, int] = SIZE) -> np.ndarray:
     """A grey gradient with mild noise: every normal image looks alike."""
     h, w = size

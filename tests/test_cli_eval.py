@@ -11,7 +11,6 @@ from foundation_helpers import SUMMARY_KEYS, make_mvtec
 from test_cli_detect import run_cli
 
 
-
 def test_eval_real_magnetic_tile_writes_every_summary_key(tmp_path, capsys):
     out = tmp_path / "x.json"
     code, stdout, err = run_cli(

@@ -14,7 +14,6 @@ from genad.evaluate import run_benchmark, stratified_subset
 from genad.types import GroundTruth, ImageSample
 
 
-
 class Counting(BaselineDetector):
     """The baseline in chunks of 2, remembering which samples it was asked to score."""
 

@@ -278,17 +278,29 @@ def detect(
             f"the inputs mix {', '.join(sorted(groups))}; one --detector cannot read them all: run them separately"
         )
 
+    # every detector built and checked before anything is written: a bad option fails first
+    plan: list[tuple[Detector, list[Sample], list[Sample]]] = []
+    for mod, group in groups.items():
+        det = _pick_detector(detector, mod, params)
+        group_refs = [r for r in refs if r.modality == mod]
+        if refs and not group_refs:
+            raise GenadError(f"the --normal examples are not {mod} files like the inputs: give matching references")
+        if not group_refs and not det.zero_shot:
+            raise GenadError(f"detector {det.name!r} needs normal examples: add --normal DIR")
+        plan.append((det, group, group_refs))
+    names = [det.name for det, _, _ in plan]
     config = {
         "inputs": [str(p) for p in paths],
         "normal": [str(p) for p in normal or []],
-        "detector": detector,
-        "params": public_params(params),
+        "detector": ", ".join(names),
+        "params": public_params(plan[0][0].params)
+        if len(plan) == 1
+        else {d.name: public_params(d.params) for d, _, _ in plan},
         "threshold": threshold,
     }
     writer = _Writer(out, config)
     order = {s.id: i for i, s in enumerate(samples)}
     pairs: list[tuple[Sample, Result]] = []
-    names: list[str] = []
     t0 = time.perf_counter()
 
     def sink(s: Sample, r: Result) -> None:
@@ -298,14 +310,7 @@ def detect(
         pairs.append((s, r))
 
     try:
-        for mod, group in groups.items():
-            det = _pick_detector(detector, mod, params)
-            names.append(det.name)
-            group_refs = [r for r in refs if r.modality == mod]
-            if refs and not group_refs:
-                raise GenadError(f"the --normal examples are not {mod} files like the inputs: give matching references")
-            if not group_refs and not det.zero_shot:
-                raise GenadError(f"detector {det.name!r} needs normal examples: add --normal DIR")
+        for det, group, group_refs in plan:
             for _ in run_detector(det, group, refs=group_refs, sink=sink):
                 pass
     finally:

@@ -14,6 +14,7 @@ from functools import cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from genad.ops import resize_map
 from genad.types import Region
 
 LUT_SIZE = 256
@@ -90,15 +91,6 @@ def heatmap_rgb(anomaly_map: np.ndarray, vmin: float | None = None, vmax: float 
         raise ValueError(f"anomaly_map must be HxW, got shape {a.shape}")
     idx = (normalise(a, vmin, vmax) * 255.0 + 0.5).astype(np.uint8)
     return _lut()[idx]
-
-
-def resize_map(anomaly_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a float map to (H, W)."""
-    a = np.asarray(anomaly_map, dtype=np.float32)
-    if a.shape == tuple(shape):
-        return a
-    im = Image.fromarray(a, mode="F").resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
-    return np.asarray(im, dtype=np.float32)
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:

@@ -182,7 +182,8 @@ class Inspector:
         n_normals: int,
         inline_png: bool,
     ) -> dict[str, Any]:
-        from genad.report.overlay import heatmap_rgb, overlay, resize_map, threshold_scale
+        from genad.ops import resize_map
+        from genad.report.overlay import heatmap_rgb, overlay, threshold_scale
 
         folder = self.dir / iid
         folder.mkdir(parents=True, exist_ok=False)

@@ -10,7 +10,6 @@ images. A case with missing images is reported as such and the rest go on.
 
 from __future__ import annotations
 
-import html
 import json
 import re
 import shutil
@@ -206,44 +205,39 @@ def write_reports(
         md.append(f"**error:** {r.error}" if r.error else (r.reply or "").strip())
     (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     # html
-    e = html.escape
-    h = [
-        "<!doctype html><meta charset='utf-8'><title>GPT-4V case suite</title>",
-        "<style>body{font:14px system-ui;margin:2em;max-width:1100px}img{max-height:220px;margin:4px;"
-        "border:1px solid #ccc}blockquote{color:#444;border-left:3px solid #aaa;margin:0;padding-left:1em}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px}"
-        ".anomalous{color:#b00}.normal{color:#070}pre{white-space:pre-wrap}</style>",
-        "<h1>GPT-4V case suite</h1>",
-    ]
-    if model:
-        h.append(f"<p>Model: <code>{e(model)}</code>. Every inspected image is anomalous.</p>")
-    if usage is not None:
-        h.append(f"<p>{e(usage_line(usage, note))}</p>")
-    h.append("<table><tr><th>shot / variant</th>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>")
-    for key, g in summary:
-        h.append(f"<tr><td>{e(key)}</td>" + "".join(f"<td>{g.get(c, 0)}</td>" for c in cols) + "</tr>")
-    h.append("</table>")
-    last = None
+    from genad.report.html import render
+
+    shown, last = [], None
     for r in runs:
-        if r.case_id != last:
-            h.append(f"<h2>{e(r.case_id)}</h2><p>{e(r.dataset or '')} / {e(r.category or '')}</p>")
-            if r.expected:
-                h.append(f"<p>Reference abnormal state: {e(r.expected)}</p>")
-            h += [f"<p><i>note: {e(n)}</i></p>" for n in r.notes]
-            last = r.case_id
-        v = _verdict(r)
-        h.append(f"<h3>{e(r.shot)}, {e(r.variant)}: <span class='{e(v)}'>{e(v)}</span></h3>")
-        if r.skipped:
-            h.append(f"<p><i>{e(r.skipped)}</i></p>")
-            continue
-        h.append(
-            "<div>"
-            + "".join(f"<img src='{e(rel[p])}' title='{e(role)}' alt='{e(role)}'>" for role, p in r.images)
-            + "</div>"
+        shown.append(
+            {
+                "first": r.case_id != last,
+                "case_id": r.case_id,
+                "dataset": r.dataset or "",
+                "category": r.category or "",
+                "expected": r.expected,
+                "notes": r.notes,
+                "shot": r.shot,
+                "variant": r.variant,
+                "verdict": _verdict(r),
+                "skipped": r.skipped,
+                "prompt": r.prompt or "",
+                "error": r.error,
+                "reply": r.reply or "",
+                "images": [] if r.skipped else [(role, rel[p]) for role, p in r.images],
+            }
         )
-        h.append(f"<blockquote>{e(r.prompt or '')}</blockquote>")
-        h.append(f"<p><b>error:</b> {e(r.error)}</p>" if r.error else f"<pre>{e(r.reply or '')}</pre>")
-    (out / "index.html").write_text("\n".join(h) + "\n", encoding="utf-8")
+        last = r.case_id
+    page = render(
+        "cases.html.j2",
+        title="GPT-4V case suite",
+        model=model,
+        cols=cols,
+        summary=summary,
+        runs=shown,
+        usage=None if usage is None else usage_line(usage, note),
+    )
+    (out / "index.html").write_text(page, encoding="utf-8")
 
 
 def run_cases(runs: list[CaseRun], client: Any, on_done: Any = None) -> Exception | None:

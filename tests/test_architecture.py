@@ -12,72 +12,23 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "genad"
 
-# what each part may NOT import (prefixes of genad module names)
+# what each part may NOT import (prefixes of genad module names), from the top down
 ABOVE_ALL = ("genad.cli", "genad.service")
+ABOVE_RUN = ("genad.evaluate", "genad.report", *ABOVE_ALL)
+ABOVE_ENGINES = ("genad.io", "genad.run", *ABOVE_RUN)  # detectors get pixels from samples
+ABOVE_IO = ("genad.engines", "genad.modalities", "genad.metrics", "genad.run", *ABOVE_RUN)
+BOTTOM = ("genad.io", *ABOVE_IO)  # plain data, the contract, shared operations: no files, no runs
 FORBIDDEN: dict[str, tuple[str, ...]] = {
-    # the bottom: plain data, the contract and shared operations read no files and run nothing
     "genad.errors": ("genad.",),
-    "genad.types": (
-        "genad.io",
-        "genad.engines",
-        "genad.modalities",
-        "genad.metrics",
-        "genad.run",
-        "genad.evaluate",
-        "genad.report",
-        *ABOVE_ALL,
-    ),
-    "genad.ops": (
-        "genad.io",
-        "genad.engines",
-        "genad.modalities",
-        "genad.metrics",
-        "genad.run",
-        "genad.evaluate",
-        "genad.report",
-        *ABOVE_ALL,
-    ),
-    "genad.secrets": (
-        "genad.io",
-        "genad.engines",
-        "genad.modalities",
-        "genad.run",
-        "genad.evaluate",
-        "genad.report",
-        *ABOVE_ALL,
-    ),
-    "genad.detector": (
-        "genad.io",
-        "genad.engines",
-        "genad.modalities",
-        "genad.metrics",
-        "genad.run",
-        "genad.evaluate",
-        "genad.report",
-        *ABOVE_ALL,
-    ),
-    "genad.io": (
-        "genad.engines",
-        "genad.modalities",
-        "genad.metrics",
-        "genad.run",
-        "genad.evaluate",
-        "genad.report",
-        *ABOVE_ALL,
-    ),
-    # detectors get their pixels from samples, and know nothing of runs, reports or the CLI
-    "genad.engines": ("genad.io", "genad.run", "genad.evaluate", "genad.report", *ABOVE_ALL),
-    "genad.modalities": ("genad.io", "genad.run", "genad.evaluate", "genad.report", *ABOVE_ALL),
-    "genad.metrics": (
-        "genad.io",
-        "genad.engines",
-        "genad.modalities",
-        "genad.run",
-        "genad.evaluate",
-        "genad.report",
-        *ABOVE_ALL,
-    ),
-    "genad.run": ("genad.io", "genad.evaluate", "genad.report", *ABOVE_ALL),
+    "genad.types": BOTTOM,
+    "genad.ops": BOTTOM,
+    "genad.secrets": BOTTOM,
+    "genad.detector": BOTTOM,
+    "genad.io": ABOVE_IO,
+    "genad.engines": ABOVE_ENGINES,
+    "genad.modalities": ABOVE_ENGINES,
+    "genad.metrics": ("genad.io", "genad.engines", "genad.modalities", "genad.run", *ABOVE_RUN),
+    "genad.run": ("genad.io", *ABOVE_RUN),
     "genad.evaluate": ("genad.report", *ABOVE_ALL),
     "genad.report": ABOVE_ALL,
 }

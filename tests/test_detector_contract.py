@@ -142,3 +142,19 @@ def test_wrappers_check_their_engine_reads_images():
             genad.create(name, image_detector="ts-iforest")
     with pytest.raises(GenadError, match="not an image detector"):
         genad.create("lmm+embedded", embedded="ts-iforest")
+
+
+def test_a_hostile_value_or_name_gives_a_short_error():
+    for options in ({"grid": 1e308}, {"x" * 5000: 1}, {"mode": "y" * 5000}):
+        with pytest.raises(GenadError) as e:
+            Toy(**options)
+        assert len(str(e.value)) < 300, options
+
+
+def test_changing_an_lmm_option_builds_the_client_anew(tmp_path):
+    det = genad.create(
+        "ts-lmm", model="a", api_key="sk-test-1234", base_url="http://127.0.0.1:9/v1", cache_dir=str(tmp_path)
+    )
+    assert det.client.config.model == "a" and det.client is det.client  # built once
+    det.set_params(model="b")
+    assert det.client.config.model == "b"

@@ -61,6 +61,7 @@ def test_lmm_detection_returns_explanation_and_usage_without_the_key(fake: FakeO
         '{"base_url": "http://attacker.example/v1"}',
         '{"api_key": "sk-other"}',
         '{"config_file": "/etc/passwd"}',
+        '{"lmm_config": "/etc/passwd"}',
         '{"prompts": "/etc"}',
         '{"budget": 1000}',
         '{"embedded_params": {"cache_dir": "/tmp/x"}}',

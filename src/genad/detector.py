@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from genad.errors import GenadError
+from genad.secrets import is_secret
 from genad.types import Modality, Result, Sample
 
 _KINDS = ("bool", "int", "float", "str", "ints", "strs", "dict", "any")
@@ -226,8 +227,10 @@ def _show(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, tuple):
-        return ",".join(_show(x) for x in v)
-    return repr(v) if isinstance(v, str) else str(v)
+        text = ",".join(_show(x) for x in v)
+    else:
+        text = repr(v) if isinstance(v, str) else str(v)
+    return text if len(text) <= 60 else text[:57] + "..."  # a hostile value stays one short line
 
 
 def _num(x: float) -> str:
@@ -328,7 +331,7 @@ class Detector(ABC):
         if unknown:
             valid = ", ".join(p.name for p in declared.values() if p.public or p.secret)
             raise GenadError(
-                f"bad option for detector {self.name!r}: unknown option(s) {', '.join(sorted(unknown))}; "
+                f"bad option for detector {self.name!r}: unknown option(s) {', '.join(sorted(str(k)[:40] for k in unknown)[:10])}; "
                 f"valid options are {valid}"
             )
         return out
@@ -340,7 +343,8 @@ class Detector(ABC):
 
     def _public(self) -> dict[str, Any]:
         declared = type(self).declared
-        out = {k: v for k, v in self._given.items() if k not in ("api_key", "client", "config")}
+        # a detector that declares nothing: what it was given, less secrets and objects
+        out = {k: v for k, v in self._given.items() if not is_secret(k) and k not in ("client", "config")}
         for name, p in declared.items():
             if p.public:
                 out[name] = _public_value(getattr(self, name))

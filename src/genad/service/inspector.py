@@ -42,6 +42,8 @@ SERVER_ONLY_PARAMS = {
     "config",
     "config_file",
     "client",
+    "lmm_config",  # the declared names behind config= and client=
+    "lmm_client",
     "extra_headers",
     "cache_dir",
     "prompts",

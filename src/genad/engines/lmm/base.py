@@ -71,6 +71,9 @@ class LMMDetectorBase(Detector):
     def capabilities(self) -> Capabilities:
         return Capabilities(self.modalities, self.zero_shot, chunk_size=self.batch_size)
 
+    def _configure(self) -> None:
+        self._built_client: LMMClient | None = None  # options changed: build the client anew
+
     # -- the client ----------------------------------------------------------------------------
     @property
     def client(self) -> LMMClient:

@@ -37,7 +37,6 @@ import numpy as np
 
 from genad.detector import Capabilities, Detector, check_image_detector, image_detector_class, param
 from genad.engines.lmm.base import LMMImageDetector
-from genad.engines.lmm.templates import templates_for
 from genad.engines.lmm.text2seg import knowledge_text
 from genad.engines.lmm.visual_prompt import (
     as_labels,
@@ -261,6 +260,7 @@ class LookTwiceDetector(LMMImageDetector):
     references_: list[Sample] = []  # fitted: normal images shown to the model
 
     def _configure(self) -> None:
+        super()._configure()
         if isinstance(self.embedded, Detector):
             self.engine = self.embedded
         else:
@@ -376,7 +376,7 @@ class LookTwiceDetector(LMMImageDetector):
     def _messages(self, s: Sample, plan: _Plan, refs: list[np.ndarray]) -> list[dict[str, Any]]:
         from genad.engines.lmm.provider import system
 
-        t = templates_for(self.client)
+        t = self.templates
         cls = s.class_name or self.class_name
         what = t.text("look_twice", "inspected_class", object=cls) if cls else t.text("look_twice", "inspected")
         k = plan.n

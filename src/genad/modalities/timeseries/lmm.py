@@ -218,7 +218,7 @@ class SeriesLMMDetector(LMMDetectorBase):
         if w > side:  # draw at the size that is sent, rather than letting it be shrunk to blur
             w, h = side, max(200, int(h * side / w))
         chart = render_chart(prep.values, title=f"{sample.id} (x: point index)", columns=sample.columns, size=(w, h))
-        t = templates_for(self.client)
+        t = self.templates
         text = summarize(prep.values, sample, self.max_values) + "\n" + task_text(prep.n, self.context, t)
         content = [png_part(chart), {"type": "text", "text": text}]
         return [system(t.text("series", "system")), {"role": "user", "content": content}]

@@ -156,6 +156,7 @@ class RuleVideoDetector(LMMDetectorBase):
     fit_usage_: Usage = Usage()
 
     def _configure(self) -> None:
+        super()._configure()
         r = self.rules
         self._given_rules = (
             None
@@ -174,7 +175,7 @@ class RuleVideoDetector(LMMDetectorBase):
         parts: list[Any] = []
         for i, f in enumerate(frames):
             parts += [f"Frame {i + 1}:", self._small(f)]
-        t = templates_for(self.client)
+        t = self.templates
         parts.append(induction_prompt(len(frames), self.context, from_video_itself, t))
         sys_msg = system(t.text("video_rules", "system"))
         reply = self.client.chat(
@@ -217,7 +218,7 @@ class RuleVideoDetector(LMMDetectorBase):
             usage = usage + u
         judged = list(range(0, n, self.stride))
         batches = [judged[i : i + self.batch_frames] for i in range(0, len(judged), self.batch_frames)]
-        t = templates_for(self.client)
+        t = self.templates
         sys_msg = system(t.text("video_rules", "system"))
 
         def judge(batch: list[int]) -> tuple[dict[int, dict[str, Any]], Usage, str | None]:

@@ -14,6 +14,8 @@ SUMMARY_KEYS = {
     "image_auroc",
     "image_ap",
     "image_f1_max",
+    "image_f1_threshold_normalized",
+    "decision",
     "pixel_auroc",
     "pixel_ap",
     "aupro",

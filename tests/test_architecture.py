@@ -24,6 +24,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "genad.ops": BOTTOM,
     "genad.secrets": BOTTOM,
     "genad.detector": BOTTOM,
+    "genad.decision": BOTTOM,
     "genad.io": ABOVE_IO,
     "genad.engines": ABOVE_ENGINES,
     "genad.modalities": ABOVE_ENGINES,

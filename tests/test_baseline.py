@@ -69,7 +69,7 @@ def test_images_of_different_sizes_and_a_fixed_threshold():
     rng = np.random.default_rng(0)
     refs = [ImageSample(f"r{i}", array=normal_image(rng, (60 + 10 * i, 80))) for i in range(3)]
     big = ImageSample("big", array=normal_image(rng, (120, 160)))
-    det = create("baseline", threshold=1e9).fit(refs)
+    det = create("baseline", raw_threshold=1e9).fit(refs)
     (r,) = det.predict([big])
     assert r.anomaly_map.shape == (120, 160) and r.threshold == 1e9 and r.decision is False
 

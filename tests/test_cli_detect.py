@@ -61,9 +61,27 @@ def test_zero_shot_threshold_and_params(tmp_path, capsys):
     assert lines["z_bad.png"]["decision"] is True
     assert max(lines, key=lambda k: lines[k]["score"]) == "z_bad.png"
     code, stdout, _ = run_cli(
-        ["detect", tmp_path, "-d", "baseline", "--threshold", "1e9", "--out", tmp_path / "o"], capsys
+        ["detect", tmp_path, "-d", "baseline", "-p", "raw_threshold=1e9", "--out", tmp_path / "o"], capsys
     )
     assert code == 0 and "5 inputs, 0 anomalous" in stdout  # the overlays in o/ are not inputs
+    # -t and -p threshold are one knob, in normalised units: the same decisions, regions and all
+    runs = {}
+    for flag in (["-t", "0.999"], ["-p", "threshold=0.999"]):
+        code, stdout, err = run_cli(["detect", tmp_path, "-d", "baseline", "-o", tmp_path / "t", *flag], capsys)
+        assert code == 0, err
+        runs[flag[0]] = [json.loads(x) for x in (tmp_path / "t" / "results.jsonl").read_text().splitlines()]
+    assert runs["-t"] == runs["-p"] or [(x["decision"], x["threshold"], x["regions"]) for x in runs["-t"]] == [
+        (x["decision"], x["threshold"], x["regions"]) for x in runs["-p"]
+    ]
+    bad = next(x for x in runs["-t"] if x["id"].endswith("z_bad.png"))
+    assert bad["normalized_score"] is not None
+    assert bad["decision"] is (bad["normalized_score"] > 0.999) and bad["threshold"] > lines["z_bad.png"]["threshold"]
+    assert all(not x["regions"] for x in runs["-t"] if not x["decision"])
+    # a threshold outside 0..1 or given twice differently is refused in one line
+    code, _, err = run_cli(["detect", tmp_path, "-d", "baseline", "-t", "2"], capsys)
+    assert code == 2
+    code, _, err = run_cli(["detect", tmp_path, "-d", "baseline", "-t", "0.6", "-p", "threshold=0.7"], capsys)
+    assert code == 2 and "disagree" in err and "Traceback" not in err
 
 
 def test_a_truncated_image_is_reported_and_the_rest_go_on(tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 
 import numpy as np
 from PIL import Image
@@ -78,6 +79,26 @@ def test_eval_generated_with_run_dir_resume_and_report(tmp_path, capsys):
     if importlib.util.find_spec("genad.report.eval_report") is not None:
         assert code == 0, err
         assert (tmp_path / "rep" / "index.html").is_file()
+        # the page shows the detector's own threshold beside the best-F1 one, in both units,
+        # the confusion matrix of its own decisions, the histogram, and only real mistakes
+        page = (tmp_path / "rep" / "index.html").read_text(encoding="utf-8")
+        summary = json.loads((tmp_path / "run2" / "summary.json").read_text())
+        d = summary["decision"]
+        assert "<td>detector's own</td><td>0.5000</td>" in page
+        assert f"<td>{d['threshold']:.4f}</td>" in page
+        assert f"<td>{summary['image_f1_threshold_normalized']:.4f}</td>" in page
+        assert f"<td>{summary['image_f1_threshold']:.4f}</td>" in page
+        for cell in ("TP", "FP", "FN", "TN"):
+            assert f"{cell} {d[cell.lower()]}<div" in page
+        assert 'src="img/hist.png"' in page and (tmp_path / "rep" / "img" / "hist.png").is_file()
+        recs = [json.loads(x) for x in (tmp_path / "run2" / "results.jsonl").read_text().splitlines()]
+        misses = sorted((r["normalized_score"], r["id"]) for r in recs if r["label"] == 1 and not r["decision"])
+        alarms = sorted((-r["normalized_score"], r["id"]) for r in recs if r["label"] == 0 and r["decision"])
+        for heading, want in (("False positives", alarms), ("False negatives", misses)):
+            part = page.split(f"<h2>{heading}", 1)[1].split("<h2>", 1)[0]
+            assert re.findall(r"<code>(.*?)</code>", part) == [i for _, i in want[:8]]
+            if not want:
+                assert "none at the detector's own threshold" in part
     else:
         assert code == 2 and "drop --report" in err
 

@@ -127,13 +127,13 @@ def test_capabilities_follow_fitted_state_and_predict_leaves_it_alone():
     caps = det.capabilities()
     assert caps.whole_batch and caps.min_batch == 3 and "image" in caps.modalities
     det.predict(_images(4))  # zero-shot
-    assert det.scale_ is None and det.threshold_ is None and not det.fitted_
+    assert det.scale_ is None and det.calibration_ is None and not det.fitted_
     det.fit(_images(2, seed=1))
-    state = (det.scale_, det.threshold_, det.n_refs_)
+    state = (det.scale_, det.calibration_, det.n_refs_)
     caps = det.capabilities()
     assert not caps.whole_batch and caps.min_batch == 1 and caps.chunk_size
     det.predict(_images(3, seed=2))
-    assert (det.scale_, det.threshold_, det.n_refs_) == state
+    assert (det.scale_, det.calibration_, det.n_refs_) == state
 
 
 def test_wrappers_check_their_engine_reads_images():

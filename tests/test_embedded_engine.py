@@ -62,7 +62,7 @@ def test_few_shot_localises_a_pasted_defect(fitted: EmbeddedDetector) -> None:
     x0, y0, x1, y1 = box
     assert x0 - 4 <= x < x1 + 4 and y0 - 4 <= y < y1 + 4
     # The threshold from the references flags the defect and not the normals.
-    assert bad.decision is True and bad.threshold == fitted.threshold_
+    assert bad.decision is True and bad.threshold == fitted.calibration_.threshold
     assert not any(r.decision for r in normals)
     assert bad.regions and bad.regions[0].index == 1
     rx0, ry0, rx1, ry1 = bad.regions[0].box
@@ -110,7 +110,8 @@ def test_mixed_sizes_elongated_tiny_and_grey(tmp_path, fitted: EmbeddedDetector)
 def test_references_of_another_size_and_mode() -> None:
     refs = [ImageSample(id="r0", array=np.repeat(texture(0, 200, 260)[:, :, :1], 3, axis=2))]
     det = EmbeddedDetector(resolution=RES).fit(refs)  # one reference: threshold from its flips
-    assert det.threshold_ is not None and det.threshold_ > 0
+    assert det.calibration_ is not None and det.calibration_.threshold > 0
+    assert len(det.reference_scores_) == 2  # its two flipped views
     res = det.predict(samples([texture(5, 100, 100), with_defect(texture(6, 100, 100), (40, 40, 60, 60))]))
     assert res[1].score > res[0].score
 

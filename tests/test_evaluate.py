@@ -202,3 +202,61 @@ def test_lmm_usage_is_summed_and_a_broken_chunk_is_only_that_chunk(data, tmp_pat
     assert s["usage"]["calls"] == 10 and s["usage"]["prompt_tokens"] == 100
     assert s["usage"]["cost_usd"] == pytest.approx(0.1)
     assert s["image_auroc"] == 1.0 and s["pixel_auroc"] is None  # no maps given
+
+
+def test_decisions_confusion_and_histogram_against_a_hand_count(data, tmp_path):
+    run = run_benchmark(data, "baseline", shots=4, seed=0, run_dir=tmp_path / "run", progress=False)
+    s, h = run.summary, run.curves["histogram"]
+    recs = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    assert all(r["decision"] is not None and r["normalized_score"] is not None for r in recs)
+    count = Counter((r["label"], r["decision"]) for r in recs)
+    d = s["decision"]
+    assert (d["tp"], d["fp"], d["tn"], d["fn"]) == (count[1, True], count[0, True], count[0, False], count[1, False])
+    assert d["tp"] + d["fn"] == 7 and d["fp"] + d["tn"] == 6
+    assert d["false_alarm_rate"] == pytest.approx(count[0, True] / 6)
+    assert d["flagged_share"] == pytest.approx((count[1, True] + count[0, True]) / 13)
+    assert d["threshold"] == pytest.approx(float(np.median([r["threshold"] for r in recs])))
+    assert d["threshold_normalized"] == 0.5  # the baseline's default `threshold`
+    # the best-F1 threshold in normalised units gives back the best F1 as a decision threshold
+    t = s["image_f1_threshold_normalized"]
+    flagged = [r["normalized_score"] > t for r in recs]
+    tp = sum(f and r["label"] == 1 for f, r in zip(flagged, recs))
+    assert 2 * tp / (sum(flagged) + 7) == pytest.approx(s["image_f1_max"])
+    # the histogram: normalised, every scored image counted once, both thresholds in its units
+    assert h["units"] == "normalized" and (h["edges"][0], h["edges"][-1]) == (0.0, 1.0)
+    assert sum(h["normal"]) == 6 and sum(h["anomalous"]) == 7
+    assert h["own_threshold"] == 0.5 and h["best_f1_threshold"] == t
+    assert json.loads((tmp_path / "run" / "curves.json").read_text())["histogram"] == h
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved["decision"] == d and saved["image_f1_threshold_normalized"] == t
+
+
+def test_own_threshold_option_and_raw_units_without_normalised_scores(data, tmp_path):
+    from genad.detector import Detector
+    from genad.types import Result
+
+    strict = run_benchmark(
+        data, "baseline", detector_params={"threshold": 0.9}, shots=2, run_dir=tmp_path / "a", progress=False
+    )
+    assert strict.summary["decision"]["threshold_normalized"] == 0.9
+    assert strict.curves["histogram"]["own_threshold"] == 0.9
+
+    class Raw(Detector):
+        """Raw scores 0..10 with a fixed raw threshold of 4, no normalised score."""
+
+        def predict(self, samples):
+            out = []
+            for k, smp in enumerate(samples):
+                score = 6.0 + k if smp.label else float(k % 5)  # normals 0..4, one of them 4
+                out.append(Result(smp.id, score=score, threshold=3.5, decision=score > 3.5))
+            return out
+
+    run = run_benchmark(data, Raw(), shots=0, run_dir=tmp_path / "b", progress=False)
+    s, h = run.summary, run.curves["histogram"]
+    assert s["image_f1_threshold_normalized"] is None and s["decision"]["threshold_normalized"] is None
+    assert s["decision"]["threshold"] == 3.5
+    normals = [r.score for r, smp in zip(run.results, run.samples) if smp.label == 0]
+    assert s["decision"]["fp"] == sum(v > 3.5 for v in normals)
+    assert h["units"] == "raw" and h["own_threshold"] == 3.5 and h["best_f1_threshold"] == s["image_f1_threshold"]
+    assert h["edges"][0] == min(normals) and h["edges"][-1] == max(r.score for r in run.results)
+    assert sum(h["normal"]) == 6 and sum(h["anomalous"]) == 7

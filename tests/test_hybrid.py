@@ -259,7 +259,10 @@ def test_with_the_real_baseline_engine_the_defect_is_proposed_and_confirmed():
     best = max(results, key=lambda r: r.score)
     assert best.sample_id == "3.png" and best.decision is True
     labels = best.visual_prompt.labels
-    assert (labels[22:30, 38:46] == 1).mean() > 0.9  # region 1 is the defect
+    # region 1 lies on the defect (the baseline's regions are its map above the decision
+    # boundary: on a flat dark square, its edges)
+    ys, xs = np.nonzero(labels == 1)
+    assert ys.size and 18 <= ys.min() and ys.max() < 34 and 34 <= xs.min() and xs.max() < 50
     assert best.anomaly_map[26, 42] > best.anomaly_map[5, 5]
     # in the clean images region 1 is noise confirmed by this scripted model, but their
     # embedded value is low, so they stay below the defective image

@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from genad.decision import BOUNDARY, Calibration, decide
 from genad.errors import GenadError
 from genad.secrets import is_secret
 from genad.types import Modality, Result, Sample
@@ -413,9 +414,39 @@ class Detector(ABC):
     def predict(self, samples: Sequence[Sample]) -> list[Result]:
         """Score a batch; one Result per sample, in order."""
 
+    # -- decisions (genad.decision) -----------------------------------------------------------
+    def calibrated(self, auto: Calibration) -> Calibration:
+        """The calibration a decision uses: `auto` (the detector's own), moved to the user's
+        `raw_threshold` where one is set."""
+        raw = getattr(self, "raw_threshold", None)
+        return auto if raw is None else auto.at_raw(raw)
+
+    def decide(self, result: Result, auto: Calibration, verdict: bool | None = None) -> Result:
+        """Normalised score, raw threshold and decision of `result` from the detector's own
+        calibration `auto`, the user's `threshold` (normalised units, 0.5 by default) and
+        `raw_threshold` (raw units) options; `verdict`, a model's explicit yes/no, wins."""
+        return decide(result, self.calibrated(auto), getattr(self, "threshold", BOUNDARY), verdict)
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{type(self).__name__}({args})"
+
+
+def threshold_param() -> Any:
+    """The one decision knob every detector declares as `threshold`: in normalised units."""
+    return param(
+        BOUNDARY,
+        "float",
+        low=0.0,
+        high=1.0,
+        doc="decision threshold on the normalised 0..1 score (0.5: the detector's calibrated boundary)",
+    )
+
+
+def raw_threshold_param() -> Any:
+    """`raw_threshold`: a decision boundary in the detector's raw score units (replaces the
+    calibrated one; `threshold` then still applies around it)."""
+    return param(None, "float", doc="decision boundary in raw score units (replaces the calibrated one)")
 
 
 def check_image_detector(name: str) -> str:

@@ -15,9 +15,10 @@ Protocol
   `results.jsonl` and its map in `maps/<n>.npz`, so a crash loses nothing and `resume=True`
   scores only what is missing (LMM runs cost money). Failed samples are retried on resume.
 * Metrics (genad.metrics) are computed from those files at the end, one accumulator at a
-  time, so memory stays bounded however large the set; `summary.json` holds the figures and
-  `curves.json` the curves behind them, which the report draws. Failed samples are counted,
-  listed and left out of the metrics.
+  time, so memory stays bounded however large the set; `summary.json` holds the figures
+  (with the detector's own decisions: confusion matrix, rates, thresholds) and `curves.json`
+  the curves and the score histogram behind them, which the report draws. Failed samples are
+  counted, listed and left out of the metrics.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from genad import registry
+from genad.decision import BOUNDARY
 from genad.detector import Detector
 from genad.errors import GenadError
 from genad.io.images import image_size
@@ -254,7 +256,9 @@ def run_benchmark(
     )
     t_pred = time.perf_counter() - t0 if todo else 0.0
 
-    summary, curves = summarise(test, records, folder)
+    own = det.params.get("threshold", BOUNDARY)
+    own_t = float(own) if isinstance(own, (int, float)) and 0.0 <= float(own) <= 1.0 else BOUNDARY
+    summary, curves = summarise(test, records, folder, threshold_normalized=own_t)
     summary.update(
         {
             "seconds": round(time.perf_counter() - t_start, 3),
@@ -343,25 +347,64 @@ def _thin(points: dict[str, np.ndarray], n: int = CURVE_POINTS) -> dict[str, lis
     return out
 
 
+def _normalized(rec: dict[str, Any]) -> float | None:
+    v = rec.get("normalized_score")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+        return None
+    return float(v)
+
+
+def _histogram(
+    labels: list[int],
+    scores: list[float],
+    units: str,
+    own: float | None,
+    best: float | None,
+) -> dict[str, Any]:
+    """The score histogram the report draws (normal vs anomalous), with the detector's own
+    and the best-F1 threshold in the same units. Normalised scores get fixed bins over
+    [0, 1]; raw ones span the scores and both thresholds."""
+    from genad.metrics.image import score_histogram
+
+    if units == "normalized":
+        lo, hi = 0.0, 1.0
+    else:
+        span = [*scores, *(t for t in (own, best) if t is not None and math.isfinite(t))]
+        lo, hi = min(span), max(span)
+    h = score_histogram(labels, scores, lo=lo, hi=hi)
+    return {"units": units, **h, "own_threshold": own, "best_f1_threshold": best}
+
+
 def summarise(
-    samples: list[Sample], records: list[dict[str, Any]], folder: RunFolder
+    samples: list[Sample],
+    records: list[dict[str, Any]],
+    folder: RunFolder,
+    threshold_normalized: float = BOUNDARY,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(summary, curves) of a run from its records (`records[i]` belongs to `samples[i]`) and
-    the maps in its folder."""
+    the maps in its folder. `threshold_normalized`: the detector's own decision threshold in
+    normalised units (its `threshold` option; 0.5, the calibrated boundary, by default)."""
     from sklearn.metrics import precision_recall_curve, roc_curve
 
-    from genad.metrics.image import decision_metrics, f1_max, image_ap, image_auroc
+    from genad.metrics.image import best_f1_threshold_normalized, decision_metrics, f1_max, image_ap, image_auroc
 
     ok = [i for i, r in enumerate(records) if r.get("error") is None and r.get("score") is not None]
     labelled = [i for i in ok if samples[i].label is not None]
     labels = [int(samples[i].label) for i in labelled]  # type: ignore[arg-type]
     scores = [float(records[i]["score"]) for i in labelled]
     f1, f1_thr = f1_max(labels, scores) if labelled else (None, None)
+    # normalised units where every scored result has a normalised score, else raw ones
+    normalized = bool(ok) and all(_normalized(records[i]) is not None for i in ok)
+    nscores = [_normalized(records[i]) or 0.0 for i in labelled] if normalized else []
+    f1_thr_norm = best_f1_threshold_normalized(labels, nscores) if normalized and labelled else None
     decided = [i for i in labelled if records[i].get("decision") is not None]
     decision = decision_metrics(
         [int(samples[i].label) for i in decided],  # type: ignore[arg-type]
         [bool(records[i]["decision"]) for i in decided],
+        [records[i].get("threshold") for i in decided],
     )
+    if decision is not None:
+        decision["threshold_normalized"] = float(threshold_normalized) if normalized else None
     has_masks = any(
         isinstance(s, ImageSample)
         and s.truth is not None
@@ -416,6 +459,7 @@ def summarise(
         "image_ap": image_ap(labels, scores) if labelled else None,
         "image_f1_max": f1,
         "image_f1_threshold": f1_thr,
+        "image_f1_threshold_normalized": f1_thr_norm,
         "decision": decision,
         **pixel,
         "n_images": len(samples),
@@ -427,7 +471,15 @@ def summarise(
         "usage": None if usage is None else usage.to_dict(),
         "failed": failed,
     }
-    curves: dict[str, Any] = {"image": None, "pixel": None}
+    curves: dict[str, Any] = {"image": None, "pixel": None, "histogram": None}
+    if labelled:
+        key = "threshold_normalized" if normalized else "threshold"
+        own = None if decision is None or decision[key] is None else float(decision[key])  # type: ignore[arg-type]
+        curves["histogram"] = (
+            _histogram(labels, nscores, "normalized", own, f1_thr_norm)
+            if normalized
+            else _histogram(labels, scores, "raw", own, f1_thr)
+        )
     if labelled and 0 < sum(labels) < len(labels):
         fpr, tpr, _ = roc_curve(labels, scores)
         precision, recall, _ = precision_recall_curve(labels, scores)

@@ -271,7 +271,10 @@ class View:
 class Result:
     """A detector's answer about one sample.
 
-    score: higher = more anomalous (None when the detector could not score, see `error`).
+    score: higher = more anomalous, in the detector's own raw units (None when the detector
+    could not score, see `error`). normalized_score: the same score calibrated to [0, 1] with
+    the detector's decision boundary at 0.5 (genad.decision), the same convention for every
+    detector. threshold: the raw score above which `decision` is True (the boundary used).
     decision: True = anomalous. anomaly_map: float32 at the input's own resolution: HxW for
     images, (T,) for series, (N,) for point clouds, (F,) for videos. ranges: [start, end)
     index ranges judged anomalous (series, video frames).
@@ -290,6 +293,7 @@ class Result:
     ranges: list[tuple[int, int]] = field(default_factory=list)
     explanation: str | None = None
     threshold: float | None = None
+    normalized_score: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
     usage: Usage | None = None
     error: str | None = None
@@ -311,6 +315,7 @@ class Result:
             "score": None if self.score is None else float(self.score),
             "decision": None if self.decision is None else bool(self.decision),
             "threshold": None if self.threshold is None else float(self.threshold),
+            "normalized_score": None if self.normalized_score is None else float(self.normalized_score),
             "regions": [r.to_dict() for r in self.regions],
             "ranges": [[int(a), int(b)] for a, b in self.ranges],
             "explanation": self.explanation,
@@ -346,6 +351,7 @@ class Result:
             ranges=[(int(a), int(b)) for a, b in d.get("ranges") or []],
             explanation=d.get("explanation"),
             threshold=d.get("threshold"),
+            normalized_score=d.get("normalized_score"),
             timings=dict(d.get("timings") or {}),
             usage=None if not usage else Usage(**usage),
             error=d.get("error"),

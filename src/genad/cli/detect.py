@@ -64,10 +64,19 @@ def _pick_detector(name: str | None, modality: str, params: dict[str, Any]) -> D
     return det
 
 
-def _apply_threshold(r: Result, threshold: float | None) -> None:
-    if threshold is not None and r.score is not None:
-        r.threshold = threshold
-        r.decision = r.score > threshold
+def threshold_options(params: dict[str, Any], threshold: float | None, calibration: Path | None) -> dict[str, Any]:
+    """`-t` and `--calibration FILE` as the detector option `threshold` (normalised units):
+    the same knob as `-p threshold=...`, the Python API and the service."""
+    given = [(n, v) for n, v in (("-t", threshold), ("-p threshold", params.get("threshold"))) if v is not None]
+    if calibration is not None:
+        from genad.cli.calibrate import read_calibration_file
+
+        given.append(("--calibration", read_calibration_file(calibration)["threshold"]))
+    if len({float(v) for _, v in given}) > 1:
+        raise GenadError("give the decision threshold once: " + ", ".join(f"{n} {v}" for n, v in given) + " disagree")
+    if given:
+        return {**params, "threshold": given[0][1]}
+    return params
 
 
 class _Writer:
@@ -177,13 +186,14 @@ def _print_table(pairs: list[tuple[Sample, Result]]) -> None:
     from rich.table import Table
 
     table = Table(show_lines=False)
-    table.add_column("input", overflow="fold")
-    table.add_column("score", justify="right")
+    table.add_column("input", overflow="fold", min_width=min(48, max((len(s.id) for s, _ in pairs), default=5)))
+    table.add_column("score 0-1", justify="right")
+    table.add_column("raw / threshold", justify="right")
     table.add_column("decision")
     table.add_column("regions / explanation", overflow="fold")
     for s, r in pairs:
         if r.error:
-            table.add_row(s.id, "", "[red]failed[/red]", f"[red]{r.error}[/red]")
+            table.add_row(s.id, "", "", "[red]failed[/red]", f"[red]{r.error}[/red]")
             continue
         decision = "?" if r.decision is None else ("[bold red]anomalous[/]" if r.decision else "[green]normal[/]")
         note = r.explanation or ""
@@ -197,7 +207,11 @@ def _print_table(pairs: list[tuple[Sample, Result]]) -> None:
             note = f"{boxes}{more}  {note}".strip()
         if r.ranges:
             note = (", ".join(f"[{a},{b})" for a, b in r.ranges) + "  " + note).strip()
-        table.add_row(s.id, f"{r.score:.4g}" if r.score is not None else "", decision, note[:300])
+        norm = "" if r.normalized_score is None else f"{r.normalized_score:.2f}"
+        raw = "" if r.score is None else f"{r.score:.4g}"
+        if r.threshold is not None:
+            raw += f" / {r.threshold:.4g}"
+        table.add_row(s.id, norm, raw, decision, note[:300])
     Console().print(table)
 
 
@@ -235,7 +249,15 @@ def detect(
         "--threshold",
         "-t",
         show_default=False,
-        help="Call a sample anomalous when its score is above this (default: the detector's own threshold).",
+        min=0.0,
+        max=1.0,
+        help="Decision threshold on the normalised 0-1 score (default 0.5: the detector's calibrated boundary); the same as -p threshold=...; raw units: -p raw_threshold=...",
+    ),
+    calibration: Path = typer.Option(
+        None,
+        "--calibration",
+        show_default=False,
+        help="A threshold file written by `genad calibrate --save` (sets -t).",
     ),
     param: list[str] = typer.Option(
         None,
@@ -258,7 +280,7 @@ def detect(
 
     Scores: higher = more anomalous. With --out you get overlays/*.png (heatmap over the image, regions boxed and numbered), results.jsonl (one line per input, written as it goes) and index.html (open it in a browser).
     """
-    params = parse_params(param)
+    params = threshold_options(parse_params(param), threshold, calibration)
     from genad.io import load_inputs
 
     samples = load_inputs(paths, modality=modality, recursive=recursive)
@@ -296,7 +318,7 @@ def detect(
         "params": public_params(plan[0][0].params)
         if len(plan) == 1
         else {d.name: public_params(d.params) for d, _, _ in plan},
-        "threshold": threshold,
+        "threshold": params.get("threshold"),
     }
     writer = _Writer(out, config)
     order = {s.id: i for i, s in enumerate(samples)}
@@ -304,7 +326,6 @@ def detect(
     t0 = time.perf_counter()
 
     def sink(s: Sample, r: Result) -> None:
-        _apply_threshold(r, threshold)
         writer.add(s, r, order[s.id])
         r.anomaly_map = None  # written to the run folder: the table does not need it in memory
         pairs.append((s, r))
@@ -321,10 +342,13 @@ def detect(
     _print_table(pairs)
     n_bad = sum(1 for _, r in pairs if r.decision)
     n_err = sum(1 for _, r in pairs if r.error)
+    t_shown = params.get("threshold", 0.5)
     typer.echo(
         f"{len(pairs)} inputs, {n_bad} anomalous"
         + (f", {n_err} failed" if n_err else "")
-        + f" ({time.perf_counter() - t0:.1f} s)"
+        + f" ({time.perf_counter() - t0:.1f} s); anomalous = score 0-1 above {float(t_shown):g}"
+        + (" (the detector's calibrated boundary)" if float(t_shown) == 0.5 else "")
+        + (f", raw threshold {params['raw_threshold']:g}" if params.get("raw_threshold") is not None else "")
     )
     if index is not None:
         typer.echo(f"report: {index}")

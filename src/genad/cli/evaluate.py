@@ -43,6 +43,21 @@ def print_summary(s: dict[str, Any]) -> None:
             f"F1 {dm['f1']:.3f}, accuracy {dm['accuracy']:.3f} ({dm['false_alarms']} false alarms, "
             f"{dm['misses']} misses of {dm['n']})"
         )
+        if dm.get("tp") is not None:
+            far = dm.get("false_alarm_rate")
+            console.print(
+                f"  TP {dm['tp']}  FP {dm['fp']}  FN {dm['fn']}  TN {dm['tn']}"
+                + (f"; false-alarm rate {100 * far:.1f}%" if far is not None else "")
+                + (
+                    f"; at threshold {dm['threshold_normalized']:g} (0-1 score)"
+                    if dm.get("threshold_normalized") is not None
+                    else ""
+                )
+                + (f", raw {dm['threshold']:.4g}" if dm.get("threshold") is not None else "")
+            )
+    best_t = s.get("image_f1_threshold_normalized")
+    if best_t is not None:
+        console.print(f"best F1 in hindsight ({_fmt(s.get('image_f1_max'))}) at -t {best_t:.4f}")
     per = Table("defect type", "n", "image_auroc", "pixel_auroc", "aupro", "mean score")
     for t, e in s.get("per_type", {}).items():
         per.add_row(

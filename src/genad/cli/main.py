@@ -14,6 +14,7 @@ from genad.errors import GenadError
 COMMAND_MODULES = [
     "genad.cli.detect",
     "genad.cli.evaluate",
+    "genad.cli.calibrate",
     "genad.cli.detectors",
     "genad.cli.cases",
     "genad.cli.ask",

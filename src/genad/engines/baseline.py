@@ -12,8 +12,9 @@ detector a floor to beat. How it works:
   match within +-`shift` cells so that small misalignments are forgiven;
 * the image score is the map's maximum; the map is resized back to the image's resolution.
 
-The threshold comes from the references (the highest leave-one-out score) when there are at
-least two, from the batch (median + 3 MAD) in zero-shot mode, else `default_threshold`.
+The decision boundary (genad.decision) comes from the references' leave-one-out scores when
+there are at least two (mean + `few_shot_k` sd), from the batch's maps in zero-shot mode
+(map level + 2 x peak height, as the embedded engine), else `default_threshold`.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from genad.detector import Capabilities, Detector, param
+from genad.decision import Calibration, from_map_bulk, from_reference_scores
+from genad.detector import Capabilities, Detector, param, raw_threshold_param, threshold_param
 from genad.errors import GenadError
-from genad.ops import check_min_batch, label_regions, resize_map, robust_threshold
+from genad.ops import check_min_batch, label_regions, resize_map
 from genad.types import ImageSample, Region, Result, Sample
 
 
@@ -41,14 +43,16 @@ class BaselineDetector(Detector):
     grid: int = param(64, low=8, high=1024, doc="cells a side of the comparison grid")
     shift: int = param(1, low=0, high=8, doc="forgive misalignments of up to this many cells")
     blur: float = param(1.0, low=0.0, high=32.0, doc="Gaussian blur before comparing, in cells")
-    threshold: float | None = param(None, "float", doc="fixed decision threshold (default: automatic)")
-    default_threshold: float = param(6.0, doc="threshold after fit() on a single reference")
+    threshold: float = threshold_param()
+    raw_threshold: float | None = raw_threshold_param()
+    few_shot_k: float = param(1.0, low=-10.0, high=100.0, doc="boundary: mean + k sd of the leave-one-out scores")
+    default_threshold: float = param(6.0, doc="raw boundary after fit() on a single reference")
     max_regions: int = param(3, low=0, high=100, doc="regions listed per anomalous image")
 
     # fitted state (fit() sets it)
     center_: np.ndarray | None = None
     spread_: np.ndarray | None = None
-    threshold_: float | None = None
+    calibration_: Calibration | None = None
 
     def capabilities(self) -> Capabilities:
         return self._compare_until_fitted(self.center_ is not None)
@@ -125,7 +129,7 @@ class BaselineDetector(Detector):
             raise GenadError(f"no usable normal reference: {bad}")
         stack = np.stack(good)
         self.center_, self.spread_ = self._stats(stack, robust=False)
-        self.threshold_ = None
+        self.calibration_ = Calibration(self.default_threshold, 1.0, "one reference: default_threshold")
         if len(good) >= 2:
             # Leave-one-out: how far does each normal image sit from the others?
             loo = []
@@ -133,7 +137,7 @@ class BaselineDetector(Detector):
                 rest = np.delete(stack, i, axis=0)
                 c, sp = self._stats(rest, robust=False)
                 loo.append(float(self._distance(stack[i : i + 1], c, sp).max()))
-            self.threshold_ = max(loo)
+            self.calibration_ = from_reference_scores(loo, self.few_shot_k)
         self.fitted_ = True
         return self
 
@@ -145,33 +149,26 @@ class BaselineDetector(Detector):
         if not ok:
             return results
         x = np.stack([f for f in feats if f is not None])
-        threshold: float | None
         if self.center_ is not None and self.spread_ is not None:
             center, spread = self.center_, self.spread_
-            threshold = self.threshold if self.threshold is not None else (self.threshold_ or self.default_threshold)
         else:
             check_min_batch(len(ok), "images")
             center, spread = self._stats(x, robust=True)
-            threshold = self.threshold
         maps = self._distance(x, center, spread)
         scores = maps.reshape(len(ok), -1).max(axis=1)
-        if threshold is None:  # zero-shot: an outlier among the batch's own scores
-            threshold = robust_threshold(scores, 3.0)
+        calibration = self.calibration_ if self.calibration_ is not None else from_map_bulk(list(maps), scores)
         per_sample = (time.perf_counter() - t0) / len(samples)
         for j, i in enumerate(ok):
             shape = shapes[i]
             assert shape is not None
             amap = resize_map(maps[j], shape)
-            score = float(scores[j])
-            results[i] = Result(
-                samples[i].id,
-                score=score,
-                decision=score > threshold,
-                anomaly_map=amap,
-                regions=self._regions(amap, threshold) if score > threshold else [],
-                threshold=float(threshold),
-                timings={"seconds": per_sample},
+            r = self.decide(
+                Result(samples[i].id, score=float(scores[j]), anomaly_map=amap, timings={"seconds": per_sample}),
+                calibration,
             )
+            if r.decision and r.threshold is not None:
+                r.regions = self._regions(amap, r.threshold)
+            results[i] = r
         return results
 
     def _regions(self, amap: np.ndarray, threshold: float) -> list[Region]:

@@ -3,11 +3,14 @@
     run = run_benchmark("data/magnetic_tile", "embedded", shots=4, run_dir="runs/mt")
     write_eval_report(Path("runs/mt/report"), run)   # -> runs/mt/report/index.html
 
-It shows the summary figures, ROC / PR curves (image level, and pixel level with a PRO curve
-when masks exist), a per-defect-type table, and two galleries: the worst false positives (the
-highest-scoring normal images) and the worst false negatives (the lowest-scoring anomalous
-images), each as an overlay of its anomaly map with the ground-truth outline in green. The
-heat colours share one scale across the galleries so that images can be compared. The markup is
+It shows the summary figures; the detector's own decision threshold beside the best-F1 one
+(in normalised and raw units) and the confusion matrix of its own decisions; a histogram of
+normal vs anomalous scores with both thresholds drawn; ROC / PR curves (image level, and pixel
+level with a PRO curve when masks exist); a per-defect-type table; and two galleries of the
+detector's real mistakes at its own threshold: the false positives (normal images it flagged,
+highest score first) and the false negatives (anomalous images it passed, lowest score first),
+each as an overlay of its anomaly map with the ground-truth outline in green. The heat colours
+share one scale across the galleries so that images can be compared. The markup is
 templates/eval_report.html.j2, autoescaped, so every text (sample ids, explanations, errors,
 summary values) is escaped by the template engine; values under keys that look secret
 (api_key, token, ...) are masked before the page sees them.
@@ -63,6 +66,8 @@ class _Entry:
     result: Result
     label: int
     score: float
+    normalized: float | None
+    decision: bool | None
 
 
 # -- small helpers ---------------------------------------------------------------------------
@@ -78,6 +83,10 @@ def _fmt(v: Any) -> str:
     if isinstance(v, (dict, list, tuple)):
         return json.dumps(v, default=str)
     return str(v)
+
+
+def _pct(v: Any) -> str:
+    return "–" if v is None or isinstance(v, bool) or not isinstance(v, (int, float)) else f"{100.0 * v:.1f}%"
 
 
 def _load_map(run: RunLike, i: int) -> np.ndarray | None:
@@ -168,6 +177,35 @@ def _curve_plots(img_dir: Path, curves: dict[str, Any] | None, summary: dict[str
     return plots
 
 
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _histogram_plot(img_dir: Path, curves: dict[str, Any] | None) -> tuple[str, str] | None:
+    """(caption, relative png path) of the normal vs anomalous score histogram with the
+    detector's own and the best-F1 threshold, drawn from curves.json's `histogram`."""
+    h = (curves or {}).get("histogram")
+    if not isinstance(h, dict) or not h.get("edges"):
+        return None
+    normalized = h.get("units") == "normalized"
+    units = "normalised score (0..1)" if normalized else "raw score"
+    edges = np.asarray(h["edges"], dtype=np.float64)
+    fig, ax = _figure("Scores of normal and anomalous images", units, "images")
+    ax.set_xlim(float(edges[0]), float(edges[-1]))
+    ax.stairs(h["normal"], edges, fill=True, alpha=0.5, color="tab:blue", label="normal")
+    ax.stairs(h["anomalous"], edges, fill=True, alpha=0.5, color="tab:red", label="anomalous")
+    top = max([*h["normal"], *h["anomalous"], 1])
+    ax.set_ylim(0, top * 1.15)
+    own, best = _num(h.get("own_threshold")), _num(h.get("best_f1_threshold"))
+    if own is not None:
+        ax.axvline(own, color="black", lw=2, label=f"detector's own threshold {_fmt(own)}")
+    if best is not None:
+        ax.axvline(best, color="tab:green", lw=2, ls="--", label=f"best-F1 threshold {_fmt(best)}")
+    ax.legend(loc="best", fontsize="small")
+    caption = f"Score histogram in {'normalised units (0..1)' if normalized else 'raw score units'}"
+    return (caption, _save(fig, img_dir / "hist.png"))
+
+
 # -- galleries -------------------------------------------------------------------------------
 def _outline(mask: np.ndarray) -> np.ndarray:
     edge = mask & ~ndimage.binary_erosion(mask)
@@ -223,6 +261,7 @@ def _gallery(
     thumb: int,
     vmin: float | None,
     vmax: float | None,
+    best_f1: float | None = None,
 ) -> list[dict[str, Any]]:
     """One card per entry, in rank order; writes each card's picture as img/<prefix>_NN.png."""
     cards = []
@@ -241,7 +280,17 @@ def _gallery(
         why = e.result.explanation
         if why and len(why) > 400:
             why = why[:400] + "…"
-        cards.append({"id": e.sample.id, "pic": pic, "defect": defect, "score": e.score, "why": why})
+        cards.append(
+            {
+                "id": e.sample.id,
+                "pic": pic,
+                "defect": defect,
+                "score": e.score,
+                "normalized": e.normalized,
+                "best_f1_call": None if best_f1 is None else ("anomalous" if e.score >= best_f1 else "normal"),
+                "why": why,
+            }
+        )
     return cards
 
 
@@ -274,47 +323,80 @@ def write_eval_report(out_dir: Path, run: RunLike, gallery_size: int = 8, thumb_
         raise GenadError(f"cannot create the report folder {out_dir}: {e}") from e
     # A rewritten report must not show stale pictures; only our own file names are removed.
     for old in img_dir.glob("*.png"):
-        if re.fullmatch(r"(roc|pr|pro|f[pn]_\d+)\.png", old.name):
+        if re.fullmatch(r"(roc|pr|pro|hist|f[pn]_\d+)\.png", old.name):
             old.unlink()
     summary = redact(dict(run.summary))
+    curves = getattr(run, "curves", None)
 
     entries = [
-        _Entry(i, s, r, int(s.label), float(r.score))  # type: ignore[arg-type]
+        _Entry(
+            i,
+            s,
+            r,
+            int(s.label),
+            float(r.score),  # type: ignore[arg-type]
+            _num(r.normalized_score),
+            None if r.decision is None else bool(r.decision),
+        )
         for i, (s, r) in enumerate(zip(run.samples, run.results))
         if r.ok and s.label is not None and math.isfinite(float(r.score))  # type: ignore[arg-type]
     ]
     labels = np.array([e.label for e in entries], dtype=np.int64)
 
-    plots = _curve_plots(img_dir, getattr(run, "curves", None), summary)
+    hist = _histogram_plot(img_dir, curves)
+    plots = _curve_plots(img_dir, curves, summary)
 
-    threshold = summary.get("image_f1_threshold")
-    threshold = float(threshold) if isinstance(threshold, (int, float)) else None
-    fps = sorted((e for e in entries if e.label == 0), key=lambda e: (-e.score, e.i))[:gallery_size]
-    fns = sorted((e for e in entries if e.label == 1), key=lambda e: (e.score, e.i))[:gallery_size]
+    # the galleries: the detector's real mistakes at its own threshold, ranked on the
+    # normalised score where every image has one (it is comparable across batches), else raw
+    norm = bool(entries) and all(e.normalized is not None for e in entries)
+
+    def rank(e: _Entry) -> float:
+        return e.normalized if norm and e.normalized is not None else e.score
+
+    fp_all = sorted((e for e in entries if e.label == 0 and e.decision is True), key=lambda e: (-rank(e), e.i))
+    fn_all = sorted((e for e in entries if e.label == 1 and e.decision is False), key=lambda e: (rank(e), e.i))
+    fps, fns = fp_all[:gallery_size], fn_all[:gallery_size]
     vmin, vmax = _shared_scale(run, [*fps, *fns])
 
-    title = f"genad evaluation: {summary.get('detector', 'detector')} on {summary.get('data_dir', 'data')}"
-    skip = set(_HEADLINE) | {"per_type", "failed", "decision"}
-    failed = [(f.get("id"), f.get("error")) if isinstance(f, dict) else (f, "") for f in summary.get("failed") or []]
     dm = summary.get("decision")
+    own = dm if isinstance(dm, dict) and dm.get("n") else None
+    best_raw = _num(summary.get("image_f1_threshold"))
+    thresholds = {
+        "own_normalized": None if own is None else _num(own.get("threshold_normalized")),
+        "own_raw": None if own is None else _num(own.get("threshold")),
+        "best_normalized": _num(summary.get("image_f1_threshold_normalized")),
+        "best_raw": best_raw,
+    }
+    counts = ("tp", "fp", "tn", "fn")
+    confusion = own if own is not None and all(isinstance(own.get(k), int) for k in counts) else None
+
+    title = f"genad evaluation: {summary.get('detector', 'detector')} on {summary.get('data_dir', 'data')}"
+    skip = set(_HEADLINE) | {"per_type", "failed", "decision", "image_f1_threshold", "image_f1_threshold_normalized"}
+    failed = [(f.get("id"), f.get("error")) if isinstance(f, dict) else (f, "") for f in summary.get("failed") or []]
     per_type = _per_type(summary)
     page = render(
         "eval_report.html.j2",
         title=title,
         fmt=_fmt,
+        pct=_pct,
         cards=[(summary.get(k), _LABELS[k]) for k in _HEADLINE if k in summary],
         n_scored=len(entries),
         n_normal=int((labels == 0).sum()),
         n_anomalous=int((labels == 1).sum()),
-        threshold=threshold,
-        own=dm if isinstance(dm, dict) and dm.get("n") else None,
+        own=own,
+        thresholds=thresholds,
+        confusion=confusion,
+        decided=any(e.decision is not None for e in entries),
+        hist=hist,
         plots=plots,
         per_type=per_type,
         per_type_columns=_columns(per_type),
         vmin=vmin,
         vmax=vmax,
-        false_positives=_gallery(run, fps, img_dir, "fp", thumb_px, vmin, vmax),
-        false_negatives=_gallery(run, fns, img_dir, "fn", thumb_px, vmin, vmax),
+        n_false_positives=len(fp_all),
+        n_false_negatives=len(fn_all),
+        false_positives=_gallery(run, fps, img_dir, "fp", thumb_px, vmin, vmax, best_raw),
+        false_negatives=_gallery(run, fns, img_dir, "fn", thumb_px, vmin, vmax, best_raw),
         failed=failed,
         details={k: v for k, v in summary.items() if k not in skip},
     )

@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from genad.detector import Capabilities, Detector, param
+from genad.decision import MAP_BULK_K, Calibration, from_map_bulk, from_reference_scores
+from genad.detector import Capabilities, Detector, param, raw_threshold_param, threshold_param
 from genad.engines.embedded.backbones import (
     DEFAULT_BACKBONE,
     check_backbone,
@@ -32,7 +33,7 @@ from genad.engines.embedded.geometry import batch_scale, patch_map_to_image
 from genad.engines.embedded.regions import propose_regions
 from genad.engines.embedded.zero_shot import mutual_scores, neighbour_smooth
 from genad.errors import GenadError
-from genad.ops import check_min_batch, robust_threshold
+from genad.ops import check_min_batch
 from genad.types import ImageSample, Result, Sample
 
 
@@ -79,6 +80,11 @@ def _augment(value: object) -> object:
     raise GenadError(f"augment must be auto, none or a list such as hflip,vflip; got {value!r}")
 
 
+#: few-shot: boundary = mean + this many sd of the references' leave-one-out scores (measured:
+#: README, decisions table)
+FEW_SHOT_K = 0.5
+
+
 class EmbeddedDetector(Detector):
     """Patch features of a pretrained backbone; zero-shot mutual scoring or few-shot memory bank.
 
@@ -102,8 +108,11 @@ class EmbeddedDetector(Detector):
       bank_cap        few-shot: coreset-reduce the memory bank beyond this many patches per r
       sigma           Gaussian smoothing of the map, in working pixels
       image_score     "top1" (mean of the smoothed map's top 1% pixels, default) or "max"
-      threshold       fixed decision threshold (overrides the automatic one)
-      mad_k           zero-shot automatic threshold: median + mad_k * MAD of the batch scores
+      threshold       decision threshold on the normalised score (0.5 = the calibrated boundary)
+      raw_threshold   decision boundary in raw score units (replaces the calibrated one)
+      zero_shot_k     zero-shot boundary: typical map level + k * typical peak height
+                      (genad.decision.from_map_bulk; holds for 0-90% defective batches)
+      few_shot_k      few-shot boundary: mean + k * sd of the references' leave-one-out scores
       max_regions, min_area_frac   region proposals per anomalous image
       feature_batch (alias batch_size), threads, seed
     """
@@ -126,8 +135,15 @@ class EmbeddedDetector(Detector):
     bank_cap: int = param(16384, low=16, doc="few-shot: coreset size per neighbourhood size")
     sigma: float = param(4.0, low=0.0, high=64.0, doc="map smoothing, in working pixels")
     image_score: str = param("top1", choices=("max", "top1"), doc="image score from the map")
-    threshold: float | None = param(None, "float", doc="fixed decision threshold")
-    mad_k: float = param(3.0, low=0.0, high=100.0, doc="zero-shot threshold: median + mad_k * MAD")
+    threshold: float = threshold_param()
+    raw_threshold: float | None = raw_threshold_param()
+    zero_shot_k: float = param(MAP_BULK_K, low=0.0, high=100.0, doc="zero-shot boundary: map level + k * peak height")
+    few_shot_k: float = param(
+        FEW_SHOT_K,
+        low=-10.0,
+        high=100.0,
+        doc="few-shot boundary: mean + k * sd of the references' leave-one-out scores",
+    )
     max_regions: int = param(5, low=0, high=100, doc="regions proposed per anomalous image")
     min_area_frac: float = param(0.0005, low=0.0, high=1.0, doc="smallest region, as a share of the image")
     feature_batch: int = param(8, low=1, high=512, aliases=("batch_size",), doc="images per backbone call")
@@ -136,7 +152,8 @@ class EmbeddedDetector(Detector):
 
     # fitted state (fit() sets it)
     bank_: MemoryBank | None = None
-    threshold_: float | None = None
+    calibration_: Calibration | None = None
+    reference_scores_: list[float] = []
     n_refs_: int = 0
     scale_: float | None = None
 
@@ -233,23 +250,22 @@ class EmbeddedDetector(Detector):
             score = float(np.partition(flat, flat.size - k)[-k:].mean())
         return m, score
 
-    def _result(self, s: Sample, m: np.ndarray, score: float, thr: float, mode: str, t: dict[str, float]) -> Result:
-        decision = bool(score > thr)
-        regions = []
-        if decision:
-            regions = propose_regions(m, self.max_regions, self.min_area_frac, threshold=thr)
-            if not regions:  # a smoothed image score can pass thr while no pixel does
-                regions = propose_regions(m, self.max_regions, self.min_area_frac)
-        return Result(
+    def _result(
+        self, s: Sample, m: np.ndarray, score: float, calibration: Calibration, mode: str, t: dict[str, float]
+    ) -> Result:
+        r = Result(
             sample_id=s.id,
             score=score,
-            decision=decision,
             anomaly_map=m,
-            regions=regions,
-            threshold=thr,
             timings=t,
             extra={"mode": mode, "backbone": self.backbone},
         )
+        self.decide(r, calibration)
+        if r.decision and r.threshold is not None:  # regions follow the decision
+            r.regions = propose_regions(m, self.max_regions, self.min_area_frac, threshold=r.threshold)
+            if not r.regions:  # a smoothed image score can pass the boundary while no pixel does
+                r.regions = propose_regions(m, self.max_regions, self.min_area_frac)
+        return r
 
     # -- few-shot -----------------------------------------------------------------------------
     def fit(self, normal_samples: Sequence[Sample]) -> EmbeddedDetector:
@@ -289,16 +305,23 @@ class EmbeddedDetector(Detector):
         self.bank_ = MemoryBank(self.bank_cap, self.seed).build(bank_feats)
         self.scale_ = scale
         self.n_refs_ = len(feats)
-        self.threshold_ = self._reference_threshold(feats, aug_feats)
+        self.reference_scores_ = self._reference_scores(feats, aug_feats)
+        if len(feats) == 1:
+            # flipped views of the one reference score lower than a new normal image: start
+            # from the highest of them
+            top = max(self.reference_scores_)
+            self.calibration_ = from_reference_scores([top], self.few_shot_k, "one reference: its flipped views")
+        else:
+            self.calibration_ = from_reference_scores(self.reference_scores_, self.few_shot_k)
         self.fitted_ = True
         return self
 
-    def _reference_threshold(self, feats: list[ImageFeatures], aug_feats: list[list[ImageFeatures]]) -> float:
-        """Decision threshold from the references themselves.
+    def _reference_scores(self, feats: list[ImageFeatures], aug_feats: list[list[ImageFeatures]]) -> list[float]:
+        """Scores of normal images the bank has not seen, for the decision boundary.
 
         >= 2 references: each reference (up to 8) is scored against a bank of the others
-        (leave-one-out); the threshold is the highest such score. Leaving one out makes the bank
-        smaller than the real one, so this errs on the side of fewer false alarms.
+        (leave-one-out). Leaving one out makes the bank smaller than the real one, so these
+        run a little higher than a new normal image's score.
         1 reference: its flipped views are scored against the reference itself.
         """
         scores: list[float] = []
@@ -311,7 +334,7 @@ class EmbeddedDetector(Detector):
         else:
             bank = MemoryBank(self.bank_cap, self.seed).build(feats)
             scores = [self._finish(a, bank.score(a))[1] for a in aug_feats[0]]
-        return float(max(scores))
+        return [float(v) for v in scores]
 
     # -- predict ------------------------------------------------------------------------------
     def predict(self, samples: Sequence[Sample]) -> list[Result]:
@@ -321,8 +344,8 @@ class EmbeddedDetector(Detector):
         return self._predict_zero_shot(samples)
 
     def _predict_few_shot(self, samples: list[Sample]) -> list[Result]:
-        assert self.bank_ is not None and self.threshold_ is not None
-        thr = self.threshold if self.threshold is not None else self.threshold_
+        assert self.bank_ is not None and self.calibration_ is not None
+        calibration = self.calibration_
         results: list[Result | None] = [None] * len(samples)
         t0 = time.perf_counter()
         for i, f in self._features(samples, self.scale_):
@@ -336,7 +359,7 @@ class EmbeddedDetector(Detector):
                 samples[i],
                 m,
                 score,
-                thr,
+                calibration,
                 "few-shot",
                 {"features": t1 - t0, "scoring": t2 - t1},
             )
@@ -365,7 +388,7 @@ class EmbeddedDetector(Detector):
         scores = neighbour_smooth(
             np.asarray(raw), torch.stack([f.global_vec for f in fl]), self.neighbours, self.neighbour_weight
         )
-        thr = self.threshold if self.threshold is not None else robust_threshold(scores, self.mad_k)
+        calibration = from_map_bulk(maps, scores, self.zero_shot_k) if maps else None
         t2 = time.perf_counter()
         n = max(1, len(order))
         per = {"features": (t1 - t0) / n, "scoring": (t2 - t1) / n}
@@ -376,7 +399,8 @@ class EmbeddedDetector(Detector):
                 results.append(Result(sample.id, error=errors[i]))
                 continue
             k = pos[i]
-            r = self._result(sample, maps[k], float(scores[k]), thr, "zero-shot", dict(per))
+            assert calibration is not None
+            r = self._result(sample, maps[k], float(scores[k]), calibration, "zero-shot", dict(per))
             r.extra["raw_score"] = float(raw[k])
             results.append(r)
         return results

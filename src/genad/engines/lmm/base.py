@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
-from genad.detector import Capabilities, Detector, param
+from genad.detector import Capabilities, Detector, param, raw_threshold_param, threshold_param
 from genad.engines.lmm.config import DETAILS, JSON_MODES, LMMConfig
 from genad.errors import ConfigError, GenadError
 from genad.types import Knowledge, Sample
@@ -128,7 +128,8 @@ class LMMImageDetector(LMMDetectorBase):
     class_name: str | None = param(None, "str", doc="what the images show (e.g. bottle); a sample's own wins")
     normal_standards: str | None = param(None, "str", doc="what normal looks like")
     defect_types: tuple[str, ...] = param((), "any", convert=_defect_types, doc="known defect types")
-    threshold: float = param(0.5, low=0.0, high=1.0, doc="decision threshold on the 0..1 score")
+    threshold: float = threshold_param()
+    raw_threshold: float | None = raw_threshold_param()
 
     def knowledge_for(self, sample: Sample) -> Knowledge:
         """The sample's own knowledge when it has some, else the detector's."""

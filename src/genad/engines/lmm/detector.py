@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from genad.decision import UNIT
 from genad.detector import param
 from genad.engines.lmm.base import LMMImageDetector
 from genad.engines.lmm.parse import ANSWER_SCHEMA, Answer, parse_answer
@@ -168,16 +169,8 @@ class LMMDetector(LMMImageDetector):
                 usage=rep.usage,
                 extra={**extra, "refusal": ans.refusal},
             )
-        decision = ans.anomalous if ans.anomalous is not None else score >= self.threshold
-        return Result(
-            sample_id=sample_id,
-            score=float(score),
-            decision=bool(decision),
-            explanation=explanation,
-            threshold=self.threshold,
-            usage=rep.usage,
-            extra=extra,
-        )
+        result = Result(sample_id=sample_id, score=float(score), explanation=explanation, usage=rep.usage, extra=extra)
+        return self.decide(result, UNIT, verdict=ans.anomalous)
 
     def _predict_regions(self, samples: Sequence[Sample]) -> list[Result]:
         from genad.engines.lmm.text2seg import localize
@@ -200,6 +193,7 @@ class LMMDetector(LMMImageDetector):
                     references=refs,
                     sample_id=s.id,
                     threshold=self.threshold,
+                    calibration=self.calibrated(UNIT),
                     json_answer=client.config.json_mode != "off",
                     max_tokens=self.max_tokens,
                 )

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from genad.decision import UNIT
 from genad.detector import Capabilities, Detector, check_image_detector, image_detector_class, param
 from genad.engines.lmm.base import LMMImageDetector
 from genad.engines.lmm.text2seg import knowledge_text
@@ -438,21 +439,24 @@ class LookTwiceDetector(LMMImageDetector):
                 if boxes[i - 1] is not None
             ]
             score = emb_score if emb_score is not None else float(e.max())
-            return Result(
-                s.id,
-                score=score,
-                decision=score >= self.threshold,
-                anomaly_map=e,
-                regions=[r for r in kept if r.score >= self.threshold],
-                explanation=f"embedded engine only ({fallback})",
-                threshold=self.threshold,
-                usage=usage,
-                extra=extra,
-                visual_prompt=prompt,
+            out = self.decide(
+                Result(
+                    s.id,
+                    score=score,
+                    anomaly_map=e,
+                    explanation=f"embedded engine only ({fallback})",
+                    usage=usage,
+                    extra=extra,
+                    visual_prompt=prompt,
+                ),
+                UNIT,
             )
+            out.regions = [r for r in kept if out.decision and out.threshold is not None and r.score > out.threshold]
+            return out
         probs = {i: p for i, v in verdicts.items() if (p := v.probability) is not None}
         fused, region_scores = fuse(e, labels, n, probs, self.weight)
         score = max(region_scores)
+        boundary = self.calibrated(UNIT).raw_at(self.threshold)  # regions follow the decision
         regions: list[Region] = []
         confirmed: list[str] = []
         rejected: list[str] = []
@@ -465,7 +469,7 @@ class LookTwiceDetector(LMMImageDetector):
             ok = p is not None and v is not None and (v.anomalous if v.anomalous is not None else p > 0.5)
             if v is not None and p is not None:
                 (confirmed if ok else rejected).append(_describe(i, v, ok))
-            if region_scores[i - 1] >= self.threshold:
+            if region_scores[i - 1] > boundary:
                 regions.append(
                     Region(
                         score=region_scores[i - 1],
@@ -488,17 +492,18 @@ class LookTwiceDetector(LMMImageDetector):
         lines = ["Confirmed: " + " ".join(confirmed)] if confirmed else ["No proposed region confirmed."]
         if rejected:
             lines.append("Judged normal: " + " ".join(rejected))
-        return Result(
-            s.id,
-            score=score,
-            decision=score >= self.threshold,
-            anomaly_map=fused,
-            regions=sorted(regions, key=lambda r: -r.score),
-            explanation="\n".join(lines),
-            threshold=self.threshold,
-            usage=usage,
-            extra=extra,
-            visual_prompt=prompt,
+        return self.decide(
+            Result(
+                s.id,
+                score=score,
+                anomaly_map=fused,
+                regions=sorted(regions, key=lambda r: -r.score),
+                explanation="\n".join(lines),
+                usage=usage,
+                extra=extra,
+                visual_prompt=prompt,
+            ),
+            UNIT,
         )
 
 

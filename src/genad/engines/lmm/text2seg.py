@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import ndimage
 
+from genad.decision import UNIT, Calibration, decide
 from genad.engines.lmm.templates import Templates, templates_for
 from genad.engines.lmm.visual_prompt import (
     as_labels,
@@ -165,6 +166,7 @@ def localize(
     smooth_sigma: float = 0.0,
     threshold: float = 0.5,
     max_tokens: int | None = None,
+    calibration: Calibration = UNIT,
 ) -> Result:
     """Zero-/few-shot localisation with one LMM call, as in GPT-4V-AD.
 
@@ -212,6 +214,7 @@ def localize(
         smooth_sigma=smooth_sigma,
         threshold=threshold,
         usage=reply.usage,
+        calibration=calibration,
     )
     result.visual_prompt = VisualPrompt(
         labels=as_labels(masks)[0].astype(np.uint16 if len(masks) > 255 else np.uint8),
@@ -233,6 +236,7 @@ def answer_to_result(
     smooth_sigma: float = 0.0,
     threshold: float = 0.5,
     usage: Usage | None = None,
+    calibration: Calibration = UNIT,
 ) -> Result:
     """A parsed answer as a Result: map from the region scores, score, decision, regions
     (the mentioned ones with a score above 0, highest first), explanation."""
@@ -244,7 +248,6 @@ def answer_to_result(
     if score is None:
         why = "the model refused to answer" if answer.refusal else "no score in the model's answer"
         return Result(sample_id=sample_id, error=why, usage=usage, extra={"region_scores": region_scores})
-    decision = bool(answer.anomalous) if answer.anomalous is not None else score >= threshold
     boxes = region_boxes(labels, n)
     regions = []
     for i, s in sorted(region_scores.items(), key=lambda kv: -kv[1]):
@@ -253,17 +256,16 @@ def answer_to_result(
         regions.append(Region(score=float(s), box=boxes[i - 1], mask=labels == i, index=i, label=answer.defect_type))
     parts = [answer.defect_type, answer.location, answer.reason]
     explanation = "; ".join(p for p in parts if p) or None
-    return Result(
+    result = Result(
         sample_id=sample_id,
         score=float(score),
-        decision=decision,
         anomaly_map=amap,
         regions=regions,
         explanation=explanation,
-        threshold=threshold,
         usage=usage,
         extra={"region_scores": {int(k): float(v) for k, v in region_scores.items()}},
     )
+    return decide(result, calibration, threshold, verdict=answer.anomalous)
 
 
 __all__ = [

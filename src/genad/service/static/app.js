@@ -97,6 +97,7 @@ function show(i) {
   if (ins.overlay_url) link.href = ins.overlay_url;
 
   const r = ins.result || {};
+  $("normalized").textContent = fmt(r.normalized_score);
   $("score").textContent = fmt(r.score);
   $("threshold").textContent = fmt(r.threshold);
   const badge = $("decision");

@@ -92,3 +92,16 @@ def truncate(path: Path, keep: int = 200) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[:keep])
     return path
+
+
+def run_cli(args, capsys) -> tuple[int, str, str]:
+    """Run `genad ARGS...` in this process: (exit code, stdout, stderr)."""
+    from genad.cli.main import main
+
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err

@@ -9,21 +9,10 @@ import numpy as np
 from PIL import Image
 
 from conftest import ROOT
-from foundation_helpers import normal_image, truncate
+from foundation_helpers import normal_image, run_cli, truncate
 from genad.cli.detect import parse_params
-from genad.cli.main import main
 
 EXAMPLES = ROOT / "examples" / "magnetic_tile"
-
-
-def run_cli(args, capsys):
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_demo_command_writes_overlays_jsonl_and_index(tmp_path, capsys):

@@ -90,6 +90,16 @@ def test_detect_default_detector_zero_shot_batch(client: TestClient) -> None:
     scores = [ins["score"] for ins in body["inspections"]]
     assert int(np.argmax(scores)) == 2
     assert body["inspections"][2]["overlay_url"]
+    # the one decision knob, in normalised units, as on the command line
+    results = [ins["result"] for ins in body["inspections"]]
+    assert all(0.0 <= x["normalized_score"] <= 1.0 for x in results)
+    assert all(x["decision"] == (x["score"] > x["threshold"]) for x in results)
+    strict = client.post("/v1/detect", files=files, data={"params": '{"resolution": 128, "threshold": 0.999}'})
+    assert strict.status_code == 200, strict.text
+    for x, y in zip(results, [ins["result"] for ins in strict.json()["inspections"]]):
+        assert y["normalized_score"] == pytest.approx(x["normalized_score"], abs=1e-6)
+        assert y["decision"] == (y["normalized_score"] > 0.999) and y["threshold"] > x["threshold"]
+        assert y["decision"] or not y["regions"]
 
 
 def test_history_lists_newest_first_and_survives_restart(storage: Path) -> None:
@@ -146,6 +156,9 @@ def test_bad_params_are_400(client: TestClient) -> None:
     assert r.status_code == 400 and "grid" in r.json()["detail"]
     r = client.post("/v1/detect", files=files, data={"detector": "baseline", "params": '{"nope": 1}'})
     assert r.status_code == 400 and "nope" in r.json()["detail"]
+    for bad in ('{"threshold": 5}', '{"threshold": "high"}', '{"raw_threshold": 1e999}', '{"threshold": -0.1}'):
+        r = client.post("/v1/detect", files=files, data={"detector": "baseline", "params": bad})
+        assert r.status_code == 400 and "threshold" in r.json()["detail"], (bad, r.text)
 
 
 def test_text_file_named_png_is_415(client: TestClient) -> None:

@@ -152,6 +152,13 @@ def calibrate(
         fpr = 0.01 if target_fpr is None else target_fpr
         choice, how = threshold_for_fpr(scores, fpr), f"false-alarm rate <= {fpr:g} on known-normal data"
     raw = _raw_at(scored, choice.threshold)
+    rate = target_fpr if target_fpr is not None else (None if labelled else 0.01)
+    if rate and choice.n_normal < 1.0 / rate:
+        typer.echo(
+            f"note: {choice.n_normal} normal samples cannot measure a false-alarm rate of {rate:g} "
+            f"(that needs at least {int(round(1.0 / rate))}); the threshold is the highest normal score's",
+            err=True,
+        )
     typer.echo(
         f"{det.name}, {'few-shot, ' + str(len(refs)) + ' references' if refs else 'zero-shot'}: "
         f"{len(scored)} samples scored" + (f", {failed} failed" if failed else "")

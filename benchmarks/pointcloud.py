@@ -4,7 +4,9 @@ For each shape (plane, wavy, sphere, cylinder): `--train` normal references, `--
 test parts and `--defective` parts with a dent, bump, crack or hole (cycled), all from
 genad.modalities.pointcloud.synth with fixed seeds. Reports object AUROC (the cloud's score vs
 its label) and point AUROC (per-point scores vs point labels, pooled over the test set), for
-few-shot (fit on the references) and zero-shot (the test batch scored against itself).
+few-shot (fit on the references) and zero-shot (the test batch scored against itself), and the
+detector's own decisions at its own threshold: object precision / recall / F1 of
+Result.decision and precision / recall / F1 of the flagged points (pooled over the test set).
 
     .venv/bin/python benchmarks/pointcloud.py --shapes plane sphere --image-detector embedded
     .venv/bin/python benchmarks/pointcloud.py --json out.json
@@ -19,6 +21,16 @@ import time
 import genad
 from genad.modalities.pointcloud.metrics import pointcloud_metrics
 from genad.modalities.pointcloud.synth import SHAPES, make_dataset
+
+DECISION_KEYS = ("object_precision", "object_recall", "object_f1", "point_precision", "point_recall", "point_f1")
+
+
+def _round(v: object) -> float | None:
+    return None if v is None else round(float(v), 4)  # type: ignore[arg-type]
+
+
+def _f(v: object) -> str:
+    return "-" if v is None else f"{float(v):.3f}"  # type: ignore[arg-type]
 
 
 def run(shape: str, mode: str, args: argparse.Namespace) -> dict[str, float | str | int]:
@@ -49,6 +61,7 @@ def run(shape: str, mode: str, args: argparse.Namespace) -> dict[str, float | st
         "object_auroc": round(float(m["object_auroc"]), 4),
         "point_auroc": round(float(m["point_auroc"]), 4),
         "point_auroc_defective": round(float(m["point_auroc_defective"]), 4),
+        **{k: _round(m.get(k)) for k in DECISION_KEYS},
         "n_test": len(test),
         "seconds": round(seconds, 1),
         "clouds_per_second": round(len(test) / seconds, 3),
@@ -71,15 +84,20 @@ def main() -> None:
     ap.add_argument("--json", help="also write the rows to this file")
     args = ap.parse_args()
     rows = []
-    print("| shape | mode | object AUROC | point AUROC | point AUROC (defective parts) | s | clouds/s |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| shape | mode | object AUROC | point AUROC | point AUROC (defective parts) | object P | object R "
+        "| object F1 | flagged-point P | flagged-point R | flagged-point F1 | s | clouds/s |"
+    )
+    print("|" + "---|" * 13)
     for shape in args.shapes:
         for mode in args.modes:
             r = run(shape, mode, args)
             rows.append(r)
             print(
                 f"| {shape} | {mode} | {r['object_auroc']:.3f} | {r['point_auroc']:.3f} | "
-                f"{r['point_auroc_defective']:.3f} | {r['seconds']} | {r['clouds_per_second']} |",
+                f"{r['point_auroc_defective']:.3f} | "
+                + " | ".join(_f(r[k]) for k in DECISION_KEYS)
+                + f" | {r['seconds']} | {r['clouds_per_second']} |",
                 flush=True,
             )
     if args.json:

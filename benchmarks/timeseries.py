@@ -13,8 +13,13 @@ Protocol, per series, with each detector's defaults (window = autocorrelation pe
   threshold rule, not a tuned threshold; one detection per range); raw, null and perfect scores are summed over the
   data set, then normalised, as NAB does, so false alarms on anomaly-free series count.
 - range precision / recall / F1 (Tatbul et al. 2018, flat bias, alpha 0, reciprocal cardinality)
-  of the detector's own ranges, averaged over series with an anomaly (precision over series that
-  flagged something; a series with no detection has range F1 0).
+  of the detector's own ranges (those of its decision, at its own threshold), averaged over
+  series with an anomaly (precision over series that flagged something; a series with no
+  detection has range F1 0).
+- flagged-point precision / recall / F1: the points inside the detector's own ranges against
+  the labelled points (after the training prefix), averaged as the range figures.
+- series decisions: the share of series with an anomaly that the detector calls anomalous
+  (Result.decision) and the share of anomaly-free series it calls anomalous.
 - UCR hit rate (Wu and Keogh): the highest-scoring point lies within 100 points of the anomaly.
 - seconds: wall time of predict() summed over series (2 shared CPU cores in our runs).
 """
@@ -53,6 +58,16 @@ def _mean(xs: list[float]) -> float | None:
     return float(np.mean(xs)) if xs else None
 
 
+def flagged_point_prf(labels: np.ndarray, flagged: np.ndarray) -> tuple[float | None, float, float]:
+    """(precision, recall, F1) of flagged points against labelled ones; precision None when
+    nothing is flagged (F1 is then 0)."""
+    tp = int((labels & flagged).sum())
+    fp, fn = int((~labels & flagged).sum()), int((labels & ~flagged).sum())
+    precision = tp / (tp + fp) if tp + fp else None
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    return precision, recall, 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
 def make(spec: str):
     """ "name" or "name:key=value:key=value" (values read as JSON when they parse)."""
     name, *opts = spec.split(":")
@@ -87,8 +102,12 @@ def run(detector: str, dataset: str, samples: list) -> dict:
             pa_f1=point_adjusted_f1(y, sc)[0] if y.any() else None,
             ranges=[list(x) for x in r.ranges],
         )
+        row["decision"] = bool(r.decision)
+        row["normalized_score"] = r.normalized_score
+        flagged = ranges_to_labels(r.ranges, n)[start:]
         if truth:
             row["range_p"], row["range_r"], row["range_f1"] = range_precision_recall(truth, r.ranges)
+            row["point_p"], row["point_r"], row["point_f1"] = flagged_point_prf(y, flagged)
         t = nab_totals(truth, range_peaks(r.ranges, r.anomaly_map), n=n)
         nab = nab + t
         row["nab_raw"] = round(t.raw, 4)
@@ -107,6 +126,13 @@ def run(detector: str, dataset: str, samples: list) -> dict:
         "range_precision": _mean([r.get("range_p") for r in ok]),
         "range_recall": _mean([r.get("range_r") for r in ok]),
         "range_f1": _mean([r.get("range_f1") for r in ok]),
+        "point_precision": _mean([r.get("point_p") for r in ok]),
+        "point_recall": _mean([r.get("point_r") for r in ok]),
+        "point_f1": _mean([r.get("point_f1") for r in ok]),
+        "anomalous_series": sum(1 for r in ok if "range_f1" in r),
+        "anomalous_series_flagged": _mean([float(r["decision"]) for r in ok if "range_f1" in r]),
+        "normal_series": sum(1 for r in ok if "range_f1" not in r),
+        "normal_series_flagged": _mean([float(r["decision"]) for r in ok if "range_f1" not in r]),
         "nab_score": nab.score,
         "seconds": round(sum(r["seconds"] for r in rows), 2),
         "points": int(sum(r["n"] for r in rows)),
@@ -119,10 +145,15 @@ def run(detector: str, dataset: str, samples: list) -> dict:
 def table(results: dict) -> str:
     head = (
         "| data set | detector | series | point AUROC | point AP | PA-F1 | range P | range R | range F1 "
-        "| NAB score | UCR hit | seconds |"
+        "| flagged-point P | flagged-point R | flagged-point F1 | anomalous series flagged "
+        "| normal series flagged | NAB score | UCR hit | seconds |"
     )
-    lines = [head, "|" + "---|" * 12]
+    lines = [head, "|" + "---|" * 17]
     f = lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"  # noqa: E731
+
+    def share(rate: float | None, count: int) -> str:
+        return "-" if rate is None or not count else f"{round(rate * count)}/{count}"
+
     for ds in ("nab", "ucr"):
         for det, by_ds in results.items():
             if ds not in by_ds:
@@ -132,7 +163,10 @@ def table(results: dict) -> str:
             lines.append(
                 f"| {ds.upper()} | {det} | {s['series']} | {f(s['point_auroc'])} | {f(s['point_ap'])} | "
                 f"{f(s['point_adjusted_f1'])} | {f(s['range_precision'])} | {f(s['range_recall'])} | "
-                f"{f(s['range_f1'])} | {nab} | {f(s.get('ucr_hit_rate'))} | {s['seconds']:.1f} |"
+                f"{f(s['range_f1'])} | {f(s['point_precision'])} | {f(s['point_recall'])} | "
+                f"{f(s['point_f1'])} | {share(s['anomalous_series_flagged'], s['anomalous_series'])} | "
+                f"{share(s['normal_series_flagged'], s['normal_series'])} | {nab} | {f(s.get('ucr_hit_rate'))} | "
+                f"{s['seconds']:.1f} |"
             )
     return "\n".join(lines) + "\n"
 

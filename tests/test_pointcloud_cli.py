@@ -45,6 +45,11 @@ def test_detect_point_clouds_few_shot_writes_results_and_pictures(tmp_path):
     bumps = [r["score"] for k, r in by_id.items() if "bump" in k]
     goods = [r["score"] for k, r in by_id.items() if "good" in k]
     assert min(bumps) > max(goods)
+    for r in rows:  # the decision, its boundary and the normalised score agree
+        assert 0.0 <= r["normalized_score"] <= 1.0
+        assert r["decision"] == (r["score"] > r["threshold"]) == (r["normalized_score"] > 0.5)
+        assert ("hot_spot" in r["extra"]) == r["decision"]
+    assert all(r["decision"] for k, r in by_id.items() if "bump" in k)
     assert len(list((out / "overlays").glob("*.png"))) == 4
 
 
@@ -56,3 +61,27 @@ def test_detect_an_undecodable_video_is_a_one_line_error(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "cannot decode video" in err and "Traceback" not in err
+
+
+def test_detect_a_video_zero_shot_reports_its_event_range(tmp_path):
+    from video_helpers import SPAN
+
+    write_test_video(tmp_path / "clip.mp4")
+    out = tmp_path / "out"
+    main(
+        [
+            "detect",
+            str(tmp_path / "clip.mp4"),
+            "-d",
+            "video",
+            "-p",
+            'image_params={"resolution": 96}',
+            "--out",
+            str(out),
+        ]
+    )
+    (rec,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert rec["error"] is None and rec["decision"] is True and 0.5 < rec["normalized_score"] <= 1.0
+    assert (
+        len(rec["ranges"]) == 1 and abs(rec["ranges"][0][0] - SPAN[0]) <= 3 and abs(rec["ranges"][0][1] - SPAN[1]) <= 3
+    )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from genad.errors import GenadError
-from genad.modalities.timeseries.common import estimate_period, windows_to_points
+from genad.modalities.timeseries.common import estimate_period, peak_run, ranges_above, windows_to_points
 from genad.registry import create
 from genad.types import ImageSample, TimeSeriesSample
 
@@ -129,7 +129,8 @@ def test_bad_series_give_error_results_and_the_batch_goes_on(name):
     assert "too few to judge" in one.error
     assert "missing values" in nans.error
     assert "too short" in short.error and "window=" in short.error
-    assert const.error is None and const.score == 0.0 and const.decision is False
+    assert const.error is None and const.score == 0.0 and const.decision is False and const.ranges == []
+    assert 0.0 <= const.normalized_score < 0.01
     assert not const.anomaly_map.any() and "constant series" in const.explanation
     assert "reads time series" in img.error
     assert good.ok and good.decision
@@ -168,11 +169,86 @@ def test_both_profiles_catch_a_change_of_amplitude_that_shape_alone_misses():
         create("ts-matrix-profile", normalize="maybe")
 
 
-def test_explicit_threshold_and_max_ranges():
+def test_explicit_raw_threshold():
     x, _ = spike()
-    (r,) = create("ts-matrix-profile", threshold=1e6).predict([TimeSeriesSample(id="s", values=x)])
+    (r,) = create("ts-matrix-profile", raw_threshold=1e6).predict([TimeSeriesSample(id="s", values=x)])
     assert r.ranges == [] and r.decision is False and r.threshold == 1e6
+    assert r.normalized_score < 0.5
     assert "no range reaches the threshold" in r.explanation
+    with pytest.raises(GenadError, match="threshold must be between 0 and 1"):
+        create("ts-matrix-profile", threshold=1e6)  # threshold is normalised now
+
+
+def _flagged(r) -> int:
+    return sum(b - a for a, b in r.ranges)
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_decision_is_calibrated_on_the_point_scores_and_ranges_follow_it(name):
+    """Result.threshold is median + threshold_k robust sigmas of the point scores; the
+    normalised score is 0.5 there; ranges are the runs above it and empty iff the decision is
+    False."""
+    from genad.decision import from_values
+
+    x, (a, b) = level_shift()
+    sample = TimeSeriesSample(id="s", values=x)
+    (r,) = create(name).predict([sample])
+    cal = from_values(r.anomaly_map, 5.0)
+    assert r.threshold == pytest.approx(cal.threshold, rel=1e-6)
+    assert r.normalized_score == pytest.approx(cal.normalize(r.score), rel=1e-6)
+    assert 0.5 < r.normalized_score <= 1.0 and r.decision is True
+    assert r.extra["calibration"]["threshold"] == pytest.approx(r.threshold)
+    for s_, e_ in r.ranges:  # every range holds points above the boundary, and only its runs
+        assert r.anomaly_map[s_:e_].max() > r.threshold
+    # at the boundary: a raw threshold equal to the score normalises it to 0.5, not anomalous
+    (at,) = create(name, raw_threshold=r.score).predict([sample])
+    assert at.normalized_score == pytest.approx(0.5) and at.decision is False and at.ranges == []
+    # a stricter normalised threshold: a higher raw boundary and fewer flagged points
+    (strict,) = create(name, threshold=0.9).predict([sample])
+    (loose,) = create(name, threshold=0.1).predict([sample])
+    assert loose.threshold < r.threshold < strict.threshold
+    assert strict.normalized_score == pytest.approx(r.normalized_score)  # the score does not move
+    assert _flagged(loose) > _flagged(strict) > 0, (loose.ranges, r.ranges, strict.ranges)
+    # the raw boundary replaces the calibrated one, and threshold applies around it
+    (raw,) = create(name, raw_threshold=float(np.percentile(r.anomaly_map, 99))).predict([sample])
+    assert raw.threshold == pytest.approx(float(np.percentile(r.anomaly_map, 99)))
+    assert raw.decision is True and _flagged(raw) > 0
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_ranges_are_empty_exactly_when_the_decision_is_false(name, seed):
+    samples = [TimeSeriesSample(id=f"n{seed}", values=base(seed))] + [
+        TimeSeriesSample(id=c, values=f()[0]) for c, f in CASES.items()
+    ]
+    for t in (0.3, 0.5, 0.9, 0.999):
+        for r in create(name, threshold=t).predict(samples):
+            assert r.ok and 0.0 <= r.normalized_score <= 1.0
+            assert bool(r.ranges) == r.decision == (r.normalized_score > t), (t, r.sample_id, r.ranges)
+
+
+def test_a_decision_whose_runs_are_all_too_short_reports_the_run_around_the_peak():
+    x, _ = spike()
+    sample = TimeSeriesSample(id="s", values=x)
+    (r,) = create("ts-matrix-profile").predict([sample])
+    peak = int(np.argmax(r.anomaly_map))
+    # only the highest point passes: a run of 1, shorter than a quarter window (10 points)
+    just_below = float(np.nextafter(r.anomaly_map.max(), -np.inf))
+    (one,) = create("ts-matrix-profile", raw_threshold=just_below).predict([sample])
+    assert one.decision is True and one.ranges == [(peak, peak + 1)]
+    assert f"[{peak}, {peak + 1})" in one.explanation
+
+
+def test_range_helpers():
+    s = np.array([0, 3, 3, 0, 5, 5, 5, 0, 1, 0], dtype=float)
+    assert ranges_above(s, 3.0) == [(4, 7)]  # strictly above: the decision's rule
+    assert ranges_above(s, 2.0) == [(1, 3), (4, 7)]
+    assert ranges_above(s, 2.0, merge_gap=1) == [(1, 7)]
+    assert ranges_above(s, 0.5, min_len=2) == [(1, 3), (4, 7)]
+    assert ranges_above(s, 0.5, max_ranges=1) == [(4, 7)]
+    assert peak_run(s, 2.0) == (4, 7) and peak_run(s, 4.0) == (4, 7)
+    assert peak_run(s, 9.0) == (4, 5)  # nothing passes: the peak alone
+    assert peak_run(np.array([2.0, 3.0, 1.0]), 0.0) == (0, 3)
 
 
 def test_window_scores_spread_to_points():

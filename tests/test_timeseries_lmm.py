@@ -128,3 +128,44 @@ def test_helpers():
     )
     assert kept[0]["start"] == 2 and kept[0]["end"] == 5 and len(dropped) == 1
     assert np.allclose(m, [0, 0, 0.7, 0.7, 0.7, 0, 0, 0, 0, 0])
+
+
+def test_decisions_use_the_unit_calibration_and_the_models_yes_no_wins():
+    script = [
+        reply(answer(score=0.7, ranges=[{"start": 410, "end": 430, "score": 0.7, "reason": "spike"}])),
+        reply(answer(anomalous=False, score=0.9, ranges=[{"start": 410, "end": 430, "reason": "maybe"}])),
+        reply(answer(anomalous=True, score=0.2, ranges=[{"start": 410, "end": 430, "reason": "spike"}])),
+    ]
+    samples = [TimeSeriesSample(id=str(i), values=series()) for i in range(3)]
+
+    def run(**kw):
+        with FakeOpenAI(list(script)) as srv:
+            return detector(srv, max_concurrency=1, **kw).predict(samples)
+
+    score_only, said_no, said_yes = run()
+    # a score without a yes/no: decided by the score; UNIT at 0.5 leaves 0..1 scores as they are
+    assert score_only.decision is True and score_only.threshold == pytest.approx(0.5)
+    assert score_only.normalized_score == pytest.approx(0.7) and score_only.ranges == [(410, 430)]
+    # the model's no wins over its high score; its ranges are kept aside, not reported
+    assert said_no.decision is False and said_no.normalized_score == pytest.approx(0.9)
+    assert said_no.ranges == [] and said_no.extra["unflagged_ranges"] == [[410, 430]]
+    assert "judged normal" in said_no.explanation
+    assert said_yes.decision is True and said_yes.normalized_score == pytest.approx(0.2)
+    assert said_yes.ranges == [(410, 430)]
+    # a stricter normalised threshold turns the score-only answer normal, and its range goes
+    strict = run(threshold=0.9)
+    assert strict[0].decision is False and strict[0].ranges == [] and strict[0].threshold == pytest.approx(0.9)
+    assert [r.decision for r in strict[1:]] == [False, True]  # yes/no answers do not move
+    # raw_threshold: the boundary in the model's 0..1 score, normalised to 0.5
+    raw = run(raw_threshold=0.8)
+    assert raw[0].decision is False and raw[0].threshold == pytest.approx(0.8)
+    assert raw[0].normalized_score == pytest.approx(0.5 * 0.7 / 0.8)
+
+
+def test_a_constant_series_is_normal_whatever_the_boundary():
+    with FakeOpenAI([]) as srv:
+        (const,) = detector(srv).predict([TimeSeriesSample(id="c", values=np.ones(50))])
+        (low,) = detector(srv, raw_threshold=0.0).predict([TimeSeriesSample(id="c", values=np.ones(50))])
+        assert srv.chat_requests() == []
+    assert const.decision is False and const.ranges == [] and const.normalized_score == pytest.approx(0.0)
+    assert low.decision is False and low.ranges == [] and low.threshold == 0.0

@@ -31,13 +31,69 @@ def test_smoothing_drops_single_frame_flicker_and_fills_failed_frames():
         smooth_scores(np.full(4, np.nan))
 
 
-def test_zero_shot_embedded_scores_peak_in_the_event(tmp_path):
+def _flagged(r) -> np.ndarray:
+    f = np.zeros(len(r.anomaly_map), bool)
+    for a, b in r.ranges:
+        f[a:b] = True
+    return f
+
+
+def _check_decision(r, t=0.5):
+    assert r.ok and 0.0 <= r.normalized_score <= 1.0
+    assert r.decision == (r.score > r.threshold) == (r.normalized_score > t) == bool(r.ranges)
+    for a, b in r.ranges:
+        assert r.anomaly_map[a:b].max() > r.threshold
+
+
+def test_zero_shot_embedded_finds_the_event_and_flags_nothing_without_one(tmp_path):
     video = load_video(write_test_video(tmp_path / "clip.mp4"))
     [r] = genad.create("video", image_detector="embedded", image_params=FAST).predict([video])
     assert r.ok and r.anomaly_map.shape == (80,)
     assert SPAN[0] <= int(np.argmax(r.anomaly_map)) < SPAN[1]
     assert roc_auc_score(labels(), r.anomaly_map) > 0.9
     assert r.frame_scores.shape == (80,)
+    # the event is found: one range, inside the event (within the smoothing), most of it
+    _check_decision(r)
+    assert r.decision is True and len(r.ranges) == 1, r.ranges
+    flagged = _flagged(r)
+    assert (flagged & labels()).sum() >= 15 and (flagged & ~labels()).sum() <= 2, r.ranges
+    assert r.extra["calibration"]["method"] == "the image engine's own calibration"
+    # the same clip without the event: nothing flagged
+    clean = load_video(write_test_video(tmp_path / "clean.mp4", anomaly=False))
+    [c] = genad.create("video", image_detector="embedded", image_params=FAST).predict([clean])
+    _check_decision(c)
+    assert c.decision is False and c.ranges == [] and c.normalized_score < 0.5
+    assert "no frame above the threshold" in c.explanation
+
+
+def test_zero_shot_thresholds_move_the_frame_boundary():
+    video = VideoSample(id="v", frames=moving_square_frames())
+    det = genad.create("video", image_detector="embedded", image_params=FAST)
+    [r] = det.predict([video])
+    [strict] = det.set_params(threshold=0.9).predict([video])
+    [loose] = det.set_params(threshold=0.2).predict([video])
+    for x, t in ((strict, 0.9), (loose, 0.2)):
+        _check_decision(x, t)
+        assert x.normalized_score == pytest.approx(r.normalized_score, abs=1e-6)  # the score does not move
+    assert loose.threshold < r.threshold < strict.threshold
+    assert _flagged(loose).sum() > _flagged(r).sum() > _flagged(strict).sum()
+    # raw_threshold: a boundary on the smoothed frame scores, normalised to 0.5 there
+    [at] = det.set_params(threshold=0.5, raw_threshold=r.score).predict([video])
+    assert at.threshold == r.score and at.normalized_score == pytest.approx(0.5)
+    assert at.decision is False and at.ranges == []
+    low = float(np.percentile(r.anomaly_map, 10))
+    [lots] = det.set_params(raw_threshold=low).predict([video])
+    _check_decision(lots)
+    assert _flagged(lots).sum() > 60 and lots.threshold == low
+
+
+def test_a_decision_with_only_short_runs_reports_the_run_around_the_peak():
+    video = VideoSample(id="v", frames=moving_square_frames())
+    [r] = genad.create("video", image_detector="embedded", image_params=FAST, min_range=50).predict([video])
+    _check_decision(r)
+    assert r.decision is True and len(r.ranges) == 1
+    a, b = r.ranges[0]
+    assert a <= int(np.argmax(r.anomaly_map)) < b and b - a < 50
 
 
 def test_few_shot_embedded_finds_the_event_range():
@@ -46,7 +102,10 @@ def test_few_shot_embedded_finds_the_event_range():
     det = genad.create("video", image_detector="embedded", image_params=FAST, max_ref_frames=8).fit([normal])
     [r] = det.predict([VideoSample(id="v", frames=frames, meta={"frame_index": np.arange(0, 80, 2)})])
     assert roc_auc_score(lab, r.anomaly_map) > 0.95
+    _check_decision(r)
     assert r.decision is True and len(r.ranges) == 1
+    # few-shot: the boundary is the frame detector's own calibrated one
+    assert r.threshold == pytest.approx(det.frame_detector_.calibration_.threshold)
     a, b = r.ranges[0]
     assert abs(a - 20) <= 2 and abs(b - 30) <= 2
     assert r.extra["source_ranges"] == [(2 * a, 2 * (b - 1) + 1)]
@@ -66,6 +125,28 @@ def test_few_shot_baseline_from_frame_images_and_bad_samples():
     assert r.error and "zero-shot needs >= 3" in r.error
     with pytest.raises(GenadError, match="smooth"):
         genad.create("video", smooth=0)
+
+
+def test_an_engine_without_boundaries_is_calibrated_on_the_frame_scores():
+    from genad.detector import Detector
+    from genad.registry import register
+    from genad.types import Result
+
+    @register("test-redness")
+    class Redness(Detector):  # raw scores only, no threshold, no normalised score
+        def predict(self, samples):
+            noise = np.random.default_rng(0).normal(0.0, 0.2, len(samples))  # a sensor's jitter
+            return [
+                Result(s.id, score=float((s.load()[..., 0].astype(int) - s.load()[..., 1]).mean() + e))
+                for s, e in zip(samples, noise)
+            ]
+
+    [r] = genad.create("video", image_detector="test-redness").predict(
+        [VideoSample(id="v", frames=moving_square_frames())]
+    )
+    _check_decision(r)
+    assert "median + 3 robust sigmas" in r.extra["calibration"]["method"]
+    assert r.decision is True and all(abs(a - SPAN[0]) <= 3 and abs(b - SPAN[1]) <= 3 for a, b in r.ranges)
 
 
 def test_frame_labels_follow_subsampling_and_frame_metrics_match_scikit_learn():

@@ -32,7 +32,7 @@ def _has_red(url: str) -> bool:
     return bool(((a[..., 0] > 180) & (a[..., 1] < 100)).mean() > 0.005)
 
 
-def seeing_model(flicker_frame: int | None = None):
+def seeing_model(flicker_frame: int | None = None, verdicts: bool = True, red_score: float = 0.9):
     def script(req):
         text = FakeOpenAI.text_in(req)
         if "Induce rules" in text:
@@ -41,15 +41,16 @@ def seeing_model(flicker_frame: int | None = None):
         out = []
         for j, url in zip(frames, FakeOpenAI.images_in(req)):
             red = _has_red(url) or j == flicker_frame
-            out.append(
-                {
-                    "frame": j,
-                    "anomalous": red,
-                    "score": 0.9 if red else 0.1,
-                    "rule": "A1. a red object appears" if red else None,
-                    "reason": "red" if red else "ok",
-                }
-            )
+            item = {
+                "frame": j,
+                "anomalous": red,
+                "score": red_score if red else 0.1,
+                "rule": "A1. a red object appears" if red else None,
+                "reason": "red" if red else "ok",
+            }
+            if not verdicts:  # a model that answers with a score only
+                del item["anomalous"]
+            out.append(item)
         return reply("Here is my answer:\n```json\n" + json.dumps({"frames": out}) + "\n```")
 
     return script
@@ -82,6 +83,7 @@ def test_few_shot_rules_then_batched_judgement_finds_the_span(tmp_path):
     assert r.ok and r.anomaly_map.shape == (80,)
     assert roc_auc_score(labels(), r.anomaly_map) > 0.95
     assert r.ranges == [(40, 60)]  # the one-frame flicker at 10 is outvoted
+    assert r.decision is True and r.threshold == 0.5 and r.normalized_score == pytest.approx(r.score)
     assert "violates 'A1. a red object appears'" in r.explanation and "40-59" in r.explanation
     assert r.usage.calls == 16 and r.extra["verdicts"][10]["anomalous"] is True
     assert "sk-secret-test" not in json.dumps(r.to_dict()) and "sk-secret-test" not in repr(det)
@@ -124,3 +126,34 @@ def test_verdict_parsing_and_majority_vote():
     v = np.array([0, 1, 0, 0, 1, 1, 1, np.nan, 0, 0], dtype=float)
     # centred windows of 3; NaN abstains; a tie (frame 7: one yes, one no) is not a majority
     assert majority_smooth(v, 3).tolist() == [False, False, False, False, True, True, True, False, False, False]
+
+
+def test_decisions_follow_the_votes_and_the_threshold_applies_to_scores_without_a_yes_no(tmp_path):
+    video = VideoSample(id="clip", frames=moving_square_frames())
+    normal = VideoSample(id="normal", frames=moving_square_frames(anomaly=False))
+
+    runs = iter(range(100))
+
+    def run(model, **kw):
+        with FakeOpenAI(model) as srv:  # a cache of its own for each run
+            det = _det(srv, tmp_path / str(next(runs)), batch_frames=10, rules={"abnormal": ["red"]}, **kw)
+            [r] = det.predict([video])
+        assert r.ok and 0.0 <= r.normalized_score <= 1.0 and r.decision == bool(r.ranges)
+        return r
+
+    scores_only = seeing_model(verdicts=False, red_score=0.7)
+    r = run(scores_only)
+    assert r.ranges == [(40, 60)] and r.threshold == 0.5
+    strict = run(scores_only, threshold=0.9)  # 0.7 is no longer above the boundary
+    assert strict.decision is False and strict.ranges == [] and strict.threshold == pytest.approx(0.9)
+    assert "all 80 frames follow the rules" in strict.explanation
+    raw = run(scores_only, raw_threshold=0.6)
+    assert raw.ranges == [(40, 60)] and raw.threshold == 0.6
+    assert raw.normalized_score == pytest.approx(0.5 + 0.5 * (raw.score - 0.6) / 0.4)
+    # explicit yes/no answers win over the threshold (as for every LMM detector)
+    with_verdicts = run(seeing_model(red_score=0.7), threshold=0.9)
+    assert with_verdicts.decision is True and with_verdicts.ranges == [(40, 60)]
+    # a video the model calls normal throughout: no range, not anomalous
+    with FakeOpenAI(seeing_model()) as srv:
+        [n] = _det(srv, tmp_path / "n", batch_frames=10, rules={"abnormal": ["red"]}).predict([normal])
+    assert n.decision is False and n.ranges == [] and n.normalized_score < 0.5

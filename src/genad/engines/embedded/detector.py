@@ -195,10 +195,11 @@ class EmbeddedDetector(Detector):
             # (synthetic benchmark, point AUROC 0.98-0.995 vs 0.96-0.98).
             return with_fine_grid(params, resolution=256)
         if purpose == "video_frames":
-            # An event spans consecutive frames, so an anomalous frame finds close matches in
-            # its neighbours; averaging over half of the other frames (not the closest 30%)
-            # keeps those few neighbours from hiding it.
-            return {"fraction": 0.5, **params}
+            # An event spans many consecutive frames that match each other; averaging each
+            # patch's distances over all the other frames (not the closest 30%) keeps them from
+            # hiding it (generated clip, 96 px: the event frames' median smoothed normalised
+            # score 0.37 -> 0.69, the highest of the clip without it 0.53 -> 0.37).
+            return {"fraction": 1.0, **params}
         return dict(params)
 
     # -- plumbing -----------------------------------------------------------------------------

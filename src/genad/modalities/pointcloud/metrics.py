@@ -1,4 +1,7 @@
-"""Point-cloud scores against known labels: object AUROC and point AUROC (pooled over clouds)."""
+"""Point-cloud scores against known labels: object AUROC and point AUROC (pooled over clouds),
+and the quality of the detector's own decisions: object precision / recall / F1 of
+Result.decision, and precision / recall / F1 of the flagged points (pooled over clouds; a
+cloud judged normal flags none)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import numpy as np
 
 from genad.errors import GenadError
 from genad.metrics.image import image_ap, image_auroc
+from genad.modalities.pointcloud.detector import flagged_points
 from genad.types import PointCloudSample, Result
 
 
@@ -43,4 +47,29 @@ def pointcloud_metrics(samples: Sequence[PointCloudSample], results: Sequence[Re
         out["point_auroc_defective"] = (
             image_auroc(np.concatenate([lab for lab, _ in bad]), np.concatenate([m for _, m in bad])) if bad else None
         )
+    decided = [(y_, bool(r.decision)) for y_, (_, r) in zip(y, labelled) if r.decision is not None]
+    if decided:
+        out["object_precision"], out["object_recall"], out["object_f1"] = _prf(
+            np.array([d[0] for d in decided], bool), np.array([d[1] for d in decided], bool)
+        )
+    flagged = [
+        (s.truth.point_labels, flagged_points(r))
+        for s, r in ok
+        if s.truth is not None and s.truth.point_labels is not None and r.anomaly_map is not None
+    ]
+    if flagged:
+        pl = np.concatenate([np.asarray(lab, bool) for lab, _ in flagged])
+        pf = np.concatenate([f for _, f in flagged if f is not None])
+        out["point_precision"], out["point_recall"], out["point_f1"] = _prf(pl, pf)
     return out
+
+
+def _prf(labels: np.ndarray, flagged: np.ndarray) -> tuple[float | None, float | None, float | None]:
+    """(precision, recall, F1) of bool flags; precision None when nothing is flagged, recall
+    None when nothing is labelled."""
+    tp = int((labels & flagged).sum())
+    fp, fn = int((~labels & flagged).sum()), int((labels & ~flagged).sum())
+    precision = tp / (tp + fp) if tp + fp else None
+    recall = tp / (tp + fn) if tp + fn else None
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
+    return precision, recall, f1

@@ -199,17 +199,31 @@ def windows_to_points(win_scores: np.ndarray, starts: np.ndarray, m: int, n: int
 def ranges_above(
     scores: np.ndarray, threshold: float, merge_gap: int = 0, max_ranges: int | None = None, min_len: int = 1
 ) -> list[tuple[int, int]]:
-    """[start, end) runs where scores >= threshold; runs closer than merge_gap are joined, runs
-    shorter than min_len dropped (a real finding of a window detector spans part of a window,
-    a lone point above the line is noise); the max_ranges with the highest peaks are kept, in
-    index order."""
-    runs = runs_to_ranges(np.asarray(scores) >= threshold)
+    """[start, end) runs where scores > threshold (the decision's rule: a score above the
+    boundary); runs closer than merge_gap are joined, runs shorter than min_len dropped (a real
+    finding of a window detector spans part of a window, a lone point above the line is noise);
+    the max_ranges with the highest peaks are kept, in index order."""
+    runs = runs_to_ranges(np.asarray(scores) > threshold)
     merged = [(a, b) for a, b in merge_ranges(runs, merge_gap) if b - a >= min_len]
     if max_ranges is not None and len(merged) > max_ranges:
         peaks = [float(np.max(scores[a:b])) for a, b in merged]
         keep = sorted(np.argsort(peaks)[::-1][:max_ranges].tolist())
         merged = [merged[i] for i in keep]
     return merged
+
+
+def peak_run(scores: np.ndarray, threshold: float) -> tuple[int, int]:
+    """The [start, end) run of scores > threshold around the highest score (that one point
+    alone when it does not pass): the range reported when a series is judged anomalous but
+    every run above the boundary is too short to count as a range."""
+    s = np.asarray(scores)
+    i = int(np.argmax(s))
+    if not s[i] > threshold:
+        return i, i + 1
+    below = np.flatnonzero(~(s > threshold))
+    a = int(below[below < i].max()) + 1 if (below < i).any() else 0
+    b = int(below[below > i].min()) if (below > i).any() else int(s.size)
+    return a, b
 
 
 def describe_ranges(

@@ -1,7 +1,17 @@
 """Classical series detectors: the matrix profile (stumpy) and an isolation forest (scikit-learn)
 on sliding windows. Both give a score per point (Result.anomaly_map, float32 (T,)), anomalous
-[start, end) ranges from a threshold (Result.ranges), Result.score = the highest point score,
+[start, end) ranges (Result.ranges), Result.score = the highest point score of the scored part,
 and an explanation naming the ranges.
+
+Decisions (genad.decision): the calibration is `from_values(point scores, threshold_k)`, the
+median + `threshold_k` (5) robust sigmas of the scored part's point scores, most of which are
+normal; one robust sigma is the normalised scale. `threshold` (normalised, 0.5 = that boundary)
+and `raw_threshold` (in point-score units, replaces it) set the boundary `Result.threshold`,
+and `Result.decision` = the highest point score > that boundary. The ranges follow the
+decision: they are the runs of point scores above `Result.threshold` (merged within a window,
+runs shorter than a quarter window dropped); when that filtering leaves none although the
+decision is True, the run around the highest point is reported, so ranges are empty exactly
+when the decision is False. A constant series scores 0 (normalised ~0, decision False).
 
 Both work zero-shot on one series. When the series carries a normal training prefix
 (`sample.train_end`, as UCR files do) or when fit() was given normal series, those are the
@@ -18,18 +28,20 @@ from typing import Any
 
 import numpy as np
 
-from genad.detector import Detector, param, predict_each
+from genad.decision import from_values
+from genad.detector import Detector, param, predict_each, raw_threshold_param, threshold_param
 from genad.errors import GenadError
 from genad.modalities.timeseries.common import (
     Prepared,
     check_length,
     choose_window,
     describe_ranges,
+    peak_run,
     prepare,
     ranges_above,
     windows_to_points,
 )
-from genad.ops import robust_threshold, robust_z
+from genad.ops import robust_z
 from genad.types import Result, Sample, TimeSeriesSample
 
 
@@ -43,8 +55,11 @@ class _SeriesDetector(Detector):
 
     # checked per series (a bad value is that series' error): "auto" or a whole number >= 3
     window: int | str = param("auto", "any", doc="points per window, or auto (the period)")
-    threshold: float | None = param(None, "float", doc="fixed threshold on the point scores")
-    threshold_k: float = param(5.0, low=1e-6, high=1000.0, doc="automatic threshold: robust sigmas above the median")
+    threshold: float = threshold_param()
+    raw_threshold: float | None = raw_threshold_param()
+    threshold_k: float = param(
+        5.0, low=1e-6, high=1000.0, doc="calibrated boundary: robust sigmas of the point scores above their median"
+    )
     max_ranges: int = param(5, low=1, high=10_000, doc="most anomalous ranges reported")
     max_nan_frac: float = param(0.2, low=0.0, high=1.0, doc="largest share of missing values tolerated")
     use_train: bool = param(True, doc="use a series' normal training prefix (UCR) as its reference")
@@ -107,37 +122,44 @@ class _SeriesDetector(Detector):
             raise GenadError(f"{self.name} reads time series; {s.id!r} is a {s.modality} sample")
         prep = prepare(s, self.max_nan_frac)
         if prep.constant:
-            return Result(
-                sample_id=s.id,
-                score=0.0,
-                decision=False,
-                threshold=None,
-                anomaly_map=np.zeros(prep.n, dtype=np.float32),
-                explanation="constant series: every value is the same, so there is no shape to "
-                "compare; every point scores 0.",
-                extra={**prep.extra, "method": self.method, "constant": True},
+            zeros = np.zeros(prep.n, dtype=np.float32)
+            return self.decide(
+                Result(
+                    sample_id=s.id,
+                    score=0.0,
+                    anomaly_map=zeros,
+                    explanation="constant series: every value is the same, so there is no shape to "
+                    "compare; every point scores 0.",
+                    extra={**prep.extra, "method": self.method, "constant": True},
+                ),
+                from_values(zeros, self.threshold_k),
+                verdict=False,  # no shape, nothing to find, whatever the boundary
             )
         scores, info = self._score(prep, s)
         start = int(info.get("scored_from", 0))
         scored = scores[start:]
-        thr = float(self.threshold) if self.threshold is not None else robust_threshold(scored, self.threshold_k)
+        auto = from_values(scored, self.threshold_k)
+        calibration = self.calibrated(auto)  # moved to raw_threshold when one is given
         m = int(info.get("window", 1))
-        ranges = [
-            (a + start, b + start)
-            for a, b in ranges_above(scored, thr, merge_gap=m, max_ranges=self.max_ranges, min_len=max(1, m // 4))
-        ]
         window_note = f"window {m}" + (" = estimated period" if info.get("period") == m else "")
-        method = f"{self.method} ({window_note})"
-        return Result(
-            sample_id=s.id,
-            score=float(scores.max()),
-            decision=bool(ranges),
-            threshold=thr,
-            anomaly_map=scores.astype(np.float32),
-            ranges=ranges,
-            explanation=describe_ranges(scores, ranges, thr, method, s.timestamps),
-            extra={**prep.extra, "method": self.method, **info},
+        r = self.decide(
+            Result(
+                sample_id=s.id,
+                score=float(scored.max()),
+                anomaly_map=scores.astype(np.float32),
+                extra={**prep.extra, "method": self.method, **info, "calibration": calibration.to_dict()},
+            ),
+            auto,
         )
+        # the effective raw boundary (+-inf at a normalised threshold of 0 or 1)
+        thr = calibration.raw_at(self.threshold)
+        ranges: list[tuple[int, int]] = []
+        if r.decision:  # the ranges follow the decision
+            found = ranges_above(scored, thr, merge_gap=m, max_ranges=self.max_ranges, min_len=max(1, m // 4))
+            ranges = [(a + start, b + start) for a, b in (found or [peak_run(scored, thr)])]
+        r.ranges = ranges
+        r.explanation = describe_ranges(scores, ranges, thr, f"{self.method} ({window_note})", s.timestamps)
+        return r
 
 
 def _normalize(value: object) -> bool | str:

@@ -9,6 +9,13 @@ ranges (end exclusive) are clipped to the series and painted onto a per-point ma
 scores. Answers in other shapes are read by genad.engines.lmm.parse; an answer with neither a
 decision nor ranges gives an error Result (score None), never a crash or a made-up score.
 
+Decisions (genad.decision): the score is already in 0..1, so the calibration is
+`decision.UNIT` (boundary 0.5; `threshold` and `raw_threshold` move it); the model's explicit
+yes/no wins over the score for `Result.decision`, and `normalized_score` is set either way.
+The ranges follow the decision: a series judged normal reports none (the ranges the model
+named anyway stay in `extra["unflagged_ranges"]` and on the point map); a "yes" without a
+usable range is anomalous with no range.
+
     det = create("ts-lmm", model="gpt-4o")          # or GENAD_LMM_* variables / a config file
     results = det.predict([load_series_file("cpu.csv")])
 """
@@ -24,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from genad.detector import param
+from genad.decision import UNIT
+from genad.detector import param, raw_threshold_param, threshold_param
 from genad.engines.lmm.base import LMMDetectorBase
 from genad.engines.lmm.templates import Templates, templates_for
 from genad.errors import ConfigError, GenadError
@@ -192,8 +200,9 @@ class SeriesLMMDetector(LMMDetectorBase):
     max_values: buckets of the numeric summary. context: a sentence about the series (what it
     measures, what normal is) added to the prompt. chart_size: (width, height) of the chart; the
     width is capped at the config's max_image_side so the PNG is sent as drawn. threshold:
-    decision threshold on the score when the model gives no yes/no. The connection options are
-    those of every LMM-backed detector (genad.engines.lmm.base).
+    the decision threshold on the (normalised) score, used when the model gives no yes/no;
+    raw_threshold: the same in the model's 0..1 score (it replaces the 0.5 boundary). The
+    connection options are those of every LMM-backed detector (genad.engines.lmm.base).
     """
 
     name = "ts-lmm"
@@ -202,7 +211,8 @@ class SeriesLMMDetector(LMMDetectorBase):
 
     max_values: int = param(120, low=10, high=10_000, doc="buckets of the numeric summary")
     context: str | None = param(None, "str", doc="a sentence about the series (what it measures, what normal is)")
-    threshold: float = param(0.5, low=0.0, high=1.0, doc="decision threshold when the model gives no yes/no")
+    threshold: float = threshold_param()
+    raw_threshold: float | None = raw_threshold_param()
     max_tokens: int | None = param(800, "int", low=1, high=1_000_000, doc="longest answer, in tokens")
     chart_size: tuple[int, int] = param((1024, 448), "any", convert=_chart_size, doc="chart width,height")
     max_nan_frac: float = param(0.2, low=0.0, high=1.0, doc="largest share of missing values tolerated")
@@ -233,13 +243,17 @@ class SeriesLMMDetector(LMMDetectorBase):
                     raise GenadError(f"ts-lmm reads time series; {s.id!r} is a {s.modality} sample")
                 prep = prepare(s, self.max_nan_frac)
                 if prep.constant:  # nothing to ask: the rule is the same as the classical detectors'
-                    results[i] = Result(
-                        sample_id=s.id,
-                        score=0.0,
-                        decision=False,
-                        anomaly_map=np.zeros(prep.n, np.float32),
-                        explanation="constant series: every value is the same; every point scores 0 (no model call).",
-                        extra={**prep.extra, "constant": True},
+                    results[i] = self.decide(
+                        Result(
+                            sample_id=s.id,
+                            score=0.0,
+                            anomaly_map=np.zeros(prep.n, np.float32),
+                            explanation="constant series: every value is the same; every point scores 0 "
+                            "(no model call).",
+                            extra={**prep.extra, "constant": True},
+                        ),
+                        UNIT,
+                        verdict=False,
                     )
                     continue
                 msgs = self.messages(s, prep)
@@ -301,24 +315,24 @@ class SeriesLMMDetector(LMMDetectorBase):
                 usage=reply.usage,
                 extra={"answer": text[:2000]},
             )
-        decision = anomalous if anomalous is not None else score >= self.threshold
-        parts = [f"[{r['start']}, {r['end']}): {r['reason'] or 'no reason given'}" for r in kept]
-        explanation = (
-            "; ".join(parts)
-            if parts
-            else (reason or ("no anomaly seen" if not decision else "anomalous, no range given"))
+        result = self.decide(
+            Result(sample_id=sample.id, score=float(score), anomaly_map=amap, usage=reply.usage),
+            UNIT,
+            verdict=anomalous,
         )
+        decision = bool(result.decision)
+        parts = [f"[{r['start']}, {r['end']}): {r['reason'] or 'no reason given'}" for r in kept]
         extra: dict[str, Any] = {**prep.extra, "answer": text[:2000], "range_reasons": [r["reason"] for r in kept]}
         if dropped:
             extra["dropped_ranges"] = json.loads(json.dumps(dropped, default=str))
-        return Result(
-            sample_id=sample.id,
-            score=float(score),
-            decision=bool(decision),
-            threshold=self.threshold,
-            anomaly_map=amap,
-            ranges=[(r["start"], r["end"]) for r in kept],
-            explanation=explanation,
-            usage=reply.usage,
-            extra=extra,
-        )
+        if decision:
+            result.ranges = [(r["start"], r["end"]) for r in kept]
+            result.explanation = "; ".join(parts) if parts else (reason or "anomalous, no range given")
+        else:  # the ranges follow the decision: a normal series has none
+            if kept:
+                extra["unflagged_ranges"] = [[r["start"], r["end"]] for r in kept]
+            result.explanation = reason or "no anomaly seen"
+            if parts:
+                result.explanation += " (ranges named but judged normal: " + "; ".join(parts) + ")"
+        result.extra = extra
+        return result

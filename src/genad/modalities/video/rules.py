@@ -12,6 +12,14 @@ is normal). Every judged frame gets a score and, when anomalous, the rule it vio
 explanation cites that rule for each anomalous range. Rules can also be given directly
 (`rules={"normal": [...], "abnormal": [...]}`), which skips induction: useful to fix them once
 and reuse them, or to write them by hand.
+
+Decisions (genad.decision): frame scores are the model's 0..1 answers, so the calibration is
+`decision.UNIT` (boundary 0.5; `threshold` and `raw_threshold` move it to B). A frame's vote is
+the model's explicit yes/no when it gives one (it wins, as for every LMM detector), else its
+score > B. The votes are smoothed by the majority over `window` judged frames, and the ranges
+are the runs of frames whose smoothed vote is yes; `Result.decision` is "some range", so the
+ranges follow the decision by construction. `Result.score` is the highest moving-mean frame
+score, `normalized_score` its UNIT normalisation and `Result.threshold` = B.
 """
 
 from __future__ import annotations
@@ -25,7 +33,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from genad.detector import param, predict_each
+from genad.decision import UNIT
+from genad.detector import param, predict_each, raw_threshold_param, threshold_param
 from genad.engines.lmm.base import LMMDetectorBase
 from genad.engines.lmm.parse import extract_json
 from genad.engines.lmm.provider import BudgetExceeded, system
@@ -151,6 +160,8 @@ class RuleVideoDetector(LMMDetectorBase):
     frame_side: int = param(512, low=32, high=4096, doc="frames are shrunk to this side")
     rules: dict | None = param(None, "dict", convert=_rules, doc="given rules: skip induction")
     batch_size: int = param(1, low=1, high=10_000, doc="videos per predict() when a run streams them")
+    threshold: float = threshold_param()
+    raw_threshold: float | None = raw_threshold_param()
 
     rules_: Rules | None = None  # fitted: the induced rules
     fit_usage_: Usage = Usage()
@@ -250,9 +261,14 @@ class RuleVideoDetector(LMMDetectorBase):
         result.usage = usage
         if not verdicts:
             raise GenadError(f"no frame could be judged: {errors[0] if errors else 'the model gave no usable answer'}")
+        boundary = self.calibrated(UNIT).raw_at(self.threshold)
+        for d in verdicts.values():  # a frame without a yes/no votes by its score
+            d["anomalous"] = d["verdict"] if d["verdict"] is not None else bool(d["score"] > boundary)
         jidx = np.array(judged)
         score = np.array([verdicts[j]["score"] if j in verdicts else np.nan for j in judged], dtype=np.float64)
-        vote = np.array([verdicts[j]["vote"] if j in verdicts else np.nan for j in judged], dtype=np.float64)
+        vote = np.array(
+            [float(verdicts[j]["anomalous"]) if j in verdicts else np.nan for j in judged], dtype=np.float64
+        )
         smooth_vote = majority_smooth(vote, self.window)
         smooth_score = _moving_mean(score, self.window)
         ok = np.isfinite(smooth_score)
@@ -264,12 +280,11 @@ class RuleVideoDetector(LMMDetectorBase):
         ranges = runs_to_ranges(frame_vote)
         result.anomaly_map = frame_scores.astype(np.float32)
         result.score = float(frame_scores.max())
-        result.decision = bool(ranges)
-        result.threshold = 0.5
+        self.decide(result, UNIT, verdict=bool(ranges))  # the frames' votes win over the score
         result.ranges = ranges
         result.explanation = _explain(ranges, verdicts, n)
         result.extra["rules"] = {"normal": rules.normal, "abnormal": rules.abnormal, "description": rules.description}
-        result.extra["verdicts"] = {int(j): {k: v for k, v in d.items() if k != "vote"} for j, d in verdicts.items()}
+        result.extra["verdicts"] = {int(j): dict(d) for j, d in verdicts.items()}
         if errors:
             result.extra["failed_calls"] = errors
         idx = sample.meta.get("frame_index")
@@ -331,11 +346,11 @@ def _read_verdicts(data: dict[str, Any] | None, batch: list[int]) -> dict[int, d
         if s is None:
             s = 1.0 if anomalous else 0.0
         s = float(np.clip(s, 0.0, 1.0))
-        vote = bool(anomalous) if anomalous is not None else s >= 0.5
+        verdict = bool(anomalous) if anomalous is not None else None
         out[j] = {
             "score": s,
-            "vote": float(vote),
-            "anomalous": vote,
+            "verdict": verdict,  # the model's own yes/no, None when it gave a score only
+            "anomalous": verdict if verdict is not None else s > 0.5,  # the vote at the 0.5 boundary
             "rule": it.get("rule") or None,
             "reason": it.get("reason") or None,
         }

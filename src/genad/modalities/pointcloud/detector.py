@@ -14,7 +14,7 @@ Decisions (genad.decision): each view is scored and calibrated by the image engi
 (its references in few-shot, its zero-shot batch otherwise). The object score stays the max
 (`view_reduce="mean"`: mean) of the views' raw image scores, in the engine's units, and is
 decided on the views' own calibrations pooled: the boundary and normalised scale recovered
-from the view results (genad.modalities.calibration), the median over views. Pooling, not
+from the view results (genad.decision.recover_calibration), the median over views. Pooling, not
 each view's own normalised score: all views are scored by the same engine at the same size,
 and a few-shot view's calibration rests on a handful of references; the max of the views'
 normalised scores ranked clouds worse (baseline engine, benchmarks/pointcloud.py, few-shot
@@ -51,7 +51,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from genad import registry
-from genad.decision import Calibration, from_values
+from genad.decision import Calibration, from_values, recover_calibration
 from genad.detector import (
     Capabilities,
     Detector,
@@ -62,7 +62,6 @@ from genad.detector import (
     threshold_param,
 )
 from genad.errors import GenadError
-from genad.modalities.calibration import recover_calibration
 from genad.modalities.pointcloud.render import View, colorize_points, project_to_points, render_views
 from genad.types import ImageSample, PointCloudSample, Result, Sample
 from genad.types import View as ResultView

@@ -15,7 +15,7 @@ then a small Gaussian.
 Decisions (genad.decision). The frames of a video are one batch for the image engine, which
 calibrates them itself: on its references (few-shot) or, zero-shot, on the batch's own maps
 (`from_map_bulk`, which holds when most frames are normal). The video is decided with that
-calibration, recovered from the frames' results (genad.modalities.calibration: the boundary
+calibration, recovered from the frames' results (genad.decision.recover_calibration: the boundary
 each frame result carries and its normalised score): `Result.score` = the highest smoothed
 frame score (raw, in the engine's units), normalised and decided by the engine's calibration;
 `threshold` (normalised) and `raw_threshold` (in those raw units: a fixed boundary on the
@@ -47,7 +47,7 @@ import numpy as np
 from scipy import ndimage
 
 from genad import registry
-from genad.decision import from_values
+from genad.decision import from_values, recover_calibration
 from genad.detector import (
     Detector,
     check_image_detector,
@@ -58,7 +58,6 @@ from genad.detector import (
     threshold_param,
 )
 from genad.errors import GenadError
-from genad.modalities.calibration import recover_calibration
 from genad.ops import check_min_batch, runs_to_ranges
 from genad.types import ImageSample, Result, Sample, VideoSample
 

@@ -27,8 +27,10 @@ class Item:
     content: str | None = "ok"
     delay: float = 0.0
     body: Any = None  # raw JSON body to send instead of a chat completion
-    prompt_tokens: int = 100
+    prompt_tokens: int | None = None  # None: counted as a vision model would (count_prompt)
     completion_tokens: int = 20
+    finish_reason: str = "stop"
+    raw: bytes | None = None  # raw bytes to send as the body (a reply that is not JSON)
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -43,6 +45,28 @@ def error(status: int, message: str = "scripted error", **kw: Any) -> Item:
 def slow(seconds: float, item: Item) -> Item:
     item.delay = seconds
     return item
+
+
+#: prompt tokens the fake counts per image, as LLaVA-style vision models do
+IMAGE_TOKENS = 576
+
+
+def count_prompt(payload: dict) -> int:
+    """Prompt tokens as a vision model would count them: about 4 characters a token, 4 a
+    message, IMAGE_TOKENS an image."""
+    n = 0
+    for m in payload.get("messages", []) or []:
+        n += 4
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, str):
+            n += len(content) // 4 + 1
+        elif isinstance(content, list):
+            for p in content:
+                if isinstance(p, dict) and p.get("type") == "image_url":
+                    n += IMAGE_TOKENS
+                elif isinstance(p, dict):
+                    n += len(str(p.get("text", ""))) // 4 + 1
+    return n
 
 
 class FakeOpenAI:
@@ -87,9 +111,13 @@ class FakeOpenAI:
                     item = outer._next(payload)
                 if item.delay:
                     time.sleep(item.delay)
+                if item.raw is not None:
+                    self._send_raw(item.status, item.raw)
+                    return
                 if item.body is not None:
                     self._send(item.status, item.body, item.headers)
                     return
+                pt = item.prompt_tokens if item.prompt_tokens is not None else count_prompt(payload)
                 body = {
                     "id": f"chatcmpl-{len(outer.requests)}",
                     "object": "chat.completion",
@@ -99,16 +127,26 @@ class FakeOpenAI:
                         {
                             "index": 0,
                             "message": {"role": "assistant", "content": item.content},
-                            "finish_reason": "stop",
+                            "finish_reason": item.finish_reason,
                         }
                     ],
                     "usage": {
-                        "prompt_tokens": item.prompt_tokens,
+                        "prompt_tokens": pt,
                         "completion_tokens": item.completion_tokens,
-                        "total_tokens": item.prompt_tokens + item.completion_tokens,
+                        "total_tokens": pt + item.completion_tokens,
                     },
                 }
                 self._send(item.status, body, item.headers)
+
+            def _send_raw(self, status: int, data: bytes) -> None:
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
 
             def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
                 data = json.dumps(body).encode()

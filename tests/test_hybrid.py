@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fake_openai import FakeOpenAI, error, reply
+from fake_openai import FakeOpenAI, count_prompt, error, reply
 from genad.detector import Capabilities, Detector
 from genad.engines.lmm.hybrid import LookTwiceDetector, normalise_embedded, parse_verdicts
 from genad.engines.lmm.provider import LMMClient, LMMConfig
@@ -130,7 +130,7 @@ def test_confirmed_region_rises_and_rejected_region_drops():
     assert res.regions[0].box == (10, 10, 30, 30)
     assert "region 1 (crack" in res.explanation and "dark jagged line" in res.explanation
     assert "Judged normal: region 2" in res.explanation
-    assert res.usage.calls == 1 and res.usage.prompt_tokens == 100
+    assert res.usage.calls == 1 and res.usage.prompt_tokens == count_prompt(srv.chat_requests()[0])
     assert "fallback" not in res.extra
     v = {d["region"]: d for d in res.extra["verdicts"]}
     assert v[1]["probability"] == pytest.approx(0.9) and v[2]["probability"] == pytest.approx(0.2)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fake_openai import FakeOpenAI, error, reply
+from fake_openai import FakeOpenAI, count_prompt, error, reply
 from genad import registry
 from genad.engines.lmm.detector import LMMDetector
 from genad.engines.lmm.provider import BudgetExceeded
@@ -58,7 +58,7 @@ def test_zero_shot_scores_parse_and_carry_transcript_and_usage(tmp_path):
     assert [r.sample_id for r in res] == ["a", "b"]
     assert (res[0].score, res[0].decision, res[1].score, res[1].decision) == (0.9, True, 0.1, False)
     assert res[0].explanation == "defect: stain; location: centre; a red stain covers the part"
-    assert res[0].usage.prompt_tokens == 100 and res[0].usage.cost_usd > 0
+    assert res[0].usage.prompt_tokens == count_prompt(req) and res[0].usage.cost_usd > 0  # as the server said
     t = res[0].extra["transcript"]
     assert t[-1]["role"] == "assistant" and "red stain" in t[-1]["content"]
     assert t[0]["content"].startswith("<image 1>") and "base64" not in json.dumps(res[0].to_dict())
@@ -150,7 +150,7 @@ def test_refusal_malformed_and_yes_no_answers(tmp_path):
     with FakeOpenAI(lambda p: answers[dominant(FakeOpenAI.images_in(p)[-1])]) as srv:
         det = LMMDetector(config=config(srv, tmp_path))
         res = det.predict([sample("r", RED), sample("g", GREEN), sample("b", BLUE)])
-    assert res[0].score is None and res[0].error == "the model refused to answer"
+    assert res[0].score is None and res[0].error == "no usable score: the model refused to answer"
     assert res[0].extra["refusal"] is True and "can't help" in res[0].explanation and not res[0].ok
     assert res[1].score == 0.15 and res[1].decision is False
     assert res[2].score == 1.0 and res[2].decision is True and res[2].extra["score_source"] == "decision"

@@ -155,9 +155,12 @@ def test_structured_output_falls_back_once_when_rejected(tmp_path):
         reqs = srv.chat_requests()
     assert reqs[0]["response_format"]["type"] == "json_schema"
     assert reqs[0]["response_format"]["json_schema"]["schema"] == ANSWER_SCHEMA
-    assert "response_format" not in reqs[1] and "response_format" not in reqs[2]  # remembered
+    # json_schema refused: JSON mode with the schema (as llama-cpp-python takes it) from then on,
+    # remembered (no second refusal)
+    assert reqs[1]["response_format"] == reqs[2]["response_format"] == {"type": "json_object", "schema": ANSWER_SCHEMA}
     assert len(reqs) == 3
     assert r1.data == {"anomalous": True, "anomaly_score": 0.8, "reason": "crack"} and r2.data == r1.data
+    assert r1.json_mode_used == "object_schema"
 
 
 def test_json_mode_object_and_off(tmp_path):
@@ -205,7 +208,7 @@ def test_cache_key_ignores_the_api_key_but_not_the_server_or_model(tmp_path):
 def test_budget_refuses_before_spending_and_counts_actual_usage(tmp_path):
     # each answer: 100 prompt tokens at $2.50/1M + 20 completion tokens at $10/1M = $0.00045;
     # the estimate before a call (short prompt, max_tokens=20) is about $0.0002
-    with FakeOpenAI([reply("ok")]) as srv:
+    with FakeOpenAI([reply("ok", prompt_tokens=100)]) as srv:
         c = LMMClient(config(srv, tmp_path, budget_usd=0.001))
         c.chat([user("one")], max_tokens=20)
         c.chat([user("two")], max_tokens=20)
@@ -250,7 +253,7 @@ def test_price_table_defaults_prefixes_and_user_file(tmp_path):
 
 
 def test_unknown_model_costs_zero_with_note(tmp_path):
-    with FakeOpenAI([reply("ok")]) as srv:
+    with FakeOpenAI([reply("ok", prompt_tokens=100)]) as srv:
         c = LMMClient(config(srv, tmp_path, model="llava-local"))
         r = c.chat([user("q")])
     assert r.usage.cost_usd == 0 and r.usage.prompt_tokens == 100 and "llava-local" in c.price_note
@@ -258,7 +261,7 @@ def test_unknown_model_costs_zero_with_note(tmp_path):
 
 def test_chat_many_bounds_concurrency_and_keeps_order(tmp_path):
     def script(payload):
-        text = payload["messages"][0]["content"][0]["text"]
+        text = FakeOpenAI.text_in(payload)
         return slow(0.15, reply("echo " + text)) if text != "q3" else error(400, "nope")
 
     with FakeOpenAI(script) as srv:

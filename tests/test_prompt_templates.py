@@ -1,8 +1,11 @@
 """Every prompt of the LMM-backed detectors comes from the TOML files of genad/engines/lmm/prompts/.
 
-The golden strings below were produced by the hard-coded prompts these files replaced: the
-rendered text must stay byte for byte the same (response cache keys and cached answers depend
-on it). A user prompts folder overrides the packaged files key by key."""
+The golden strings below were produced by the hard-coded prompts these files replaced, with the
+changes made since on purpose (2026-12: every JSON form asks for the reason before the verdict
+and the score; the series' example holds placeholders rather than values a model could copy;
+class names are written as words): the rendered text must stay byte for byte the same (response
+cache keys and cached answers depend on it). A user prompts folder overrides the packaged files
+key by key."""
 
 from __future__ import annotations
 
@@ -36,7 +39,9 @@ class RecordingClient:
 
     def chat(self, messages, schema=None, max_tokens=None):
         self.sent.append(messages)
-        return SimpleNamespace(text="{}", data={"normal_rules": ["a"], "abnormal_rules": ["b"]}, usage=Usage())
+        return SimpleNamespace(
+            text="{}", data={"normal_rules": ["people walk"], "abnormal_rules": ["a bike rides"]}, usage=Usage()
+        )
 
 
 IMG = np.zeros((8, 8, 3), np.uint8)
@@ -51,8 +56,8 @@ LT_SYSTEM = (
 )
 LT_TASK = (
     "For each numbered region, decide whether it really contains an anomaly or defect. "
-    'Answer in JSON: {"regions": [{"region": 1, "anomalous": true or false, '
-    '"confidence": c, "defect_type": "..." or null, "reason": "..."}, ...], '
+    'Answer in JSON: {"regions": [{"region": 1, "reason": "...", "defect_type": "..." or null, '
+    '"anomalous": true or false, "confidence": c}, ...], '
     '"image_anomaly_score": x}, with one entry per region; confidence is how sure you '
     "are of your verdict, from 0.5 (a guess) to 1 (certain); image_anomaly_score is from "
     "0 (surely normal) to 1 (surely anomalous)."
@@ -144,8 +149,8 @@ LOC_FORMAT = (
     "new line, name the defect type and give a short reason."
 )
 LOC_JSON = (
-    'Answer in JSON: {"image_anomaly_score": X, "regions": [{"region": i, "score": s}], '
-    '"defect_type": "...", "reason": "..."} with scores from 0 (surely normal) to 1 '
+    'Answer in JSON: {"reason": "...", "defect_type": "...", "regions": [{"region": i, "score": s}], '
+    '"image_anomaly_score": X} with scores from 0 (surely normal) to 1 '
     "(surely anomalous). List only regions that contain an anomaly; regions not listed count "
     "as normal."
 )
@@ -244,10 +249,10 @@ def _ts_task(n):
         "\nTask: find anomalous stretches of this series (spikes, dips, level shifts, changes of rhythm, "
         "period or noise, flat lines, drifts) that differ from its normal behaviour.\n"
         "Answer with JSON only, in this form:\n"
-        '{"anomalous": true, "score": 0.9, "ranges": [{"start": 120, "end": 135, "score": 0.9, '
-        '"reason": "sudden spike to 3x the usual level"}]}\n'
+        '{"ranges": [{"reason": <what is unusual>, "start": <first index>, "end": <index after the last>, '
+        '"score": <0 to 1>}], "anomalous": <true or false>, "score": <0 to 1>}\n'
         f"start and end are point indices from 0 to {n} (end exclusive); score is 0 (normal) to 1 "
-        '(certainly anomalous). If the series looks normal, answer {"anomalous": false, "score": 0.1, "ranges": []}.'
+        '(certainly anomalous). If the series looks normal, give "anomalous": false and an empty "ranges" list.'
     )
 
 
@@ -256,10 +261,10 @@ def test_series_task_text():
         "\nTask: find anomalous stretches of this series (spikes, dips, level shifts, changes of rhythm, "
         "period or noise, flat lines, drifts) that differ from its normal behaviour.\n"
         "Answer with JSON only, in this form:\n"
-        '{"anomalous": true, "score": 0.9, "ranges": [{"start": 120, "end": 135, "score": 0.9, '
-        '"reason": "sudden spike to 3x the usual level"}]}\n'
+        '{"ranges": [{"reason": <what is unusual>, "start": <first index>, "end": <index after the last>, '
+        '"score": <0 to 1>}], "anomalous": <true or false>, "score": <0 to 1>}\n'
         "start and end are point indices from 0 to 50 (end exclusive); score is 0 (normal) to 1 "
-        '(certainly anomalous). If the series looks normal, answer {"anomalous": false, "score": 0.1, "ranges": []}.'
+        '(certainly anomalous). If the series looks normal, give "anomalous": false and an empty "ranges" list.'
     )
     assert task_text(7, "CPU load of a web server") == "\nAbout this series: CPU load of a web server" + _ts_task(7)
     assert task_text(7, "") == _ts_task(7)
@@ -310,8 +315,8 @@ JUDGE_TAIL = (
     " against the rules. A frame is anomalous if it violates a normal rule or matches an abnormal "
     "rule. Give a score from 0 (clearly normal) to 1 (clearly anomalous) and name the rule (e.g. "
     "'A2: ...') that the frame breaks, or null.\n"
-    'Answer with JSON only: {"frames": [{"frame": <index>, "anomalous": true|false, '
-    '"score": 0.0-1.0, "rule": "..." | null, "reason": "..."}]}'
+    'Answer with JSON only: {"frames": [{"frame": <index>, "reason": "...", "rule": "..." | null, '
+    '"anomalous": true|false, "score": 0.0-1.0}]}'
 )
 
 

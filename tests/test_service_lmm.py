@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from fake_openai import FakeOpenAI, reply
+from fake_openai import FakeOpenAI, count_prompt, reply
 from genad.service.app import create_app, lmm_status
 from service_helpers import png, texture
 
@@ -45,7 +45,7 @@ def test_lmm_detection_returns_explanation_and_usage_without_the_key(fake: FakeO
         assert ins["score"] == pytest.approx(0.9) and ins["decision"] is True
         assert "dark square" in ins["result"]["explanation"]
         usage = ins["result"]["usage"]
-        assert usage["calls"] == 1 and usage["prompt_tokens"] == 100
+        assert usage["calls"] == 1 and usage["prompt_tokens"] == count_prompt(fake.chat_requests()[0])
         assert ins["overlay_url"] is None  # an LMM verdict alone has no map
         assert c.get(ins["image_url"]).status_code == 200
         assert KEY not in r.text and KEY not in c.get("/v1/inspections").text

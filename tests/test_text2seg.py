@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fake_openai import FakeOpenAI, reply
+from fake_openai import FakeOpenAI, count_prompt, reply
 from genad.engines.lmm.provider import LMMClient, LMMConfig
 from genad.engines.lmm.text2seg import image_score, localize, scores_to_map
 from genad.engines.lmm.visual_prompt import divide, masks_to_labels
@@ -71,7 +71,7 @@ def test_localize_gpt4v_ad_answer_maps_to_region_3_only():
     assert res.regions[0].box == (0, 45, 60, 90)
     np.testing.assert_array_equal(res.visual_prompt.labels, masks_to_labels(masks))
     assert res.visual_prompt.image.shape == img.shape
-    assert res.usage.calls == 1 and res.usage.prompt_tokens == 100
+    assert res.usage.calls == 1 and res.usage.prompt_tokens == count_prompt(sent)
     # the request: original first, then its set-of-mark version; the format is asked for
     images = FakeOpenAI.images_in(sent)
     assert len(images) == 2

@@ -76,6 +76,9 @@ def ask(
                 {
                     "reply": reply.text,
                     "parsed": _answer_dict(ans) if ans else None,
+                    "no_usable_score": None
+                    if ans is None or ans.usable
+                    else ans.why_unusable(reply.finish_reason, reply.max_tokens),
                     "usage": reply.usage.__dict__,
                     "cached": reply.cached,
                     "session": session,
@@ -92,6 +95,8 @@ def ask(
         bits.append(f"score {ans.effective_score:.2f}" + (" (from yes/no)" if ans.score is None else ""))
     if ans is not None and ans.anomalous is not None:
         bits.append("anomalous" if ans.anomalous else "normal")
+    if ans is not None and not ans.usable:
+        bits.append(ans.why_unusable(reply.finish_reason, reply.max_tokens))
     bits.append(usage_line(reply.usage, client.price_note))
     bits.append(f"session {session!r}, {conv.turns} turn(s); follow up with --continue")
     typer.secho(" | ".join(bits), err=True, dim=True)

@@ -79,6 +79,21 @@ def threshold_options(params: dict[str, Any], threshold: float | None, calibrati
     return params
 
 
+def max_tokens_option(params: dict[str, Any], max_tokens: int | None) -> dict[str, Any]:
+    """`--max-tokens N` as the option of every LMM-backed detector (the same as -p max_tokens=N);
+    a detector without it (embedded, ...) refuses it with its list of valid options."""
+    if max_tokens is None:
+        return params
+    given = params.get("max_tokens")
+    if given is not None and given != max_tokens:
+        raise GenadError(f"give the answer length once: --max-tokens {max_tokens} and -p max_tokens={given} disagree")
+    return {**params, "max_tokens": max_tokens}
+
+
+#: the --max-tokens flag of detect and eval
+MAX_TOKENS_HELP = "LMM-backed detectors: the longest answer in tokens (default 1024; reasoning models need more)."
+
+
 class _Writer:
     """The run folder (results.jsonl as it goes, maps/), overlay PNGs, and what index.html
     needs. Without --out it only keeps the rows for the table."""
@@ -267,6 +282,9 @@ def detect(
         help="Detector option as key=value (repeatable), e.g. --param grid=32.",
     ),
     recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Search sub-folders."),
+    max_tokens: int = typer.Option(
+        None, "--max-tokens", min=1, max=1_000_000, show_default=False, help=MAX_TOKENS_HELP
+    ),
 ) -> None:
     """Find anomalies in images (or series, point clouds, videos) and say where they are.
 
@@ -280,7 +298,7 @@ def detect(
 
     Scores: higher = more anomalous. With --out you get overlays/*.png (heatmap over the image, regions boxed and numbered), results.jsonl (one line per input, written as it goes) and index.html (open it in a browser).
     """
-    params = threshold_options(parse_params(param), threshold, calibration)
+    params = max_tokens_option(threshold_options(parse_params(param), threshold, calibration), max_tokens)
     from genad.io import load_inputs
 
     samples = load_inputs(paths, modality=modality, recursive=recursive)

@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from genad.cli.app import app
-from genad.cli.detect import parse_params
+from genad.cli.detect import MAX_TOKENS_HELP, max_tokens_option, parse_params
 from genad.errors import GenadError
 
 
@@ -114,6 +114,9 @@ def evaluate(
     param: list[str] = typer.Option(
         None, "--param", "-p", show_default=False, help="Detector option as key=value (repeatable)."
     ),
+    max_tokens: int = typer.Option(
+        None, "--max-tokens", min=1, max=1_000_000, show_default=False, help=MAX_TOKENS_HELP
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Benchmark a detector on a labelled dataset and print image/pixel AUROC, AP, F1-max, AUPRO.
@@ -130,7 +133,7 @@ def evaluate(
     """
     if resume and run_dir is None:
         raise GenadError("--resume needs --run-dir: the folder of the run to continue")
-    params = parse_params(param)
+    params = max_tokens_option(parse_params(param), max_tokens)
     from genad.evaluate import run_benchmark
 
     temp = run_dir is None

@@ -5,7 +5,7 @@
     def ask(args: ..., *, lmm: LMMConfig) -> None: ...
 
 The decorator adds --model, --base-url, --config, --timeout, --max-image-side, --detail,
---no-cache, --budget and --prices to the command and hands it the LMMConfig they make (with
+--no-cache, --max-tokens, --budget and --prices to the command and hands it the LMMConfig they make (with
 the environment and the config file, see LMMConfig.from_env). The API key has no flag on
 purpose: a key on the command line ends up in shell history.
 """
@@ -61,6 +61,14 @@ _FLAGS: dict[str, tuple[Any, Any, str | None]] = {
         Annotated[bool, typer.Option("--no-cache", help="Do not read or write the response cache.")],
         False,
         None,
+    ),
+    "max_tokens": (
+        Annotated[
+            int | None,
+            typer.Option("--max-tokens", min=1, max=1_000_000, help="Longest answer in tokens (default 1024)."),
+        ],
+        None,
+        "max_tokens",
     ),
     "budget": (
         Annotated[float | None, typer.Option("--budget", help="Stop before spending more than this many USD.")],

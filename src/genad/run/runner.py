@@ -12,8 +12,10 @@ results handed on as they come and resume.
 * `refs` are fitted first, and only when something is left to score.
 * A chunk that fails with an unexpected exception gives an error result for each of its
   samples and the run goes on (one broken chunk must not end a paid run); a GenadError (a
-  user mistake, a spent budget) or KeyboardInterrupt stops the run, keeping everything
-  already handed to `sink`.
+  user mistake, a spent budget, a failing LMM server) or KeyboardInterrupt stops the run,
+  keeping everything already handed to `sink`. A GenadError may carry the chunk's results so
+  far (`partial_results`, set by genad.errors.stop_with): they are handed on first (those not scored
+  carry an error, so that resume scores them again).
 * A non-finite score becomes an error result.
 * `on_progress(done, total)` is called after each result (once, when nothing is left to do);
   `stop()` is asked
@@ -129,7 +131,15 @@ def run_detector(
     try:
         for batch, want in chunks(det, samples, todo):
             check()
-            for s, r in zip(batch, _predict(det, batch)):
+            stopped: GenadError | None = None
+            try:
+                results = _predict(det, batch)
+            except GenadError as e:
+                partial = e.partial_results
+                if partial is None or len(partial) != len(batch):
+                    raise
+                results, stopped = partial, e
+            for s, r in zip(batch, results):
                 if s.id not in want:
                     continue
                 if sink is not None:
@@ -139,6 +149,9 @@ def run_detector(
                 if on_progress is not None:
                     on_progress(done, total)
                 yield s, r
-                check()
+                if stopped is None:
+                    check()
+            if stopped is not None:
+                raise stopped
     finally:
         bar.close()

@@ -41,7 +41,9 @@ class LMMDetectorBase(Detector):
     model: str | None = param(None, "str", doc="model name (GENAD_LMM_MODEL)")
     base_url: str | None = param(None, "str", doc="OpenAI-compatible server (GENAD_LMM_BASE_URL)")
     api_key: str | None = param(None, "str", secret=True, doc="API key (better: GENAD_LMM_API_KEY)")
-    timeout: float | None = param(None, "float", low=0.1, high=3600.0, doc="seconds per request")
+    timeout: float | None = param(
+        None, "float", low=0.1, high=3600.0, doc="seconds per request (default 60 for OpenAI, 300 for others)"
+    )
     extra_headers: dict | None = param(None, "dict", doc="extra HTTP headers")
     max_image_side: int | None = param(None, "int", low=64, high=4096, doc="images are downscaled to this side")
     detail: str | None = param(None, "str", choices=(*DETAILS, None), doc="image detail: auto, low or high")
@@ -58,6 +60,10 @@ class LMMDetectorBase(Detector):
     price_table: Any = param(None, "any", aliases=("prices",), doc="price file (TOML/JSON) or {model: {input, output}}")
     retry_base_delay: float | None = param(None, "float", low=0.0, high=60.0, doc="backoff base, seconds")
     prompts_dir: str | None = param(None, "str", aliases=("prompts",), doc="your prompt templates (NAME.toml)")
+    max_failures: int | None = param(None, "int", low=1, high=1000, doc="failed requests in a row that stop a run")
+    check_input: bool | None = param(
+        None, "bool", doc="stop when the server ignored the images or dropped the prompt (default true)"
+    )
     # -- where the rest comes from -----------------------------------------------------------
     config_file: str | None = param(None, "str", doc="config file with an [lmm] table (GENAD_CONFIG)")
     lmm_config: Any = param(
@@ -65,7 +71,9 @@ class LMMDetectorBase(Detector):
     )
     lmm_client: Any = param(None, "any", public=False, aliases=("client",), doc="a ready LMMClient")
     # -- the request ---------------------------------------------------------------------------
-    max_tokens: int | None = param(None, "int", low=1, high=1_000_000, doc="longest answer, in tokens")
+    max_tokens: int | None = param(
+        None, "int", low=1, high=1_000_000, doc="longest answer, in tokens (default 1024; reasoning models need more)"
+    )
     batch_size: int = param(8, low=1, high=10_000, doc="samples per predict() when a run streams them")
 
     def capabilities(self) -> Capabilities:
@@ -104,12 +112,18 @@ class LMMDetectorBase(Detector):
 
     @staticmethod
     def stop_error(replies: Sequence[Any]) -> Exception | None:
-        """The first reply that must stop the run rather than fail one sample: a spent budget
-        or a wrong configuration (key, URL, model) would fail every later sample the same way.
-        Answers paid for so far are cached, so a re-run after fixing it costs nothing for them."""
-        from genad.engines.lmm.provider import BudgetExceeded
+        """The first reply that must stop the run rather than fail one sample: a spent budget,
+        a failing server, ignored images (provider.LMMStop) or a wrong configuration (key, URL,
+        model) would fail every later sample the same way. Answers paid for so far are cached,
+        so a re-run after fixing it costs nothing for them."""
+        return next((r for r in replies if is_stop(r)), None)
 
-        return next((r for r in replies if isinstance(r, (BudgetExceeded, ConfigError))), None)
+
+def is_stop(e: Any) -> bool:
+    """Whether an exception must stop a run rather than fail one sample (see stop_error)."""
+    from genad.engines.lmm.provider import LMMStop
+
+    return isinstance(e, (LMMStop, ConfigError))
 
 
 def _defect_types(value: Any) -> tuple[str, ...]:

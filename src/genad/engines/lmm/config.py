@@ -25,6 +25,13 @@ from genad.errors import ConfigError
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 JSON_MODES = ("auto", "schema", "object", "off")
+#: seconds per request when none is set: OpenAI's own servers answer within a minute; a local or
+#: self-hosted server (llama.cpp, Ollama, vLLM on a small GPU, a CPU) can take minutes per answer
+OPENAI_TIMEOUT = 60.0
+OTHER_TIMEOUT = 300.0
+#: the longest answer asked for when none is set (every call sends a limit: without one a small
+#: local model can generate to its context limit)
+DEFAULT_MAX_TOKENS = 1024
 DETAILS = ("auto", "low", "high")
 
 
@@ -47,15 +54,21 @@ class LMMConfig:
 
     cache_dir=None disables the response cache. price_table: a path to a TOML/JSON price file
     or a dict {model: {"input": $/1M, "output": $/1M}} merged over the built-in prices.
-    json_mode: "auto" (JSON schema, falling back to free text if the server rejects it),
-    "schema", "object" (plain JSON mode) or "off". prompts_dir: user templates overriding the
-    packaged ones, file by file and key by key.
+    json_mode: "auto" (JSON schema, then plain JSON mode, then free text, each step taken once
+    per server and model when the server refuses the request format), "schema", "object"
+    (plain JSON mode) or "off". prompts_dir: user templates overriding the packaged ones, file
+    by file and key by key. timeout: seconds per request; None = 60 for OpenAI's servers, 300 for
+    any other (see `request_timeout`). max_tokens: the longest answer of every call (a detector
+    may ask for another). max_failures: requests failing in a row (after their retries) before a
+    run stops. check_input: stop when the server's prompt-token count shows that it ignored the
+    images or dropped the prompt (provider.InputIgnored); turn off for a server that does not
+    count image tokens.
     """
 
     base_url: str
     model: str
     api_key: str = field(repr=False)
-    timeout: float = 60.0
+    timeout: float | None = None
     extra_headers: dict[str, str] = field(default_factory=dict)
     max_image_side: int = 768
     detail: str = "auto"
@@ -69,6 +82,9 @@ class LMMConfig:
     # not in the public contract, but useful: backoff base (tests make it tiny), prompts dir
     retry_base_delay: float = 0.5
     prompts_dir: Path | None = None
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    max_failures: int = 3
+    check_input: bool = True
 
     def __post_init__(self) -> None:
         if self.cache_dir is not None:
@@ -83,9 +99,28 @@ class LMMConfig:
             raise ConfigError(f"max_image_side must be at least 64 pixels, not {self.max_image_side}")
         if self.max_concurrency < 1:
             raise ConfigError("max_concurrency must be at least 1")
-        if self.timeout <= 0:
-            raise ConfigError("timeout must be positive (seconds)")
+        if self.timeout is not None and not (0 < self.timeout <= 3600):
+            raise ConfigError("timeout must be between 0 and 3600 seconds")
+        if not (1 <= self.max_tokens <= 1_000_000):
+            raise ConfigError(f"max_tokens must be between 1 and 1000000, not {self.max_tokens}")
+        if self.max_failures < 1:
+            raise ConfigError("max_failures must be at least 1")
         self.base_url = self.base_url.rstrip("/")
+
+    @property
+    def is_openai(self) -> bool:
+        """Whether the server is OpenAI's own (or Azure OpenAI's)."""
+        from urllib.parse import urlparse
+
+        host = (urlparse(self.base_url).hostname or "").lower()
+        return host == "api.openai.com" or host.endswith(".openai.azure.com")
+
+    @property
+    def request_timeout(self) -> float:
+        """Seconds per request: the one set, else 60 for OpenAI's servers and 300 for others."""
+        if self.timeout is not None:
+            return float(self.timeout)
+        return OPENAI_TIMEOUT if self.is_openai else OTHER_TIMEOUT
 
     @classmethod
     def from_env(cls, config_file: str | Path | None = None, **overrides: Any) -> LMMConfig:
@@ -125,9 +160,11 @@ class LMMConfig:
         for k in ("timeout", "budget_usd", "requests_per_minute", "retry_base_delay"):
             if values.get(k) is not None:
                 values[k] = float(values[k])
-        for k in ("max_image_side", "max_concurrency", "max_retries"):
+        for k in ("max_image_side", "max_concurrency", "max_retries", "max_tokens", "max_failures"):
             if values.get(k) is not None:
                 values[k] = int(values[k])
+        if isinstance(values.get("check_input"), str):
+            values["check_input"] = values["check_input"].strip().lower() not in ("0", "false", "no", "off")
         return cls(**values)
 
 

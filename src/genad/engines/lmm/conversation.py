@@ -21,7 +21,7 @@ from typing import Any
 from genad.engines.lmm.cache import atomic_write_text
 from genad.engines.lmm.config import default_cache_dir
 from genad.engines.lmm.parse import Answer, parse_answer
-from genad.engines.lmm.provider import LMMClient, LMMReply, assistant, system
+from genad.engines.lmm.provider import LMMClient, LMMReply, assistant, prompt_text, system
 from genad.errors import GenadError
 from genad.types import Usage
 
@@ -71,7 +71,8 @@ class Conversation:
         """The last reply, parsed (score, decision, defect type, location, reason)."""
         if self.last_reply is None:
             return None
-        return parse_answer(self.last_reply.text, self.last_reply.data)
+        asked = prompt_text([m for m in self.messages[:-1] if m.get("role") != "assistant"][-2:])
+        return parse_answer(self.last_reply.text, self.last_reply.data, prompt=asked)
 
     # -- sessions
     @staticmethod

@@ -21,11 +21,11 @@ from typing import Any
 
 from genad.decision import UNIT
 from genad.detector import param
-from genad.engines.lmm.base import LMMImageDetector
+from genad.engines.lmm.base import LMMImageDetector, is_stop
 from genad.engines.lmm.parse import ANSWER_SCHEMA, Answer, parse_answer
-from genad.engines.lmm.provider import BudgetExceeded, LMMReply, system
+from genad.engines.lmm.provider import LMMReply, prompt_text, system
 from genad.engines.lmm.templates import Templates, normalise_variant
-from genad.errors import ConfigError, GenadError
+from genad.errors import ConfigError, GenadError, stop_with
 from genad.types import ImageSample, Result, Sample
 
 
@@ -141,13 +141,15 @@ class LMMDetector(LMMImageDetector):
                 res = self._to_result(sid, rep, info, msgs)
                 res.timings["lmm"] = elapsed
                 results[i] = res
+        out = [r for r in results if r is not None]
         if stop is not None:
-            # every answer paid for so far is cached: a re-run after fixing this costs nothing for them
-            raise stop
-        return [r for r in results if r is not None]
+            # the answers received are kept (the run loop records them before it stops; they are
+            # cached too): a re-run after fixing this costs nothing for them
+            raise stop_with(stop, out) if isinstance(stop, GenadError) else stop
+        return out
 
     def _to_result(self, sample_id: str, rep: LMMReply, info: dict[str, Any], msgs: list[dict[str, Any]]) -> Result:
-        ans = parse_answer(rep.text, rep.data)
+        ans = parse_answer(rep.text, rep.data, prompt=prompt_text(msgs))
         extra: dict[str, Any] = {
             **info,
             "answer": _answer_dict(ans),
@@ -161,13 +163,12 @@ class LMMDetector(LMMImageDetector):
         explanation = _explain(ans)
         score = ans.effective_score
         if score is None:
-            why = "the model refused to answer" if ans.refusal else "no usable score in the model's answer"
             return Result(
                 sample_id=sample_id,
-                error=why,
+                error=ans.why_unusable(rep.finish_reason, rep.max_tokens),
                 explanation=explanation or ans.reason,
                 usage=rep.usage,
-                extra={**extra, "refusal": ans.refusal},
+                extra={**extra, "refusal": ans.refusal, "echo": ans.echo, "reply": rep.text},
             )
         result = Result(sample_id=sample_id, score=float(score), explanation=explanation, usage=rep.usage, extra=extra)
         return self.decide(result, UNIT, verdict=ans.anomalous)
@@ -197,9 +198,9 @@ class LMMDetector(LMMImageDetector):
                     json_answer=client.config.json_mode != "off",
                     max_tokens=self.max_tokens,
                 )
-            except (BudgetExceeded, ConfigError):
-                raise
             except GenadError as e:
+                if is_stop(e):
+                    raise
                 return Result(sample_id=s.id, error=str(e))
             if r.visual_prompt is not None:
                 r.visual_prompt.image = None  # large; save_visual_prompt re-draws it from the labels
@@ -207,8 +208,19 @@ class LMMDetector(LMMImageDetector):
             r.timings.setdefault("lmm", time.perf_counter() - t0)
             return r
 
+        def safe(s: Sample) -> Result | GenadError:
+            try:
+                return one(s)
+            except GenadError as e:  # a stop (budget, server, configuration): kept for below
+                return e
+
         with ThreadPoolExecutor(max_workers=client.config.max_concurrency) as pool:
-            return list(pool.map(one, samples))
+            got = list(pool.map(safe, samples))
+        stop = next((g for g in got if isinstance(g, GenadError)), None)
+        out = [g if isinstance(g, Result) else Result(sample_id=s.id, error=str(g)) for s, g in zip(samples, got)]
+        if stop is not None:
+            raise stop_with(stop, out)
+        return out
 
 
 def _answer_dict(a: Answer) -> dict[str, Any]:

@@ -38,6 +38,8 @@ import numpy as np
 from genad.decision import UNIT
 from genad.detector import Capabilities, Detector, check_image_detector, image_detector_class, param
 from genad.engines.lmm.base import LMMImageDetector
+from genad.engines.lmm.provider import prompt_text
+from genad.engines.lmm.templates import class_words
 from genad.engines.lmm.text2seg import knowledge_text
 from genad.engines.lmm.visual_prompt import (
     as_labels,
@@ -46,7 +48,7 @@ from genad.engines.lmm.visual_prompt import (
     region_boxes,
     render_set_of_mark,
 )
-from genad.errors import GenadError
+from genad.errors import GenadError, stop_with
 from genad.registry import create
 from genad.types import ImageSample, Knowledge, Region, Result, Sample, Usage, VisualPrompt
 
@@ -63,14 +65,14 @@ VERDICT_SCHEMA: dict[str, Any] = {
             "type": "array",
             "items": {
                 "type": "object",
-                "properties": {
+                "properties": {  # the reason before the verdict (generated in this order)
                     "region": {"type": "integer"},
+                    "reason": {"type": "string"},
+                    "defect_type": {"type": ["string", "null"]},
                     "anomalous": {"type": "boolean"},
                     "confidence": {"type": "number"},
-                    "defect_type": {"type": ["string", "null"]},
-                    "reason": {"type": "string"},
                 },
-                "required": ["region", "anomalous", "confidence", "reason"],
+                "required": ["region", "reason", "anomalous", "confidence"],
             },
         },
         "image_anomaly_score": {"type": "number"},
@@ -101,27 +103,54 @@ class Verdict:
 
 
 # --------------------------------------------------------------------------- answers
-_REGION_HEAD = re.compile(r"\b(?:region|mask|area)\s*#?\s*(\d+)\b", re.IGNORECASE)
-_CONF = re.compile(r"confidence\D{0,12}?(\d+(?:\.\d+)?)\s*(%)?", re.IGNORECASE)
-_NUM = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s*(%)?")
+_CONF = re.compile(r"confiden\w*\D{0,16}?(\d+(?:[.,]\d+)?)\s*(%)?", re.IGNORECASE)
+_BARE = re.compile(r"(?<![\w.])(\d+(?:[.,]\d+)?)\s*(%)?(?!\w|[.,]\d)")
 _DEFECT = re.compile(r"(?:defect[\s_]*type|defect|type)\s*[:=]\s*\"?([^,;\n\"]+)", re.IGNORECASE)
 _REASON = re.compile(r"(?:reason|because|explanation)\s*[:=]?\s*\"?([^\n\"]+)", re.IGNORECASE)
 
 
-def _prob(x: float, pct: str | None) -> float:
-    return x / 100.0 if pct or x > 1.0 else x
+def _prob(x: float, pct: str | None) -> float | None:
+    """A confidence as 0..1 (a percentage, or a number above 1 read as one); None past 100."""
+    v = x / 100.0 if pct or x > 1.0 else x
+    return v if 0.0 <= v <= 1.0 else None
+
+
+def _num(v: Any) -> float | None:
+    """A JSON confidence or score: a number, or text such as "90%" or "0,8"."""
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, (int, float)):
+        return _prob(float(v), None)
+    m = _BARE.search(str(v))
+    return _prob(float(m.group(1).replace(",", ".")), m.group(2)) if m else None
 
 
 def parse_verdicts(text: str, data: dict[str, Any] | None, n_regions: int) -> dict[int, Verdict]:
-    """Per-region verdicts from the JSON we ask for, else from prose lines such as
-    "Region 1: yes (confidence 0.9), defect type: crack, reason: ...", else from the
-    GPT-4V-AD "region i: s" format. Numbers outside 1..n_regions are dropped."""
-    from genad.engines.lmm.parse import decide_yes_no, extract_json
+    """Per-region verdicts from the JSON we ask for, else from a markdown table (Region |
+    Anomalous | Confidence), else from prose lines such as "Region 1: Anomalous - a hole
+    (confidence: 85%)", "#1: anomalous (0.9)", "Region 2 looks like the normal texture", else from
+    the GPT-4V-AD "region i: s" format. Reasoning blocks are set aside; numbers outside
+    1..n_regions are dropped."""
+    from genad.engines.lmm.parse import clean_markdown, extract_json, strip_reasoning
 
-    if data is None:
-        data = extract_json(text or "")
+    final, _ = strip_reasoning(text or "")
+    if data is None or final.strip() != (text or "").strip():
+        data = extract_json(final)
+    out = _json_verdicts(data)
+    prose = clean_markdown(final)
+    if not out:
+        out = _table_verdicts(prose)
+    if not out:
+        out = _prose_verdicts(prose)
+    if not out:  # "1 — real defect, ...": a numbered list of the regions
+        out = _prose_verdicts(prose, numbered=True)
+    # a verdict counts only if it says something: yes/no or a score
+    return {i: v for i, v in out.items() if 1 <= i <= n_regions and v.probability is not None}
+
+
+def _json_verdicts(data: dict[str, Any] | None) -> dict[int, Verdict]:
     out: dict[int, Verdict] = {}
-    regs = data.get("regions") if isinstance(data, dict) else None
+    regs = data.get("regions", data.get("verdicts")) if isinstance(data, dict) else None
     items = list(regs.items()) if isinstance(regs, dict) else list(enumerate(regs or [], 1))
     for key, r in items:
         if not isinstance(r, dict):
@@ -130,49 +159,105 @@ def parse_verdicts(text: str, data: dict[str, Any] | None, n_regions: int) -> di
         m = re.search(r"\d+", str(raw_idx))
         if not m:
             continue
-        v = Verdict(int(m.group()), anomalous=_to_bool(r.get("anomalous", r.get("is_anomalous"))))
-        for name in ("confidence", "score", "anomaly_score"):
-            val = r.get(name)
-            if isinstance(val, (int, float)) and not isinstance(val, bool):
-                val = _prob(float(val), None)
-                if name == "confidence":
+        said = r.get("anomalous", r.get("is_anomalous", r.get("verdict", r.get("defect"))))
+        verdict = _to_bool(said)
+        if verdict is None and isinstance(said, str):
+            verdict = _segment_verdict(said)
+        v = Verdict(int(m.group()), anomalous=verdict)
+        v.confidence = _num(r.get("confidence"))
+        for name in ("score", "anomaly_score"):
+            if v.score is None and (val := _num(r.get(name))) is not None:
+                v.score = val
+        dt = r.get("defect_type") or (r.get("defect") if isinstance(r.get("defect"), str) and verdict is None else None)
+        v.defect_type = str(dt).strip() if dt and str(dt).strip().lower() not in ("none", "null", "n/a", "-") else None
+        why = r.get("reason") or r.get("note") or r.get("explanation")
+        v.reason = str(why).strip() if why else None
+        out[v.region] = v
+    return out
+
+
+def _table_verdicts(text: str) -> dict[int, Verdict]:
+    from genad.engines.lmm.parse import REGION_COLUMNS, table_rows
+
+    out: dict[int, Verdict] = {}
+    for row in table_rows(text):
+        idx = verdict = conf = None
+        reason = defect = None
+        for k, cell in row.items():
+            if idx is None and k.startswith(REGION_COLUMNS):
+                m = re.search(r"\d+", cell)
+                idx = int(m.group()) if m else None
+            elif re.match(r"(?:anomal|abnormal|verdict|defect\?|defective|is defect|real|judg)", k):
+                verdict = _to_bool(cell) if _to_bool(cell) is not None else _segment_verdict(cell)
+            elif k.startswith(("confiden", "certain", "conf")):
+                conf = _num(cell)
+            elif k.startswith(("defect type", "type")):
+                defect = cell if cell.strip(" -").lower() not in ("", "none", "null", "n/a") else None
+            elif k.startswith(("reason", "comment", "explanation", "note")):
+                reason = cell or None
+        if idx is not None and verdict is not None:
+            out[idx] = Verdict(idx, anomalous=verdict, confidence=conf, defect_type=defect, reason=reason)
+    return out
+
+
+def _segment_verdict(seg: str) -> bool | None:
+    from genad.engines.lmm.parse import decide
+
+    return decide(seg)[0]
+
+
+_NUMBERED = r"^[ \t]*(?P<ids>\d+)[ \t]*(?:[.):]|—|–|-)[ \t]+"
+
+
+def _prose_verdicts(text: str, numbered: bool = False) -> dict[int, Verdict]:
+    """Verdicts of the regions named in prose ("Region 2: ..."), or with `numbered`, of the lines
+    of a numbered list ("1 — ..."). A region with a confidence but no verdict of its own takes
+    the whole answer's verdict when that is "normal" ("Neither candidate is a defect. Region 1
+    is a reflection (confidence 0.8)")."""
+    from genad.engines.lmm.parse import _HEAD, decide, head_ids
+
+    out: dict[int, Verdict] = {}
+    heads = list(re.finditer(_NUMBERED if numbered else _HEAD, text, re.IGNORECASE | re.MULTILINE))
+    overall = decide(text)[0]
+    for h, nxt in zip(heads, heads[1:] + [None]):
+        seg = text[h.end() : nxt.start() if nxt else len(text)]
+        seg = re.sub(r"^\s*\([^()]{0,80}\)", "", seg)  # "Region 1 (right frontal lobe): ..."
+        seg = seg.lstrip(' :=-–—\t"*')
+        seg = re.split(r"\n\s*\n|\n(?=\s*(?:image|overall|final|summary)\b)", seg, maxsplit=1, flags=re.I)[0]
+        anomalous = _segment_verdict(seg)
+        if anomalous is None and overall is False and _CONF.search(seg):
+            anomalous = False
+        v = Verdict(0, anomalous=anomalous)
+        cm = _CONF.search(seg)
+        if cm:
+            v.confidence = _prob(float(cm.group(1).replace(",", ".")), cm.group(2))
+        else:
+            nm = _BARE.search(seg) if anomalous is not None else _BARE.match(seg)
+            if nm:
+                val = _prob(float(nm.group(1).replace(",", ".")), nm.group(2))
+                if anomalous is not None:
                     v.confidence = val
                 else:
                     v.score = val
-        dt = r.get("defect_type") or r.get("defect")
-        v.defect_type = str(dt).strip() if dt and str(dt).strip().lower() not in ("none", "null", "n/a") else None
-        v.reason = str(r["reason"]).strip() if r.get("reason") else None
-        out[v.region] = v
-    if not out and text:
-        heads = list(_REGION_HEAD.finditer(text))
-        for h, nxt in zip(heads, heads[1:] + [None]):
-            seg = text[h.end() : nxt.start() if nxt else len(text)]
-            seg = seg.lstrip(' :=-–\t"')
-            v = Verdict(int(h.group(1)), anomalous=decide_yes_no(seg))
-            cm = _CONF.search(seg)
-            if cm:
-                v.confidence = _prob(float(cm.group(1)), cm.group(2))
-            elif v.anomalous is None:
-                nm = _NUM.match(seg)
-                if nm:
-                    v.score = _prob(float(nm.group(1)), nm.group(2))
-            dm, rm = _DEFECT.search(seg), _REASON.search(seg)
-            v.defect_type = dm.group(1).strip().rstrip(".") if dm else None
-            v.reason = rm.group(1).strip() if rm else None
-            if v.probability is not None:  # "region 2" merely mentioned is no verdict
-                out.setdefault(v.region, v)
-    # a verdict counts only if it says something: yes/no or a score
-    return {i: v for i, v in out.items() if 1 <= i <= n_regions and v.probability is not None}
+        dm, rm = _DEFECT.search(seg), _REASON.search(seg)
+        v.defect_type = dm.group(1).strip().rstrip(".") if dm else None
+        v.reason = rm.group(1).strip() if rm else None
+        if v.probability is None:  # "region 2" merely mentioned is no verdict
+            continue
+        for i in [int(h.group("ids"))] if numbered else head_ids(h):
+            if i not in out:
+                out[i] = Verdict(i, v.anomalous, v.confidence, v.defect_type, v.reason, v.score)
+    return out
 
 
 def _to_bool(v: Any) -> bool | None:
     if isinstance(v, bool):
         return v
     if isinstance(v, str):
-        t = v.strip().lower()
-        if t in ("yes", "true", "anomalous", "abnormal", "defective", "y", "1"):
+        t = v.strip().lower().rstrip(".")
+        if t in ("yes", "true", "anomalous", "abnormal", "defective", "y", "1", "anomaly", "defect"):
             return True
-        if t in ("no", "false", "normal", "good", "ok", "n", "0"):
+        if t in ("no", "false", "normal", "good", "ok", "n", "0", "not anomalous", "not a defect"):
             return False
     return None
 
@@ -311,16 +396,14 @@ class LookTwiceDetector(LMMImageDetector):
                 t_plan[i] = time.perf_counter() - tp
             todo = [i for i in idx if isinstance(plans[i], _Plan) and plans[i].n > 0]  # type: ignore[union-attr]
             replies: dict[int, LMMReply | Exception] = {}
+            prompts: dict[int, str] = {}
             t_lmm = 0.0
             if todo:
-                reqs = [
-                    {
-                        "messages": self._messages(samples[i], plans[i], self._refs_for(samples[i], ref_cache)),  # type: ignore[arg-type]
-                        "schema": VERDICT_SCHEMA,
-                        "max_tokens": self.max_tokens,
-                    }
+                asked = {
+                    i: self._messages(samples[i], plans[i], self._refs_for(samples[i], ref_cache))  # type: ignore[arg-type]
                     for i in todo
-                ]
+                }
+                reqs = [{"messages": asked[i], "schema": VERDICT_SCHEMA, "max_tokens": self.max_tokens} for i in todo]
                 t1 = time.perf_counter()
                 got = self.client.chat_many(reqs)
                 t_lmm = (time.perf_counter() - t1) / len(todo)
@@ -329,14 +412,17 @@ class LookTwiceDetector(LMMImageDetector):
                 # turning every later image into an embedded-only result.
                 stop = self.stop_error(got)
                 if stop is not None:
-                    raise stop
+                    # the results so far are kept by the run loop; this chunk's and the rest fail
+                    done = [*out, *(Result(samples[j].id, error=str(stop)) for j in range(len(out), len(samples)))]
+                    raise stop_with(stop, done) if isinstance(stop, GenadError) else stop
                 replies = dict(zip(todo, got))
+                prompts = {i: prompt_text(asked[i]) for i in todo}
             for i in idx:
                 plan = plans[i]
                 if isinstance(plan, str):
                     out.append(Result(samples[i].id, error=plan, timings={"embedded": t_emb}))
                     continue
-                res = self._finish(samples[i], base[i], plan, replies.get(i))
+                res = self._finish(samples[i], base[i], plan, replies.get(i), prompts.get(i))
                 # per image; "lmm" is the wall time of the concurrent calls shared out
                 res.timings = {"embedded": t_emb, "visual_prompt": t_plan[i]}
                 if i in replies:
@@ -379,7 +465,11 @@ class LookTwiceDetector(LMMImageDetector):
 
         t = self.templates
         cls = s.class_name or self.class_name
-        what = t.text("look_twice", "inspected_class", object=cls) if cls else t.text("look_twice", "inspected")
+        what = (
+            t.text("look_twice", "inspected_class", object=class_words(cls))
+            if cls
+            else t.text("look_twice", "inspected")
+        )
         k = plan.n
         regions = t.text("look_twice", "region_one") if k == 1 else t.text("look_twice", "regions_many", n=k)
         parts: list[Any] = []
@@ -405,7 +495,9 @@ class LookTwiceDetector(LMMImageDetector):
         parts.append(t.text("look_twice", "task", n=k))
         return [system(t.text("look_twice", "system")), self.client.user(*parts)]
 
-    def _finish(self, s: Sample, base: Result, plan: _Plan, reply: LMMReply | Exception | None) -> Result:
+    def _finish(
+        self, s: Sample, base: Result, plan: _Plan, reply: LMMReply | Exception | None, asked: str | None = None
+    ) -> Result:
         e, labels, n = plan.e, plan.labels, plan.n
         boxes = region_boxes(labels, n)
         prompt = VisualPrompt(labels.astype(np.uint8 if n <= 255 else np.uint16), f"proposals:{self.k}", plan.som)
@@ -426,7 +518,7 @@ class LookTwiceDetector(LMMImageDetector):
             extra["answer"] = reply.text
             verdicts = parse_verdicts(reply.text, reply.data, n)
             if not verdicts:
-                verdicts, why = _image_level(reply.text, reply.data, n)
+                verdicts, why = _image_level(reply.text, reply.data, n, asked)
                 if why:
                     fallback = why
         if fallback is not None:
@@ -534,14 +626,18 @@ def _describe(i: int, v: Verdict, confirmed: bool) -> str:
     return head + (f": {v.reason[:300].rstrip('.')}." if v.reason else ".")
 
 
-def _image_level(text: str, data: dict[str, Any] | None, n: int) -> tuple[dict[int, Verdict], str | None]:
+def _image_level(
+    text: str, data: dict[str, Any] | None, n: int, prompt: str | None = None
+) -> tuple[dict[int, Verdict], str | None]:
     """No per-region verdict: an answer that the whole image is normal rejects every region;
-    anything else (a refusal, "anomalous" without saying where, nothing) is unusable."""
+    anything else (a refusal, "anomalous" without saying where, an echo, nothing) is unusable."""
     from genad.engines.lmm.parse import parse_answer
 
-    a = parse_answer(text, data)
+    a = parse_answer(text, data, prompt=prompt)
     if a.refusal:
         return {}, "the model refused to answer"
+    if a.echo:
+        return {}, "the model only repeated the prompt"
     normal = a.anomalous is False or (a.anomalous is None and a.score is not None and a.score < 0.5)
     if normal:
         # one image-wide "normal": every region rejected; the reason is said once, in region 1

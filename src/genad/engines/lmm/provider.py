@@ -5,17 +5,22 @@
     reply = client.chat([system("You inspect parts."), user(ref, img, "Is the second image normal?")])
     reply.text, reply.data, reply.usage, reply.cached
 
-What it adds to the SDK: images as downscaled base64 data URLs, structured output with a
-fallback to free text, an on-disk response cache, retries with backoff that honour Retry-After
-(our own loop, so they can be counted and logged), a requests-per-minute limiter, a budget cap,
-and token/cost accounting. The API key is never logged, cached or written anywhere.
+What it adds to the SDK: images as downscaled base64 data URLs (a message without images is
+sent as plain-text content, which every server's chat format reads), negotiation with the
+server (structured output json_schema -> json_object -> free text, max_tokens or
+max_completion_tokens, temperature or none: each refusal is learned once per server and model,
+genad.engines.lmm.negotiate), a limit on every answer's length, a check that the server read
+the images (its prompt-token count against genad's estimate, InputIgnored), an on-disk response
+cache, retries with backoff that honour Retry-After (our own loop: a timeout is retried once,
+a 429/5xx or a malformed reply up to max_retries times), a stop after max_failures failed
+requests in a row (ServerFailing), a requests-per-minute limiter, a budget cap, and token/cost
+accounting. The API key is never logged, cached or written anywhere.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import json
 import logging
 import random
 import threading
@@ -32,6 +37,15 @@ from PIL import Image
 
 from genad.engines.lmm.cache import ResponseCache, request_key
 from genad.engines.lmm.config import LMMConfig
+from genad.engines.lmm.negotiate import (
+    JSON_LADDER,
+    PromptEstimate,
+    images_counted,
+    judge_input,
+    refused,
+    step_down,
+    traits_for,
+)
 from genad.engines.lmm.pricing import PriceTable, image_tokens
 from genad.errors import ConfigError, GenadError
 from genad.secrets import scrub
@@ -41,12 +55,16 @@ __all__ = [
     "LMMConfig",
     "LMMClient",
     "LMMReply",
+    "LMMStop",
     "BudgetExceeded",
+    "ServerFailing",
+    "InputIgnored",
     "LMMRequestError",
     "user",
     "system",
     "assistant",
     "encode_image",
+    "prompt_text",
 ]
 
 log = logging.getLogger("genad.lmm")
@@ -59,8 +77,21 @@ MAX_RETRY_AFTER = 120.0
 MAX_BACKOFF = 30.0
 
 
-class BudgetExceeded(GenadError):
+class LMMStop(GenadError):
+    """A condition that would fail every later call the same way: the run stops (keeping what
+    it has; answers paid for are cached) instead of failing each sample."""
+
+
+class BudgetExceeded(LMMStop):
     """The next call would take spending past LMMConfig.budget_usd."""
+
+
+class ServerFailing(LMMStop):
+    """max_failures requests in a row failed: the server is down, overloaded or refuses them."""
+
+
+class InputIgnored(LMMStop):
+    """The server's prompt-token count shows that it ignored the images or dropped the prompt."""
 
 
 class LMMRequestError(GenadError):
@@ -76,6 +107,8 @@ class LMMReply:
     retries: int = 0
     model: str = ""
     json_mode_used: str = "off"
+    finish_reason: str | None = None  # "length": the answer was cut at max_tokens
+    max_tokens: int | None = None  # the limit it was asked with
 
 
 # --------------------------------------------------------------------------- messages
@@ -189,15 +222,17 @@ class LMMClient:
         self.cache = ResponseCache(config.cache_dir) if config.cache_dir is not None else None
         self.usage_total = Usage()
         self.retries_total = 0
+        self.traits = traits_for(config.base_url, config.model)
         self._sleep = sleep
         self._lock = threading.Lock()
         self._reserved = 0.0  # estimated cost of calls in flight, so parallel calls respect the budget
+        self._failures = 0  # requests failed in a row
+        self._failing: ServerFailing | None = None
         self._limiter = RateLimiter(config.requests_per_minute)
-        self._schema_ok: bool | None = None if config.json_mode == "auto" else True
         self._sdk = OpenAI(
             api_key=config.api_key,
             base_url=config.base_url,
-            timeout=config.timeout,
+            timeout=config.request_timeout,
             max_retries=0,  # our own loop: countable, honours Retry-After, logs without secrets
             default_headers=dict(config.extra_headers) or None,
         )
@@ -209,12 +244,17 @@ class LMMClient:
         return user(*parts, max_side=self.config.max_image_side, detail=self.config.detail)
 
     def _prepare(self, messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Copy messages, applying this config's detail and max image side to every image."""
+        """Copy messages, applying this config's detail and max image side to every image; a
+        message whose parts are all text is sent as one string (llama-cpp-python's chat
+        formats, among others, drop a list of parts)."""
         out = []
         for m in messages:
             content = m.get("content")
             if not isinstance(content, list):
                 out.append(dict(m))
+                continue
+            if all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+                out.append({**m, "content": "\n".join(str(p.get("text", "")) for p in content)})
                 continue
             parts = []
             for p in content:
@@ -232,21 +272,29 @@ class LMMClient:
         return out
 
     # -- cost
-    def estimate_cost(self, messages: Sequence[dict[str, Any]], max_tokens: int | None = None) -> float:
-        prompt = 0
+    def estimate(self, messages: Sequence[dict[str, Any]]) -> PromptEstimate:
+        """genad's own count of a request's prompt: text tokens, images, image tokens."""
+        text = images = image_tok = 0
         for m in messages:
-            prompt += 4
+            text += 4
             content = m.get("content")
             if isinstance(content, str):
-                prompt += len(content) // 4 + 1
+                text += len(content) // 4 + 1
                 continue
             for p in content or []:
                 if p.get("type") == "text":
-                    prompt += len(p.get("text", "")) // 4 + 1
+                    text += len(p.get("text", "")) // 4 + 1
                 elif p.get("type") == "image_url":
                     size = _data_url_size(p["image_url"]["url"]) or (1024, 1024)
-                    prompt += image_tokens(*size, p["image_url"].get("detail") or "auto")
-        return self.prices.cost(self.config.model, prompt, max_tokens or DEFAULT_COMPLETION_ESTIMATE)
+                    images += 1
+                    image_tok += image_tokens(*size, p["image_url"].get("detail") or "auto")
+        return PromptEstimate(text, images, image_tok)
+
+    def estimate_cost(self, messages: Sequence[dict[str, Any]], max_tokens: int | None = None) -> float:
+        est = self.estimate(messages)
+        return self.prices.cost(
+            self.config.model, est.text_tokens + est.image_tokens, max_tokens or DEFAULT_COMPLETION_ESTIMATE
+        )
 
     def _reserve(self, estimate: float) -> None:
         budget = self.config.budget_usd
@@ -275,14 +323,17 @@ class LMMClient:
         temperature: float = 0.0,
         max_tokens: int | None = None,
     ) -> LMMReply:
-        """Send one chat request (cached, rate-limited, retried, within budget)."""
+        """Send one chat request (cached, rate-limited, retried, within budget). max_tokens:
+        the longest answer (default: the config's)."""
+        cfg = self.config
+        max_tokens = int(max_tokens or cfg.max_tokens)
         msgs = self._prepare(messages)
         key_req = {
-            "base_url": self.config.base_url,
-            "model": self.config.model,
+            "base_url": cfg.base_url,
+            "model": cfg.model,
             "messages": msgs,
             "schema": schema,
-            "json_mode": self.config.json_mode if schema is not None else "off",
+            "json_mode": cfg.json_mode if schema is not None else "off",
             "temperature": temperature,
             "max_tokens": max_tokens,
         }
@@ -298,108 +349,224 @@ class LMMClient:
                     _json_data(hit["text"]) if schema is not None else None,
                     usage,
                     cached=True,
-                    model=hit.get("model", self.config.model),
+                    model=hit.get("model", cfg.model),
                     json_mode_used=hit.get("json_mode_used", "off"),
+                    finish_reason=hit.get("finish_reason"),
+                    max_tokens=max_tokens,
                 )
-
+        if self._failing is not None:  # the server failed too often: do not pile more on it
+            raise self._failing
         estimate = self.estimate_cost(msgs, max_tokens)
         self._reserve(estimate)
         try:
-            text, pt, ct, retries, mode = self._call_with_retries(msgs, schema, temperature, max_tokens)
+            got = self._call_with_retries(msgs, schema, temperature, max_tokens)
+        except LMMRequestError as e:
+            self._failed(e)
+            raise
         finally:
-            if self.config.budget_usd is not None:
+            if cfg.budget_usd is not None:
                 with self._lock:
                     self._reserved -= estimate
-        cost = self.prices.cost(self.config.model, pt, ct)
-        usage = Usage(pt, ct, cost, calls=1)
+        with self._lock:
+            self._failures = 0
+        cost = self.prices.cost(cfg.model, got.prompt_tokens, got.completion_tokens)
+        usage = Usage(got.prompt_tokens, got.completion_tokens, cost, calls=1)
         with self._lock:
             self.usage_total = self.usage_total + usage
+        if cfg.check_input:
+            self._check_input(msgs, got.prompt_tokens)  # raises InputIgnored: the answer is not cached
         if self.cache is not None:
             self.cache.put(
                 key,
                 {
-                    "model": self.config.model,
-                    "text": text,
-                    "usage": {"prompt_tokens": pt, "completion_tokens": ct, "cost_usd": cost},
-                    "json_mode_used": mode,
+                    "model": cfg.model,
+                    "text": got.text,
+                    "usage": {
+                        "prompt_tokens": got.prompt_tokens,
+                        "completion_tokens": got.completion_tokens,
+                        "cost_usd": cost,
+                    },
+                    "json_mode_used": got.mode,
+                    "finish_reason": got.finish_reason,
                     "created": time.time(),
                 },
             )
         return LMMReply(
-            text,
-            _json_data(text) if schema is not None else None,
+            got.text,
+            _json_data(got.text) if schema is not None else None,
             usage,
             cached=False,
-            retries=retries,
-            model=self.config.model,
-            json_mode_used=mode,
+            retries=got.retries,
+            model=cfg.model,
+            json_mode_used=got.mode,
+            finish_reason=got.finish_reason,
+            max_tokens=max_tokens,
         )
 
-    def _response_format(self, schema: dict[str, Any] | None) -> tuple[dict[str, Any] | None, str]:
-        mode = self.config.json_mode
-        if schema is None or mode == "off" or self._schema_ok is False:
-            return None, "off"
+    def _failed(self, e: LMMRequestError) -> None:
+        """Count a failed request; after max_failures in a row every later call stops at once."""
+        with self._lock:
+            self._failures += 1
+            if self._failures >= self.config.max_failures and self._failing is None:
+                self._failing = ServerFailing(
+                    f"the LMM server at {self.config.base_url} failed {self._failures} requests in a row "
+                    f"(last: {e}); stopped: every answer received so far is kept"
+                )
+            failing = self._failing
+        if failing is not None:
+            raise failing from e
+
+    # -- what the server read
+    def _check_input(self, msgs: list[dict[str, Any]], prompt_tokens: int) -> None:
+        """Stop (InputIgnored) when the server's prompt-token count shows that it dropped the
+        prompt or ignored the images (negotiate.judge_input; an unsure count is settled once per
+        server and model by a text-only twin of the request, one answer token long)."""
+        tr = self.traits
+        est = self.estimate(msgs)
+        if (tr.images_read if est.images else tr.text_read) or prompt_tokens <= 0:
+            return
+        verdict = judge_input(prompt_tokens, est)
+        if verdict == "unsure":
+            twin = self._text_only_tokens(msgs)
+            if twin is None:
+                return  # cannot tell: assume it was read, and ask again next time
+            verdict = "read" if images_counted(prompt_tokens, twin, est.images) else "ignored"
+        if verdict == "read":
+            if est.images:
+                tr.images_read = True
+            else:
+                tr.text_read = True
+            return
+        if verdict == "unknown":
+            return
+        cfg = self.config
+        if est.images:
+            raise InputIgnored(
+                f"the model ignored the images (no vision?): {cfg.model!r} at {cfg.base_url} counted {prompt_tokens} "
+                f"prompt tokens for {est.images} image(s) (about {est.image_tokens} tokens by genad's estimate) and "
+                f"about {est.text_tokens} tokens of text; use a vision model (or its projector), or set "
+                "check_input=false if this server does not count image tokens"
+            )
+        raise InputIgnored(
+            f"the server dropped the prompt: {cfg.model!r} at {cfg.base_url} counted {prompt_tokens} prompt tokens "
+            f"for about {est.text_tokens} tokens of text; check its chat format (or set check_input=false)"
+        )
+
+    def _text_only_tokens(self, msgs: list[dict[str, Any]]) -> int | None:
+        """Prompt tokens of `msgs` without their images (one answer token; None if it fails)."""
+        twin = []
+        for m in msgs:
+            c = m.get("content")
+            if isinstance(c, list):
+                c = "\n".join(str(p.get("text", "")) for p in c if p.get("type") == "text")
+            twin.append({**m, "content": c})
+        try:
+            got = self._call_with_retries(twin, None, 0.0, 1, retries=0)
+        except GenadError:
+            return None
+        cost = self.prices.cost(self.config.model, got.prompt_tokens, got.completion_tokens)
+        with self._lock:
+            self.usage_total = self.usage_total + Usage(got.prompt_tokens, got.completion_tokens, cost, calls=1)
+        return got.prompt_tokens or None
+
+    def _request(
+        self, msgs: list[dict[str, Any]], schema: dict[str, Any] | None, temperature: float, max_tokens: int
+    ) -> tuple[dict[str, Any], str]:
+        """The request's arguments as this server and model accept them, and its json mode."""
+        cfg, tr = self.config, self.traits
+        kwargs: dict[str, Any] = {"model": cfg.model, "messages": msgs, tr.tokens_param: max_tokens}
+        if tr.send_temperature:
+            kwargs["temperature"] = temperature
+        mode = "off"
+        if schema is not None and cfg.json_mode != "off":
+            mode = (tr.json_mode or JSON_LADDER[0]) if cfg.json_mode == "auto" else cfg.json_mode
         if mode == "object":
-            return {"type": "json_object"}, "object"
-        return {
-            "type": "json_schema",
-            "json_schema": {"name": "answer", "schema": schema, "strict": False},
-        }, "schema"
+            kwargs["response_format"] = {"type": "json_object"}
+        elif mode == "object_schema":
+            kwargs["response_format"] = {"type": "json_object", "schema": schema}
+        elif mode == "schema":
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "answer", "schema": schema, "strict": False},
+            }
+        return kwargs, mode
 
     def _call_with_retries(
-        self, msgs: list[dict[str, Any]], schema: dict[str, Any] | None, temperature: float, max_tokens: int | None
-    ) -> tuple[str, int, int, int, str]:
+        self,
+        msgs: list[dict[str, Any]],
+        schema: dict[str, Any] | None,
+        temperature: float,
+        max_tokens: int,
+        retries: int | None = None,
+    ) -> _Got:
         import openai
 
-        cfg = self.config
-        attempt = 0
-        conn_failures = 0
+        cfg, tr = self.config, self.traits
+        max_retries = cfg.max_retries if retries is None else retries
+        timeout = cfg.request_timeout
+        attempt = timeouts = conn_failures = 0
         final: GenadError  # what to raise once retries run out
         err: Exception
         wait_hint: float | None
         while True:
-            response_format, mode = self._response_format(schema)
-            kwargs: dict[str, Any] = {"model": cfg.model, "messages": msgs, "temperature": temperature}
-            if max_tokens is not None:
-                kwargs["max_tokens"] = max_tokens
-            if response_format is not None:
-                kwargs["response_format"] = response_format
+            kwargs, mode = self._request(msgs, schema, temperature, max_tokens)
             self._limiter.wait()
             try:
                 resp = self._sdk.chat.completions.create(**kwargs)
-                if mode == "schema" and cfg.json_mode == "auto":
-                    self._schema_ok = True
-                choice = resp.choices[0] if resp.choices else None
-                text = (choice.message.content if choice and choice.message else None) or ""
-                refusal = getattr(choice.message, "refusal", None) if choice and choice.message else None
-                if not text and refusal:
-                    text = str(refusal)
-                u = resp.usage
-                pt = int(getattr(u, "prompt_tokens", 0) or 0) if u else 0
-                ct = int(getattr(u, "completion_tokens", 0) or 0) if u else 0
-                return text, pt, ct, attempt, mode
-            except openai.BadRequestError as e:
-                if mode != "off" and cfg.json_mode == "auto" and _mentions_response_format(e):
-                    # the server does not do structured output: free text from now on
-                    log.info("server rejected response_format; falling back to free-text answers")
-                    self._schema_ok = False
-                    continue
-                raise LMMRequestError(f"the server refused the request (HTTP 400): {self._msg(e)}") from e
-            except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
-                raise ConfigError(
-                    f"the server at {cfg.base_url} rejected the API key (HTTP {e.status_code}): check GENAD_LMM_API_KEY"
-                ) from e
-            except openai.NotFoundError as e:
-                raise ConfigError(
-                    f"not found at {cfg.base_url} (HTTP 404: {self._msg(e)}): check GENAD_LMM_MODEL "
-                    f"({cfg.model!r}) and GENAD_LMM_BASE_URL"
-                ) from e
-            except openai.APITimeoutError as e:  # before APIConnectionError: it is a subclass
-                what, wait_hint, err = f"no answer within {cfg.timeout:g}s", None, e
+                got = _read_completion(resp)
+                got.retries, got.mode = attempt, mode
+                if mode != "off" and cfg.json_mode == "auto" and tr.json_mode is None:
+                    tr.json_mode = mode
+                return got
+            except _Malformed as e:
+                what, wait_hint, err = "malformed reply", None, e
                 final = LMMRequestError(
-                    f"no answer from {cfg.base_url} within {cfg.timeout:g}s after {attempt + 1} tries: "
-                    "raise the timeout or try later"
+                    f"the server at {cfg.base_url} answered with something that is not a chat completion "
+                    f"({e}) {attempt + 1} times: is it an OpenAI-compatible endpoint (…/v1)?"
                 )
+            except openai.APIStatusError as e:
+                feature = refused(e, kwargs) if e.status_code >= 400 else None
+                if feature == "response_format" and cfg.json_mode == "auto":
+                    # the server does not do this kind of structured output: the next kind, from now on
+                    nxt = step_down(tr, mode)
+                    log.info("%s refused response_format %s (HTTP %d); now: %s", cfg.base_url, mode, e.status_code, nxt)
+                    continue
+                if feature == "max_tokens" and tr.tokens_param == "max_tokens":
+                    log.info("%s wants max_completion_tokens for %s", cfg.base_url, cfg.model)
+                    tr.tokens_param = "max_completion_tokens"
+                    continue
+                if feature == "temperature" and tr.send_temperature:
+                    log.info("%s refuses a temperature for %s: sending none", cfg.base_url, cfg.model)
+                    tr.send_temperature = False
+                    continue
+                if isinstance(e, (openai.AuthenticationError, openai.PermissionDeniedError)):
+                    raise ConfigError(
+                        f"the server at {cfg.base_url} rejected the API key (HTTP {e.status_code}): "
+                        "check GENAD_LMM_API_KEY"
+                    ) from e
+                if isinstance(e, openai.NotFoundError):
+                    raise ConfigError(
+                        f"not found at {cfg.base_url} (HTTP 404: {self._msg(e)}): check GENAD_LMM_MODEL "
+                        f"({cfg.model!r}) and GENAD_LMM_BASE_URL"
+                    ) from e
+                if e.status_code != 429 and e.status_code < 500:
+                    raise LMMRequestError(
+                        f"the server refused the request (HTTP {e.status_code}): {self._msg(e)}"
+                    ) from e
+                what, wait_hint, err = f"HTTP {e.status_code}", _retry_after(e.response.headers), e
+                final = LMMRequestError(
+                    f"the server answered HTTP {e.status_code} {attempt + 1} times: {self._msg(e)}; "
+                    "try later or lower the concurrency / requests_per_minute"
+                )
+            except openai.APITimeoutError as e:  # before APIConnectionError: it is a subclass
+                timeouts += 1
+                what, wait_hint, err = f"no answer within {timeout:g}s", None, e
+                final = LMMRequestError(
+                    f"no answer from {cfg.base_url} within {timeout:g}s after {attempt + 1} tries: "
+                    "raise the timeout (--timeout), lower --max-tokens, or try later"
+                )
+                if timeouts > 1:  # a server too slow once is slow again: do not stack generations on it
+                    raise final from e
             except openai.APIConnectionError as e:
                 conn_failures += 1
                 what, wait_hint, err = "connection failed", None, e
@@ -409,15 +576,7 @@ class LMMClient:
                 )
                 if conn_failures > 2:  # an unreachable server will not come back in seconds
                     raise final from e
-            except openai.APIStatusError as e:
-                if e.status_code != 429 and e.status_code < 500:
-                    raise LMMRequestError(f"the server answered HTTP {e.status_code}: {self._msg(e)}") from e
-                what, wait_hint, err = f"HTTP {e.status_code}", _retry_after(e.response.headers), e
-                final = LMMRequestError(
-                    f"the server answered HTTP {e.status_code} {attempt + 1} times: {self._msg(e)}; "
-                    "try later or lower the concurrency / requests_per_minute"
-                )
-            if attempt >= cfg.max_retries:
+            if attempt >= max_retries:
                 raise final from err
             delay = (
                 wait_hint
@@ -427,7 +586,7 @@ class LMMClient:
             attempt += 1
             with self._lock:
                 self.retries_total += 1
-            log.warning("LMM request: %s; retry %d/%d in %.2fs", what, attempt, cfg.max_retries, delay)
+            log.warning("LMM request: %s; retry %d/%d in %.2fs", what, attempt, max_retries, delay)
             self._sleep(delay)
 
     def _msg(self, e: Exception) -> str:
@@ -445,14 +604,22 @@ class LMMClient:
     ) -> list[LMMReply | Exception]:
         """Run many chats, at most max_concurrency at a time. Each request is a dict of chat()
         keyword arguments (`messages`, optional `schema`, ...). A failed request gives its
-        exception in place of a reply; the others go on."""
+        exception in place of a reply; the others go on, except after an LMMStop (a spent
+        budget, a failing server, ignored images): the requests not yet sent then get it too."""
         results: list[LMMReply | Exception] = [GenadError("not run")] * len(requests)
+        stopped: list[Exception] = []
 
         def one(i: int) -> None:
-            try:
-                r: LMMReply | Exception = self.chat(**requests[i])
-            except Exception as e:
-                r = e
+            r: LMMReply | Exception
+            if stopped:
+                r = stopped[0]
+            else:
+                try:
+                    r = self.chat(**requests[i])
+                except Exception as e:
+                    r = e
+                    if isinstance(e, (LMMStop, ConfigError)):
+                        stopped.append(e)
             results[i] = r
             if on_done is not None:
                 on_done(i, r)
@@ -466,9 +633,67 @@ class LMMClient:
         return results
 
 
-def _mentions_response_format(e: Exception) -> bool:
-    text = (str(getattr(e, "message", "")) + " " + json.dumps(getattr(e, "body", None), default=str)).lower()
-    return any(w in text for w in ("response_format", "json_schema", "json schema", "structured output"))
+@dataclass
+class _Got:
+    """One completion as read off the wire."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None
+    retries: int = 0
+    mode: str = "off"
+
+
+class _Malformed(Exception):
+    """A 200 reply that is not a chat completion."""
+
+
+def _read_completion(resp: Any) -> _Got:
+    """Text, token counts and finish reason of a completion; _Malformed when it is not one
+    (a body that is not JSON, "choices" that is not a list, a message without content...)."""
+    try:
+        choices = resp.choices
+        if not isinstance(choices, list):
+            raise _Malformed(f"'choices' is {type(choices).__name__}, not a list")
+        choice = choices[0] if choices else None
+        message = choice.message if choice is not None else None
+        content = message.content if message is not None else None
+        if content is not None and not isinstance(content, str):
+            raise _Malformed(f"the message content is {type(content).__name__}, not text")
+        text = content or ""
+        refusal = getattr(message, "refusal", None) if message is not None else None
+        if not text and isinstance(refusal, str) and refusal:
+            text = refusal
+        finish = getattr(choice, "finish_reason", None) if choice is not None else None
+        u = getattr(resp, "usage", None)
+        pt = _count(getattr(u, "prompt_tokens", 0)) if u is not None else 0
+        ct = _count(getattr(u, "completion_tokens", 0)) if u is not None else 0
+    except _Malformed:
+        raise
+    except (AttributeError, TypeError, IndexError, KeyError, ValueError) as e:
+        raise _Malformed(f"{type(e).__name__}: {str(e)[:120]}") from e
+    return _Got(text, pt, ct, finish if isinstance(finish, str) else None)
+
+
+def _count(v: Any) -> int:
+    try:
+        return max(0, int(v or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def prompt_text(messages: Sequence[dict[str, Any]]) -> str:
+    """All the text of a chat (images left out): what the model was asked, for telling its own
+    answer from a copy of the question (parse.parse_answer's `prompt`)."""
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, str):
+            out.append(content)
+        elif isinstance(content, list):
+            out.extend(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return "\n".join(out)
 
 
 def _retry_after(headers: Any) -> float | None:

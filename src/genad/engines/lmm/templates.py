@@ -40,6 +40,15 @@ VARIANT_ALIASES = {
 _ORDINALS = ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth"]
 
 
+def class_words(name: str | None) -> str | None:
+    """A class name as words for a prompt: folder names such as "magnetic_tile" or "screw-bag"
+    become "magnetic tile", "screw bag" (the GPT-4V study prompts with the object's name)."""
+    if name is None:
+        return None
+    words = re.sub(r"[_\-]+", " ", str(name)).strip()
+    return re.sub(r"\s+", " ", words) or None
+
+
 def normalise_variant(variant: str) -> str:
     v = VARIANT_ALIASES.get(variant.strip().lower(), variant.strip().lower())
     if v not in VARIANTS:
@@ -116,6 +125,7 @@ class Templates:
         knowledge known: the class prompt is used). Raises GenadError when the variant needs a
         class name and none is given."""
         variant = normalise_variant(variant)
+        class_name = class_words(class_name)
         d = self.domain(domain)
         note = None
         if variant == "expertise" and (knowledge is None or knowledge.is_empty()):

@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from genad.decision import UNIT, Calibration, decide
-from genad.engines.lmm.templates import Templates, templates_for
+from genad.engines.lmm.templates import Templates, class_words, templates_for
 from genad.engines.lmm.visual_prompt import (
     as_labels,
     divide,
@@ -67,10 +67,13 @@ def image_score(stated: float | None, region_scores: dict[int, float]) -> float 
 # --------------------------------------------------------------------------- prompting
 # The prompts are in prompts/localize.toml (keys listed there), overridable by a prompts folder.
 
+# the reason first: structured output generates the keys in this order, and a model that explains
+# before it scores scores better
 LOCALIZE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "image_anomaly_score": {"type": "number"},
+        "reason": {"type": "string"},
+        "defect_type": {"type": ["string", "null"]},
         "regions": {
             "type": "array",
             "items": {
@@ -79,10 +82,9 @@ LOCALIZE_SCHEMA: dict[str, Any] = {
                 "required": ["region", "score"],
             },
         },
-        "defect_type": {"type": ["string", "null"]},
-        "reason": {"type": "string"},
+        "image_anomaly_score": {"type": "number"},
     },
-    "required": ["image_anomaly_score", "regions"],
+    "required": ["reason", "regions", "image_anomaly_score"],
 }
 
 
@@ -121,7 +123,11 @@ def build_localize_messages(
     from genad.engines.lmm.provider import system
 
     t = templates_for(client)
-    what = t.text("localize", "inspected_class", object=class_name) if class_name else t.text("localize", "inspected")
+    what = (
+        t.text("localize", "inspected_class", object=class_words(class_name))
+        if class_name
+        else t.text("localize", "inspected")
+    )
     parts: list[Any] = []
     if include_original:
         parts += [t.text("localize", "original", what=what), image, t.text("localize", "divided", n=n_regions), som]
@@ -181,6 +187,7 @@ def localize(
     Raises what the client raises (GenadError subclasses) when the call itself fails.
     """
     from genad.engines.lmm.parse import parse_answer
+    from genad.engines.lmm.provider import prompt_text
 
     img = np.asarray(image)
     if img.ndim == 2:
@@ -203,7 +210,7 @@ def localize(
     )
     reply = client.chat(msgs, schema=LOCALIZE_SCHEMA if json_answer else None, max_tokens=max_tokens)
     t2 = time.perf_counter()
-    answer = parse_answer(reply.text, reply.data)
+    answer = parse_answer(reply.text, reply.data, prompt=prompt_text(msgs))
     region_scores = dict(answer.region_scores)
     result = answer_to_result(
         answer,
@@ -222,6 +229,8 @@ def localize(
         image=som,
     )
     result.extra["answer"] = reply.text
+    if result.error:
+        result.error = answer.why_unusable(getattr(reply, "finish_reason", None), getattr(reply, "max_tokens", None))
     result.timings.update(visual_prompt=t1 - t0, lmm=t2 - t1)
     return result
 
@@ -246,8 +255,9 @@ def answer_to_result(
     if score is None and answer.anomalous is not None:
         score = 1.0 if answer.anomalous else 0.0
     if score is None:
-        why = "the model refused to answer" if answer.refusal else "no score in the model's answer"
-        return Result(sample_id=sample_id, error=why, usage=usage, extra={"region_scores": region_scores})
+        return Result(
+            sample_id=sample_id, error=answer.why_unusable(), usage=usage, extra={"region_scores": region_scores}
+        )
     boxes = region_boxes(labels, n)
     regions = []
     for i, s in sorted(region_scores.items(), key=lambda kv: -kv[1]):

@@ -1,8 +1,8 @@
 """SeriesLMMDetector ("ts-lmm"): ask a multimodal model about a series, shown as a chart and told
-as numbers.
+as numbers (or, with chart=false, told as numbers only: any text model will do).
 
-Each series is one chat: a PNG line chart (x = point index, a dense labelled grid) and a compact
-text summary (length, time span, statistics, and the series downsampled to `max_values` buckets
+Each series is one chat: a PNG line chart (x = point index, a dense labelled grid; left out with
+chart=false) and a compact text summary (length, time span, statistics, and the series downsampled to `max_values` buckets
 with each bucket's mean, min and max so that spikes survive). The model is asked for JSON:
 {"anomalous": bool, "score": 0..1, "ranges": [{"start", "end", "score", "reason"}]}. The answer's
 ranges (end exclusive) are clipped to the series and painted onto a per-point map with their
@@ -34,34 +34,36 @@ import numpy as np
 from genad.decision import UNIT
 from genad.detector import param, raw_threshold_param, threshold_param
 from genad.engines.lmm.base import LMMDetectorBase
+from genad.engines.lmm.provider import prompt_text
 from genad.engines.lmm.templates import Templates, templates_for
-from genad.errors import ConfigError, GenadError
+from genad.errors import ConfigError, GenadError, stop_with
 from genad.modalities.timeseries.common import Prepared, prepare
 from genad.types import Result, Sample, TimeSeriesSample
 
 # The prompts are in genad/engines/lmm/prompts/series.toml (keys listed there), overridable by
 # a prompts folder.
 
+# the evidence (each range with its reason) before the verdict: generated in this order
 ANSWER_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "anomalous": {"type": "boolean"},
-        "score": {"type": "number", "minimum": 0, "maximum": 1},
         "ranges": {
             "type": "array",
             "items": {
                 "type": "object",
                 "properties": {
+                    "reason": {"type": "string"},
                     "start": {"type": "integer"},
                     "end": {"type": "integer"},
                     "score": {"type": "number", "minimum": 0, "maximum": 1},
-                    "reason": {"type": "string"},
                 },
-                "required": ["start", "end", "reason"],
+                "required": ["reason", "start", "end"],
             },
         },
+        "anomalous": {"type": "boolean"},
+        "score": {"type": "number", "minimum": 0, "maximum": 1},
     },
-    "required": ["anomalous", "ranges"],
+    "required": ["ranges", "anomalous"],
 }
 
 
@@ -214,28 +216,35 @@ class SeriesLMMDetector(LMMDetectorBase):
     threshold: float = threshold_param()
     raw_threshold: float | None = raw_threshold_param()
     max_tokens: int | None = param(800, "int", low=1, high=1_000_000, doc="longest answer, in tokens")
+    chart: bool = param(True, doc="send the chart (false: the numbers only, for text-only models)")
     chart_size: tuple[int, int] = param((1024, 448), "any", convert=_chart_size, doc="chart width,height")
     max_nan_frac: float = param(0.2, low=0.0, high=1.0, doc="largest share of missing values tolerated")
     batch_size: int = param(4, low=1, high=10_000, doc="series per predict() when a run streams them")
 
     def messages(self, sample: TimeSeriesSample, prep: Prepared) -> list[dict[str, Any]]:
-        """The chat for one series: system prompt, then [chart PNG, numbers + task]."""
+        """The chat for one series: system prompt, then [chart PNG, numbers + task] (with
+        chart=false: the numbers + task alone, as plain text)."""
         from genad.engines.lmm.provider import system
         from genad.modalities.timeseries.render import render_chart
 
+        t = self.templates
+        text = summarize(prep.values, sample, self.max_values) + "\n" + task_text(prep.n, self.context, t)
+        if not self.chart:
+            return [system(t.text("series", "system_numbers")), {"role": "user", "content": text}]
         side = int(getattr(getattr(self.client, "config", None), "max_image_side", 768))
         w, h = self.chart_size
         if w > side:  # draw at the size that is sent, rather than letting it be shrunk to blur
             w, h = side, max(200, int(h * side / w))
         chart = render_chart(prep.values, title=f"{sample.id} (x: point index)", columns=sample.columns, size=(w, h))
-        t = self.templates
-        text = summarize(prep.values, sample, self.max_values) + "\n" + task_text(prep.n, self.context, t)
         content = [png_part(chart), {"type": "text", "text": text}]
         return [system(t.text("series", "system")), {"role": "user", "content": content}]
 
     def predict(self, samples: Sequence[Sample]) -> list[Result]:
         results: list[Result | None] = [None] * len(samples)
-        requests, where, preps = [], [], {}
+        requests: list[dict[str, Any]] = []
+        asked: list[list[dict[str, Any]]] = []
+        where: list[int] = []
+        preps: dict[int, Prepared] = {}
         t0 = time.perf_counter()
         for i, s in enumerate(samples):
             try:
@@ -264,37 +273,53 @@ class SeriesLMMDetector(LMMDetectorBase):
                 continue
             preps[i] = prep
             requests.append({"messages": msgs, "schema": ANSWER_SCHEMA, "max_tokens": self.max_tokens})
+            asked.append(msgs)
             where.append(i)
         replies = self.client.chat_many(requests) if requests else []
         stop = self.stop_error(replies)
-        if stop is not None:
-            raise stop
-        for i, reply in zip(where, replies):
+        for i, reply, msgs in zip(where, replies, asked):
             s = samples[i]
             if isinstance(reply, Exception):
                 results[i] = Result(sample_id=s.id, error=f"model call failed: {reply}")
             else:
                 assert isinstance(s, TimeSeriesSample)
-                results[i] = self._read(s, preps[i], reply)
+                results[i] = self._read(s, preps[i], reply, prompt_text(msgs))
         took = time.perf_counter() - t0
         for r in results:
             assert r is not None
             r.timings.setdefault("seconds", took / max(1, len(samples)))
-        return [r for r in results if r is not None]
+        out = [r for r in results if r is not None]
+        if stop is not None:  # the answers received are kept by the run loop
+            raise stop_with(stop, out) if isinstance(stop, GenadError) else stop
+        return out
 
-    def _read(self, sample: TimeSeriesSample, prep: Prepared, reply: Any) -> Result:
-        """Map one answer back to points; a useless answer becomes an error Result."""
-        from genad.engines.lmm.parse import extract_json, parse_answer
+    def _read(self, sample: TimeSeriesSample, prep: Prepared, reply: Any, prompt: str | None = None) -> Result:
+        """Map one answer back to points; a useless answer (a refusal, a copy of the prompt's
+        example, placeholders, nothing) becomes an error Result with the answer kept."""
+        from genad.engines.lmm.parse import extract_json, is_echo, parse_answer, strip_reasoning
 
         text = reply.text or ""
-        parsed = read_ranges(reply.data if reply.data is not None else extract_json(text))
+        final, _ = strip_reasoning(text)
+        data = reply.data if reply.data is not None and final.strip() == text.strip() else extract_json(final)
+        if data is not None and is_echo(data, prompt):
+            return Result(
+                sample_id=sample.id,
+                error="no usable answer: the model only repeated the prompt's example",
+                usage=reply.usage,
+                extra={"answer": text[:2000], "echo": True},
+            )
+        parsed = read_ranges(data)
         if parsed is None:  # not our JSON: let the general parser try (text ranges, yes/no)
-            ans = parse_answer(text, None)
+            ans = parse_answer(text, None, prompt=prompt)
             if ans.refusal or (ans.anomalous is None and ans.score is None and not ans.ranges):
-                what = "refused" if ans.refusal else "gave no decision or ranges"
+                what = ans.why_unusable(getattr(reply, "finish_reason", None), getattr(reply, "max_tokens", None))
+                if what == "no usable score in the model's answer":  # say what a series answer lacks
+                    what = "no usable answer: the model gave no decision or ranges"
+                else:
+                    what = what.replace("no usable score", "no usable answer")
                 return Result(
                     sample_id=sample.id,
-                    error=f"the model {what}: {text[:200]!r}",
+                    error=f"{what}: {text[:200]!r}",
                     usage=reply.usage,
                     extra={"answer": text[:2000]},
                 )

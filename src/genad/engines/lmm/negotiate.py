@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 #: structured-output modes, strongest first; "auto" walks down this list on refusals
@@ -43,6 +43,8 @@ class Traits:
     send_temperature: bool = True
     images_read: bool = False  # its prompt-token count showed that it reads images
     text_read: bool = False  # ... that it reads a plain-text prompt
+    warmed: bool = False  # a first call has been made (until then, calls go one at a time)
+    first_call: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
 _TRAITS: dict[tuple[str, str], Traits] = {}

@@ -238,7 +238,8 @@ def remove_echo(text: str, prompt: str | None) -> tuple[str, bool]:
             continue
         kept.append(piece)
     rest = "\n".join(kept)
-    return rest, dropped and not re.search(r"[a-z0-9]", rest, re.I)
+    # nothing left but a stray word or two (small models add garbage tokens to an echo)
+    return rest, dropped and len(re.findall(r"[a-z0-9]+", rest, re.I)) < 3
 
 
 def _json_objects(text: str) -> list[Any]:
@@ -329,6 +330,7 @@ def parse_answer(text: str, data: dict[str, Any] | None = None, *, prompt: str |
     if data:
         _from_json(ans, data)
     prose = clean_markdown(_strip_json(final) if data else final)
+    prose, placeholders = _PLACEHOLDER_TOKEN.subn(" ", prose)  # "<true or false>", "<0 to 1>"
     _from_text(ans, prose, had_json=bool(data))
     if ans.score is not None:
         ans.score = float(min(1.0, max(0.0, ans.score)))
@@ -336,10 +338,14 @@ def parse_answer(text: str, data: dict[str, Any] | None = None, *, prompt: str |
         ans.region_scores[k] = float(min(1.0, max(0.0, v)))
     if ans.score is None and ans.anomalous is None and not ans.region_scores and not ans.ranges:
         ans.refusal = bool(_REFUSAL_RE.search(prose))
-        ans.echo = echoed or _only_placeholders(prose)
+        ans.echo = echoed or placeholders > 0 or _only_placeholders(prose)
     if ans.reason is None and final.strip() and not data and not ans.echo:
         ans.reason = final.strip()[:2000]
     return ans
+
+
+# a template's placeholder in angle brackets (reasoning tags are removed before this)
+_PLACEHOLDER_TOKEN = re.compile(r"<[^<>\n]{1,40}>")
 
 
 def _strip_json(text: str) -> str:

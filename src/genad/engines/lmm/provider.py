@@ -228,6 +228,7 @@ class LMMClient:
         self._reserved = 0.0  # estimated cost of calls in flight, so parallel calls respect the budget
         self._failures = 0  # requests failed in a row
         self._failing: ServerFailing | None = None
+        self._ignored: InputIgnored | None = None
         self._limiter = RateLimiter(config.requests_per_minute)
         self._sdk = OpenAI(
             api_key=config.api_key,
@@ -354,8 +355,53 @@ class LMMClient:
                     finish_reason=hit.get("finish_reason"),
                     max_tokens=max_tokens,
                 )
-        if self._failing is not None:  # the server failed too often: do not pile more on it
-            raise self._failing
+        # The first call to a server and model runs alone: what it learns (the structured-output
+        # mode it takes, whether it reads images) saves the calls waiting behind it a refusal each.
+        first = self.traits.first_call if not self.traits.warmed else None
+        if first is not None:
+            first.acquire()
+        try:
+            got, usage = self._paid_call(msgs, schema, temperature, max_tokens)
+        finally:
+            if first is not None:
+                self.traits.warmed = True
+                first.release()
+        if self.cache is not None:
+            self.cache.put(
+                key,
+                {
+                    "model": cfg.model,
+                    "text": got.text,
+                    "usage": {
+                        "prompt_tokens": got.prompt_tokens,
+                        "completion_tokens": got.completion_tokens,
+                        "cost_usd": usage.cost_usd,
+                    },
+                    "json_mode_used": got.mode,
+                    "finish_reason": got.finish_reason,
+                    "created": time.time(),
+                },
+            )
+        return LMMReply(
+            got.text,
+            _json_data(got.text) if schema is not None else None,
+            usage,
+            cached=False,
+            retries=got.retries,
+            model=cfg.model,
+            json_mode_used=got.mode,
+            finish_reason=got.finish_reason,
+            max_tokens=max_tokens,
+        )
+
+    def _paid_call(
+        self, msgs: list[dict[str, Any]], schema: dict[str, Any] | None, temperature: float, max_tokens: int
+    ) -> tuple[_Got, Usage]:
+        """One request that is not in the cache: within budget, retried, counted, its input checked."""
+        cfg = self.config
+        stopped = self._failing or self._ignored
+        if stopped is not None:  # the server failed too often, or does not read what we send
+            raise stopped
         estimate = self.estimate_cost(msgs, max_tokens)
         self._reserve(estimate)
         try:
@@ -374,34 +420,12 @@ class LMMClient:
         with self._lock:
             self.usage_total = self.usage_total + usage
         if cfg.check_input:
-            self._check_input(msgs, got.prompt_tokens)  # raises InputIgnored: the answer is not cached
-        if self.cache is not None:
-            self.cache.put(
-                key,
-                {
-                    "model": cfg.model,
-                    "text": got.text,
-                    "usage": {
-                        "prompt_tokens": got.prompt_tokens,
-                        "completion_tokens": got.completion_tokens,
-                        "cost_usd": cost,
-                    },
-                    "json_mode_used": got.mode,
-                    "finish_reason": got.finish_reason,
-                    "created": time.time(),
-                },
-            )
-        return LMMReply(
-            got.text,
-            _json_data(got.text) if schema is not None else None,
-            usage,
-            cached=False,
-            retries=got.retries,
-            model=cfg.model,
-            json_mode_used=got.mode,
-            finish_reason=got.finish_reason,
-            max_tokens=max_tokens,
-        )
+            try:
+                self._check_input(msgs, got.prompt_tokens)
+            except InputIgnored as e:  # the answer is not cached, and no later call is sent
+                self._ignored = e
+                raise
+        return got, usage
 
     def _failed(self, e: LMMRequestError) -> None:
         """Count a failed request; after max_failures in a row every later call stops at once."""

@@ -19,7 +19,7 @@ model (the `describer` connection: LMMConfig settings such as {"model": "qwen2.5
 descriptions come with the sample (`meta["frame_descriptions"]`: a list, or {frame: text}); the
 detector's own model, which may be text-only, then induces rules of normal activity from
 `induction_batches` batches of normal-frame descriptions, derives rules of abnormal activity
-from them, keeps the rules that recur in at least half of the batches (aggregation by vote;
+from them, keeps the rules that recur in most of the batches (aggregation by majority vote;
 rules match when they share most of their words), and judges each frame from its description.
 
 Decisions (genad.decision): frame scores are the model's 0..1 answers, so the calibration is
@@ -175,10 +175,11 @@ def _words(rule: str) -> set[str]:
 
 
 def aggregate_rules(batches: Sequence[Sequence[str]], min_share: float = 0.5) -> list[str]:
-    """Rules that recur in at least `min_share` of the batches (AnomalyRuler's aggregation, by
-    vote): two rules match when they share at least half of their words (Jaccard >= 0.5). Each
-    kept rule is written as its first wording; the order is by support, then first appearance.
-    With nothing recurring, the rules of the batch that shares most with the others."""
+    """Rules that recur in more than `min_share` of the batches (AnomalyRuler's aggregation, by
+    majority vote; a single batch keeps its rules): two rules match when they share at least half
+    of their words (Jaccard >= 0.5). Each kept rule is written as its first wording; the order is
+    by support, then first appearance. With nothing recurring, the rules of the batch that shares
+    most with the others."""
     clusters: list[tuple[set[str], str, set[int]]] = []
     for b, rules in enumerate(batches):
         for r in rules:
@@ -191,7 +192,7 @@ def aggregate_rules(batches: Sequence[Sequence[str]], min_share: float = 0.5) ->
                     break
             else:
                 clusters.append((w, r, {b}))
-    need = max(1, int(np.ceil(min_share * len(batches))))
+    need = 1 if len(batches) <= 1 else int(np.floor(min_share * len(batches))) + 1
     kept = [(len(s), i, r) for i, (_, r, s) in enumerate(clusters) if len(s) >= need]
     if kept:
         return [r for _, _, r in sorted(kept, key=lambda t: (-t[0], t[1]))]
@@ -369,7 +370,7 @@ class RuleVideoDetector(LMMDetectorBase):
         """Text mode, induction (the detector's model, which may be text-only): the descriptions
         are split into `induction_batches` batches; for each, one call induces rules of normal
         activity and one derives rules of abnormal activity from them; the rules that recur in
-        at least half of the batches are kept (aggregate_rules)."""
+        most of the batches are kept (aggregate_rules)."""
         descs = [d for d in descriptions if d.strip()]
         if not descs:
             raise GenadError("no frame description to induce rules from: the describer gave none")

@@ -238,3 +238,35 @@ def test_the_check_and_the_limits_come_from_the_environment_and_the_config_file(
     c = LMMConfig.from_env(cfg)
     assert (c.max_tokens, c.max_failures, c.check_input) == (77, 2, False)
     assert json.loads(json.dumps(c.max_tokens)) == 77
+
+
+def test_the_first_call_runs_alone_then_calls_run_side_by_side(tmp_path):
+    import threading
+
+    live, peak, lock = [0], [0], threading.Lock()
+
+    def script(req):
+        with lock:
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+        return slow(0.3, reply("ok"))
+
+    with FakeOpenAI(script) as srv:
+        c = LMMClient(config(srv, tmp_path, cache_dir=None, max_concurrency=4))
+        orig = c._call_with_retries
+
+        def counted(*a, **kw):
+            try:
+                return orig(*a, **kw)
+            finally:
+                with lock:
+                    live[0] -= 1
+
+        c._call_with_retries = counted
+        first_peak = []
+        out = c.chat_many(
+            [{"messages": [user(f"q{i}")]} for i in range(8)], on_done=lambda i, r: first_peak.append(peak[0])
+        )
+    assert all(not isinstance(o, Exception) for o in out)
+    assert first_peak[0] == 1  # the first answer came back before any other request was sent
+    assert peak[0] >= 3  # then up to max_concurrency at once

@@ -65,6 +65,8 @@ def test_lmm_detection_returns_explanation_and_usage_without_the_key(fake: FakeO
         '{"prompts": "/etc"}',
         '{"budget": 1000}',
         '{"embedded_params": {"cache_dir": "/tmp/x"}}',
+        '{"max_tokens": 1000000}',
+        '{"describer": {"base_url": "http://attacker.example/v1"}}',
     ],
 )
 def test_server_configuration_cannot_be_set_by_a_request(fake: FakeOpenAI, tmp_path: Path, params: str) -> None:

@@ -242,10 +242,10 @@ def write_reports(
 
 def run_cases(runs: list[CaseRun], client: Any, on_done: Any = None) -> Exception | None:
     """Ask the model every runnable prompt (concurrently, cached); fill in replies in place.
-    Returns the BudgetExceeded that stopped it, if one did."""
+    Returns what stopped it (a spent budget, a failing server, ignored images), if anything did."""
+    from genad.engines.lmm.base import is_stop
     from genad.engines.lmm.detector import _answer_dict
     from genad.engines.lmm.parse import parse_answer
-    from genad.engines.lmm.provider import BudgetExceeded
 
     todo = [r for r in runs if not r.skipped]
     encoded: dict[Path, dict[str, Any]] = {}  # each image is read and encoded once, not per prompt
@@ -259,11 +259,11 @@ def run_cases(runs: list[CaseRun], client: Any, on_done: Any = None) -> Exceptio
     for r, rep in zip(todo, replies, strict=True):
         if isinstance(rep, Exception):
             r.error = str(rep) if isinstance(rep, GenadError) else f"{type(rep).__name__}: {rep}"
-            if isinstance(rep, BudgetExceeded):
+            if is_stop(rep) and stop is None:
                 stop = rep
             continue
         r.reply, r.cached, r.usage = rep.text, rep.cached, rep.usage.__dict__.copy()
-        r.parsed = _answer_dict(parse_answer(rep.text, rep.data))
+        r.parsed = _answer_dict(parse_answer(rep.text, rep.data, prompt=r.prompt))
     return stop
 
 

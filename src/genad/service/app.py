@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 import genad
+from genad.engines.lmm.provider import InputIgnored, LMMRequestError, ServerFailing
 from genad.errors import GenadError
 from genad.service.inspector import Inspector
 from genad.service.jobs import AccessDenied, DataRoots, JobRunner, NotFound
@@ -46,6 +47,10 @@ _STATUS_OF: list[tuple[type[GenadError], int]] = [
     (UnsupportedMedia, 415),
     (AccessDenied, 403),
     (NotFound, 404),
+    # the model server behind the service failed, or cannot read what it is sent (no vision)
+    (ServerFailing, 502),
+    (InputIgnored, 502),
+    (LMMRequestError, 502),
 ]
 
 

@@ -61,6 +61,10 @@ SERVER_ONLY_PARAMS = {
     "retry_base_delay",
     "json_mode",
     "threads",
+    "max_tokens",  # the cost of every answer
+    "max_failures",
+    "check_input",
+    "describer",  # video-rules' second connection (it would carry the key to its base_url)
 }
 _SERVER_ONLY_SUFFIXES = ("_file", "_dir", "_path", "_url", "_key")
 

@@ -360,6 +360,9 @@ class LMMClient:
         first = self.traits.first_call if not self.traits.warmed else None
         if first is not None:
             first.acquire()
+            if self.traits.warmed:  # another call was first: this one need not wait for the others
+                first.release()
+                first = None
         try:
             got, usage = self._paid_call(msgs, schema, temperature, max_tokens)
         finally:

@@ -66,26 +66,24 @@ INDUCTION_SCHEMA: dict[str, Any] = {
     "required": ["normal_rules", "abnormal_rules"],
 }
 
-JUDGE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "frames": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {  # the reason and the rule before the verdict (generated in this order)
-                    "frame": {"type": "integer"},
-                    "reason": {"type": "string"},
-                    "rule": {"type": ["string", "null"]},
-                    "anomalous": {"type": "boolean"},
-                    "score": {"type": "number", "minimum": 0, "maximum": 1},
-                },
-                "required": ["frame", "anomalous"],
-            },
-        }
+
+def frames_schema(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    """The JSON schema of an answer {"frames": [{...}]}: one object per frame, keys in order."""
+    item = {"type": "object", "properties": properties, "required": required}
+    return {"type": "object", "properties": {"frames": {"type": "array", "items": item}}, "required": ["frames"]}
+
+
+# the reason and the rule before the verdict (structured output generates the keys in this order)
+JUDGE_SCHEMA = frames_schema(
+    {
+        "frame": {"type": "integer"},
+        "reason": {"type": "string"},
+        "rule": {"type": ["string", "null"]},
+        "anomalous": {"type": "boolean"},
+        "score": {"type": "number", "minimum": 0, "maximum": 1},
     },
-    "required": ["frames"],
-}
+    ["frame", "anomalous"],
+)
 
 
 @dataclass
@@ -148,20 +146,9 @@ def _moving_mean(v: np.ndarray, window: int) -> np.ndarray:
     return np.where(n > 0, (c_s[hi] - c_s[lo]) / np.maximum(n, 1), np.nan)
 
 
-DESCRIBE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "frames": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {"frame": {"type": "integer"}, "description": {"type": "string"}},
-                "required": ["frame", "description"],
-            },
-        }
-    },
-    "required": ["frames"],
-}
+DESCRIBE_SCHEMA = frames_schema(
+    {"frame": {"type": "integer"}, "description": {"type": "string"}}, ["frame", "description"]
+)
 
 RULES_SCHEMA: dict[str, Any] = {
     "type": "object",

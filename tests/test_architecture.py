@@ -30,6 +30,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "genad.modalities": ABOVE_ENGINES,
     "genad.metrics": ("genad.io", "genad.engines", "genad.modalities", "genad.run", *ABOVE_RUN),
     "genad.run": ("genad.io", *ABOVE_RUN),
+    # saved models: the detectors and their value types, never the runs, reports or services
+    "genad.model_file": ("genad.io", "genad.run", *ABOVE_RUN),
     "genad.evaluate": ("genad.report", *ABOVE_ALL),
     "genad.report": ABOVE_ALL,
 }

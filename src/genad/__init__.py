@@ -1,5 +1,7 @@
 """genad: generic anomaly detection and understanding, for images, series, point clouds and video."""
 
+from pathlib import Path
+
 import genad.io  # noqa: F401 - registers the file readers that samples made from a path use
 from genad.detector import Capabilities, Detector, param
 from genad.errors import GenadError
@@ -19,6 +21,15 @@ from genad.types import (
 
 __version__ = "0.1.0"
 
+
+def load(path: str | Path) -> Detector:
+    """A detector saved with `Detector.save(path)` or `genad fit --save`, ready to predict
+    (genad.model_file: no code from the file is run)."""
+    from genad.model_file import load_detector
+
+    return load_detector(path)
+
+
 __all__ = [
     "Capabilities",
     "Detector",
@@ -26,6 +37,7 @@ __all__ = [
     "param",
     "available",
     "create",
+    "load",
     "register",
     "GroundTruth",
     "ImageSample",

@@ -270,6 +270,10 @@ class Detector(ABC):
     chunk_size: ClassVar[int | None] = None
     #: the declared options, collected from the class and its bases (see Param)
     declared: ClassVar[dict[str, Param]] = {}
+    #: attributes holding fitted state beyond those ending in "_" (e.g. an inner engine)
+    fitted_parts: ClassVar[tuple[str, ...]] = ()
+    #: how many references fit() saw and when (set by fit; written into saved models)
+    fit_info_: dict[str, Any] | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -282,6 +286,8 @@ class Detector(ABC):
                 declared.pop(key, None)
                 declared[key] = value
         cls.declared = declared
+        if "fit" in vars(cls):
+            cls.fit = _recording_fit(vars(cls)["fit"])  # type: ignore[method-assign]
         if declared and "__init__" not in vars(cls):
             cls.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
                 [
@@ -414,6 +420,28 @@ class Detector(ABC):
     def predict(self, samples: Sequence[Sample]) -> list[Result]:
         """Score a batch; one Result per sample, in order."""
 
+    # -- saved models (genad.model_file) -------------------------------------------------------
+    def save(self, path: Any, **info: Any) -> Any:
+        """Write this detector (its options and fitted state; never a secret) to one model file
+        that `genad.load(path)` reads back without running code from it. Returns the path."""
+        from genad.model_file import save_detector
+
+        return save_detector(self, path, info=info or None)
+
+    def weights(self) -> dict[str, str]:
+        """The pretrained weights this detector's fitted state depends on: {backbone: sha256}.
+        A saved model refuses to load with other weights."""
+        return {}
+
+    @classmethod
+    def weights_digest(cls, backbone: str) -> str | None:
+        """The SHA-256 of `backbone`'s weights as installed here (None: not available)."""
+        return None
+
+    def preprocessing(self) -> dict[str, Any]:
+        """How inputs are prepared before scoring, for a saved model's manifest (and an export)."""
+        return {}
+
     # -- decisions (genad.decision) -----------------------------------------------------------
     def calibrated(self, auto: Calibration) -> Calibration:
         """The calibration a decision uses: `auto` (the detector's own), moved to the user's
@@ -430,6 +458,28 @@ class Detector(ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{type(self).__name__}({args})"
+
+
+def _recording_fit(fit: Callable[..., Any]) -> Callable[..., Any]:
+    """A detector's fit(), recording how many references it was fitted on and when
+    (`fit_info_`, written into saved models)."""
+    import functools
+
+    @functools.wraps(fit)
+    def recorded(self: Detector, normal_samples: Sequence[Sample], *args: Any, **kwargs: Any) -> Any:
+        samples = list(normal_samples)
+        out = fit(self, samples, *args, **kwargs)
+        import datetime as _dt
+
+        self.fit_info_ = {
+            "count": len(samples),
+            "at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "ids": [str(s.id) for s in samples[:1000]],
+        }
+        return out
+
+    recorded.__wrapped_fit__ = True  # type: ignore[attr-defined]
+    return recorded
 
 
 def threshold_param() -> Any:

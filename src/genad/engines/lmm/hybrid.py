@@ -344,6 +344,7 @@ class LookTwiceDetector(LMMImageDetector):
     batch_size: int = param(4, low=1, high=10_000, doc="few-shot: images per predict() when a run streams them")
 
     references_: list[Sample] = []  # fitted: normal images shown to the model
+    fitted_parts = ("engine",)  # the embedded engine's own fitted state (a saved model keeps it)
 
     def _configure(self) -> None:
         super()._configure()

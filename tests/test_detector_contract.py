@@ -158,3 +158,43 @@ def test_changing_an_lmm_option_builds_the_client_anew(tmp_path):
     assert det.client.config.model == "a" and det.client is det.client  # built once
     det.set_params(model="b")
     assert det.client.config.model == "b"
+
+
+def test_a_valid_value_is_stored_as_the_very_object_given():
+    # scikit-learn's clone() checks that the constructor keeps each parameter unchanged
+    sizes, gain, mode = (2, 4), 2.5, "".join(["ex", "act"])
+    t = Toy(sizes=sizes, gain=gain, mode=mode)
+    assert t.sizes is sizes and t.gain is gain and t.mode is mode
+    from genad.detector import Param
+
+    headers = {"x-team": "qa"}
+    p = Param(None, "dict")
+    p.name = "headers"
+    assert p.coerce(headers) is headers
+    # what needed converting is converted, element by element, and still checked
+    t = Toy(sizes=[1, 3], gain=2, flag=1, grid=np.int64(16))
+    assert (
+        t.sizes == (1, 3)
+        and type(t.sizes) is tuple
+        and (type(t.gain), type(t.flag), type(t.grid)) == (float, bool, int)
+    )
+    floats = Toy(sizes=(1.0, 3)).sizes
+    assert floats == (1, 3) and all(type(v) is int for v in floats)
+    with pytest.raises(GenadError, match="sizes must be at least 1"):
+        Toy(sizes=(1, 0))
+
+
+def test_fit_and_predict_take_arrays_through_the_base_class():
+    class Mean(Detector):
+        def fit(self, normal_samples):  # type: ignore[no-untyped-def]
+            self.seen_ = [type(s).__name__ for s in normal_samples]
+            return self
+
+        def predict(self, samples):  # type: ignore[no-untyped-def]
+            return [Result(s.id, score=float(s.load().mean())) for s in samples]
+
+    det = Mean().fit(np.zeros((3, 8, 8), np.uint8))
+    assert det.seen_ == ["ImageSample"] * 3 and det.fit_info_["count"] == 3  # type: ignore[index]
+    assert [r.sample_id for r in det.predict(np.full((2, 8, 8, 3), 255, np.uint8))] == ["array-0", "array-1"]
+    with pytest.raises(GenadError, match="image detector reads arrays"):
+        det.predict(np.zeros(5))

@@ -110,6 +110,44 @@ def test_page_inspects_an_upload(server: str, tmp_path: Path) -> None:
     assert (tmp_path / "page.png").stat().st_size > 10_000
 
 
+def test_page_keeps_a_model_and_inspects_with_it(server: str, tmp_path: Path) -> None:
+    # Fit once from the page ("keep these references as a model"), then pick the stored model
+    # instead of uploading references: the history says which model scored the image.
+    test_img = tmp_path / "part 9.png"
+    Image.fromarray(texture(2, defect=True, size=160)).save(test_img)
+    refs = []
+    for i in range(3):
+        refs.append(tmp_path / f"good{i}.png")
+        Image.fromarray(texture(60 + i, size=160)).save(refs[-1])
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 820})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server + "/")
+            expect(page.locator("#detector option[value=baseline]")).to_have_count(1)
+            page.select_option("#detector", "baseline")
+            page.set_input_files("#normals", [str(p) for p in refs])
+            page.click("#keep summary")
+            page.fill("#model-name", "line 3 golden")
+            page.click("#keep-run")
+            expect(page.locator("#status")).to_contain_text("kept model line 3 golden", timeout=30_000)
+            # the new model is picked, and the references, detector and options are hidden
+            assert page.eval_on_selector("#model", "e => e.selectedOptions[0].textContent").startswith("line 3 golden")
+            expect(page.locator("#fit-here")).to_be_hidden()
+            page.set_input_files("#files", str(test_img))
+            page.click("#run")
+            expect(page.locator("#decision")).to_have_text("ANOMALOUS", timeout=30_000)
+            expect(page.locator("#history li").first).to_contain_text("model line 3 golden")
+            # back to references: the fields come back
+            page.select_option("#model", "")
+            expect(page.locator("#fit-here")).to_be_visible()
+            assert errors == []
+        finally:
+            browser.close()
+
+
 def test_api_docs_page_renders_without_internet(server: str) -> None:
     # Swagger UI comes from the package (fastapi-offline), so /docs works on an offline station.
     with sync_playwright() as pw:

@@ -7,6 +7,12 @@
 Scores: higher = more anomalous. `predict` never raises for one bad sample: that sample's
 Result carries `error` and the rest are still scored. `predict` never changes fitted state.
 
+Both `fit` and `predict` take Samples, or numpy arrays, paths or lists of them: the base class
+converts what they are handed once, with `genad.types.as_samples` (arrays as the detector's
+modality: `det.predict(np_images)` with N x H x W [x C] images gives ids "array-0", ...), so a
+detector's own fit/predict always see a list of Samples. Input that cannot be read is one
+GenadError.
+
 Parameters are declared once, as class attributes, with their kind, range and meaning:
 
     class Mine(Detector):
@@ -17,9 +23,10 @@ Parameters are declared once, as class attributes, with their kind, range and me
 
 The base constructor takes them as keyword arguments, converts values given as text (the
 command line's `-p grid=32`, the service's JSON) by their declared kind, checks their range
-and stores each as an attribute; `get_params` / `set_params` / `clone` work as in
-scikit-learn, `params` is the public view (no secrets, no objects) for files and logs, and
-the class signature lists them. Everything that checks an option (the CLI, the Python API, the
+and stores each as an attribute (a value that needs no conversion as the very object given);
+`get_params` / `set_params` / `clone` work as in scikit-learn (`sklearn.base.clone` too),
+`params` is the public view (no secrets, no objects) for files and logs, and the class
+signature lists them. Everything that checks an option (the CLI, the Python API, the
 service) goes through this one declaration. Detectors that write their own `__init__` and
 call `super().__init__(**options)` keep working: those options are stored as given.
 """
@@ -29,16 +36,19 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import numbers
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+
 from genad.decision import BOUNDARY, Calibration, decide
 from genad.errors import GenadError
 from genad.secrets import is_secret
-from genad.types import Modality, Result, Sample
+from genad.types import Modality, Result, Sample, as_samples
 
 _KINDS = ("bool", "int", "float", "str", "ints", "strs", "dict", "any")
 _NULL_WORDS = ("none", "null", "")
@@ -100,7 +110,9 @@ class Param:
         """The value converted to this option's kind and checked; GenadError saying what is
         wrong otherwise (the message starts with the option's name)."""
         if isinstance(value, str) and value.strip().lower() in _NULL_WORDS and self.kind != "str":
-            value = None
+            # an option of words with a converter reads the word itself (augment=none: no augmentation)
+            if self.nullable or self.convert is None or not isinstance(self.default, str):
+                value = None
         if value is None:
             if self.nullable:
                 return None
@@ -112,7 +124,10 @@ class Param:
         except (TypeError, ValueError) as e:
             raise GenadError(f"{self.name} {e}") from e
         self._check_range(v)
-        return v
+        # A value that was already valid is kept as the very object given (scikit-learn's
+        # clone() checks that the constructor stores each parameter unchanged); only one that
+        # the conversion changed (text, 2 for 2.0, a list for a tuple) is replaced.
+        return value if _same(v, value) else v
 
     def _as_kind(self, value: Any) -> Any:
         k = self.kind
@@ -186,9 +201,9 @@ def _infer_kind(default: Any) -> str:
 
 
 def _as_int(value: Any) -> int:
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         raise ValueError(f"must be a whole number, got {value!r}")
-    if isinstance(value, int):
+    if isinstance(value, numbers.Integral):  # numpy's too (a grid search's np.arange)
         return int(value)
     if isinstance(value, float):
         if math.isfinite(value) and value == int(value):
@@ -212,6 +227,23 @@ def _as_float(value: Any) -> float:
     if not math.isfinite(v):
         raise ValueError(f"must be a finite number, got {value!r}")
     return v
+
+
+def _same(a: Any, b: Any) -> bool:
+    """a and b are equal and of the same type all the way down (1 is not 1.0 nor True)."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    try:
+        eq = a == b
+    except Exception:  # e.g. arrays, whose == is elementwise
+        return False
+    return eq is True
 
 
 def _split(value: Any) -> list[Any]:
@@ -286,8 +318,11 @@ class Detector(ABC):
                 declared.pop(key, None)
                 declared[key] = value
         cls.declared = declared
-        if "fit" in vars(cls):
+        # fit() and predict() take Samples, arrays, paths or lists of them (genad.types.as_samples)
+        if "fit" in vars(cls) and not hasattr(vars(cls)["fit"], "__wrapped_fit__"):
             cls.fit = _recording_fit(vars(cls)["fit"])  # type: ignore[method-assign]
+        if "predict" in vars(cls) and not hasattr(vars(cls)["predict"], "__wrapped_predict__"):
+            cls.predict = _reading_predict(vars(cls)["predict"])  # type: ignore[method-assign]
         if declared and "__init__" not in vars(cls):
             cls.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
                 [
@@ -358,13 +393,32 @@ class Detector(ABC):
         return out
 
     def get_params(self, deep: bool = False) -> dict[str, Any]:
-        """Every option as set (secrets included, as scikit-learn does: for clone())."""
+        """Every option as set (secrets included, as scikit-learn does: for clone()). deep: also
+        the options of an option that is itself an estimator (a detector given as an
+        instance), as "name__option" (scikit-learn's nested form)."""
         out = dict(self._given)
         out.update({name: getattr(self, name) for name in type(self).declared})
+        if deep:
+            for name, value in list(out.items()):
+                if hasattr(value, "get_params") and not isinstance(value, type):
+                    out.update({f"{name}__{k}": v for k, v in value.get_params(deep=True).items()})
         return out
 
     def set_params(self, **options: Any) -> Detector:
-        """Change options, with the same conversion and checks as the constructor."""
+        """Change options, with the same conversion and checks as the constructor; "name__option"
+        changes an option of the estimator held in option `name` (scikit-learn's nested form)."""
+        nested: dict[str, dict[str, Any]] = {}
+        for key in [k for k in options if "__" in k]:
+            outer, inner = key.split("__", 1)
+            nested.setdefault(outer, {})[inner] = options.pop(key)
+        for outer, inner_options in nested.items():
+            inner_det: Any = options.get(outer, self.get_params().get(outer))
+            if not hasattr(inner_det, "set_params") or isinstance(inner_det, type):
+                raise GenadError(
+                    f"bad option for detector {self.name!r}: {outer}__{next(iter(inner_options))} names an option "
+                    f"of {outer}, which holds no estimator"
+                )
+            inner_det.set_params(**inner_options)
         if not type(self).declared:
             self._given.update(options)
             for k, v in options.items():
@@ -412,13 +466,15 @@ class Detector(ABC):
 
     # -- the contract -------------------------------------------------------------------------
     def fit(self, normal_samples: Sequence[Sample]) -> Detector:
-        """Learn from normal references (few-shot). Optional for zero-shot detectors."""
+        """Learn from normal references (few-shot). Optional for zero-shot detectors. The base
+        class hands every fit() a list of Samples (see as_samples) and records fit_info_."""
         self.fitted_ = True
         return self
 
     @abstractmethod
     def predict(self, samples: Sequence[Sample]) -> list[Result]:
-        """Score a batch; one Result per sample, in order."""
+        """Score a batch; one Result per sample, in order. The base class hands every predict()
+        a list of Samples, whatever it was given (see as_samples)."""
 
     # -- saved models (genad.model_file) -------------------------------------------------------
     def save(self, path: Any, **info: Any) -> Any:
@@ -460,14 +516,21 @@ class Detector(ABC):
         return f"{type(self).__name__}({args})"
 
 
+def input_modality(det: Detector | type[Detector]) -> str | None:
+    """The modality arrays and paths handed to `det` are read as (genad.types.as_samples): the
+    one it reads, or None (arrays as images, files by suffix) for one that reads several."""
+    modalities = det.modalities
+    return modalities[0] if len(modalities) == 1 else None
+
+
 def _recording_fit(fit: Callable[..., Any]) -> Callable[..., Any]:
-    """A detector's fit(), recording how many references it was fitted on and when
-    (`fit_info_`, written into saved models)."""
+    """A detector's fit(), taking what as_samples reads and recording how many references it
+    was fitted on and when (`fit_info_`, written into saved models)."""
     import functools
 
     @functools.wraps(fit)
-    def recorded(self: Detector, normal_samples: Sequence[Sample], *args: Any, **kwargs: Any) -> Any:
-        samples = list(normal_samples)
+    def recorded(self: Detector, normal_samples: Any, *args: Any, **kwargs: Any) -> Any:
+        samples = as_samples(normal_samples, input_modality(self))
         out = fit(self, samples, *args, **kwargs)
         import datetime as _dt
 
@@ -480,6 +543,22 @@ def _recording_fit(fit: Callable[..., Any]) -> Callable[..., Any]:
 
     recorded.__wrapped_fit__ = True  # type: ignore[attr-defined]
     return recorded
+
+
+# the base class's own fit (for detectors that keep it) reads and records as theirs do
+Detector.fit = _recording_fit(Detector.fit)  # type: ignore[method-assign]
+
+
+def _reading_predict(predict: Callable[..., Any]) -> Callable[..., Any]:
+    """A detector's predict(), taking what as_samples reads (Samples pass through unchanged)."""
+    import functools
+
+    @functools.wraps(predict)
+    def reading(self: Detector, samples: Any, *args: Any, **kwargs: Any) -> Any:
+        return predict(self, as_samples(samples, input_modality(self)), *args, **kwargs)
+
+    reading.__wrapped_predict__ = True  # type: ignore[attr-defined]
+    return reading
 
 
 def threshold_param() -> Any:

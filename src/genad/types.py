@@ -6,11 +6,15 @@ benchmark of thousands of images does not hold them all in memory at once.
 Nothing here reads files. A sample gets its pixels from a loader callable (`loader=`, set by
 genad.io's loaders, or your own, e.g. a camera grab); a sample made with only a path uses the
 readers that genad.io registers with `set_reader` when it is imported (genad imports it).
+
+`as_samples` is the one conversion of what a detector's fit() and predict() are handed (Samples,
+numpy arrays, paths, or lists of them) into Samples; paths go through the "samples" reader that
+genad.io registers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +27,8 @@ Modality = Literal["image", "timeseries", "pointcloud", "video"]
 
 # kind -> reader: "image" (path -> uint8 HxWx3), "image_size" (path -> (w, h)),
 # "mask" (path -> bool HxW), "video" (VideoSample -> uint8 (F, H, W, 3)),
-# "pil" (PIL image of any mode -> uint8 HxWx3)
+# "pil" (PIL image of any mode -> uint8 HxWx3),
+# "samples" ((path, modality or None) -> list[Sample]: a file or folder given to fit/predict)
 _READERS: dict[str, Callable[..., Any]] = {}
 
 
@@ -376,3 +381,214 @@ def jsonable(v: Any) -> Any:
     if isinstance(v, Path):
         return str(v)
     return v
+
+
+# -- what fit() and predict() accept ------------------------------------------------------------
+_SHAPES = {
+    "image": "HxW or HxWxC (one image) or NxHxW / NxHxWxC (N images; C = 1, 3 or 4)",
+    "timeseries": "(T,) (one series), (N, T) (N series, one a row) or (N, T, D) (N series of D columns)",
+    "pointcloud": "(P, 3) (one cloud) or (N, P, 3) (N clouds)",
+    "video": "(F, H, W) or (F, H, W, C) (one video) or (N, F, H, W[, C]) (N videos)",
+}
+_STACKED_SHAPES = {
+    "image": "NxHxW or NxHxWxC (N images; C = 1, 3 or 4)",
+    "timeseries": "(N, T) (N series, one a row) or (N, T, D) (N series of D columns)",
+    "pointcloud": "(N, P, 3) (N clouds)",
+    "video": "(N, F, H, W) or (N, F, H, W, C) (N videos)",
+}
+_ONE_SHAPES = {  # an array in a list is one sample
+    "image": "HxW or HxWxC (C = 1, 3 or 4)",
+    "timeseries": "(T,) or (T, D)",
+    "pointcloud": "(P, 3)",
+    "video": "(F, H, W) or (F, H, W, C)",
+}
+
+
+def as_samples(x: Any, modality: str | None = None, *, stacked: bool = False) -> list[Sample]:
+    """What a detector is handed, as a list of Samples: one Sample; a numpy array (or anything
+    numpy can read as one, such as a DataFrame); a path (str or Path) to a file or folder; or
+    a list (any iterable) of those. Samples are passed through unchanged.
+
+    Arrays are read as `modality` (None: "image"), their first axis counting samples where
+    the shape says so: images HxW / HxWxC are one image (a 3-D array is one image when its
+    last axis is 1, 3 or 4, else N greyscale images), NxHxW / NxHxWxC are N; series (T,) is
+    one, (N, T) is N univariate series (one a row), (N, T, D) N series of D columns; clouds
+    (P, 3) is one, (N, P, 3) N; videos (F, H, W[, C]) is one (a 4-D array is one video when
+    its last axis is 1, 3 or 4), (N, F, H, W[, C]) N; a PIL image is one image. With
+    `stacked=True` (tabular data, PyOD's X) the first axis always counts samples: a 3-D array
+    is N greyscale images and a 2-D one is refused for images. An array in a list is one
+    sample (a series (T,) or (T, D)); a path in a list may be a folder of many.
+
+    Pixels become uint8 RGB: uint8 as given, bool as 0/255, other integers in 0..255 as given
+    (uint16 beyond that scaled from 0..65535), floats in 0..1 scaled by 255 (in 0..255 as
+    given); a whole array is scaled alike. Array samples get ids "array-0", "array-1", ... in
+    order; paths are read by genad.io (ids: file names, or paths within a folder) with
+    `modality` as `--modality` (None: by suffix). An id made here that repeats one seen before
+    gets "#2", "#3", ...
+
+    Raises GenadError, one line, for what cannot be read: an array of the wrong shape for
+    the modality, a missing path, an object of another type."""
+    kind = modality or "image"
+    if kind not in _SHAPES:
+        raise GenadError(f"unknown modality {modality!r}: choose one of {', '.join(_SHAPES)}")
+    out: list[Sample] = []
+    made: list[Sample] = []
+    counter = [0]
+
+    def add(item: Any, top: bool) -> None:
+        if isinstance(item, Sample):
+            out.append(item)
+            return
+        if isinstance(item, (str, Path)):
+            if not str(item).strip():
+                raise GenadError("an empty path cannot be samples: name a file or folder")
+            got = list(read("samples", Path(item), modality))
+        elif type(item).__module__.startswith("PIL.") and kind == "image":  # a PIL image, any mode
+            got = [ImageSample(id=f"array-{counter[0]}", array=read("pil", item))]
+            counter[0] += 1
+        elif _array_like(item):
+            got = _array_samples(_as_array(item), kind, counter, stacked=stacked and top, one=not top)
+        elif top and isinstance(item, Iterable) and not isinstance(item, (bytes, dict)):
+            for element in item:
+                add(element, top=False)
+            return
+        else:
+            what = "Samples, numpy arrays, paths, or a list of them" if top else "a Sample, a numpy array or a path"
+            where = "" if top else " in a list"
+            raise GenadError(f"cannot read {_a(type(item).__name__)}{where} as samples: give {what}")
+        out.extend(got)
+        made.extend(got)
+
+    add(x, top=True)
+    _unique(out, made)
+    return out
+
+
+def _a(word: str) -> str:
+    return ("an " if word[:1].lower() in "aeiou" else "a ") + word
+
+
+def _array_like(x: Any) -> bool:
+    if isinstance(x, type):
+        return False
+    return isinstance(x, np.ndarray) or hasattr(x, "__array__") or hasattr(x, "__array_interface__")
+
+
+def _as_array(x: Any) -> np.ndarray:
+    try:
+        a = np.asarray(x)
+    except (TypeError, ValueError) as e:
+        raise GenadError(f"cannot read {_a(type(x).__name__)} as an array: {e}") from e
+    if a.dtype.kind not in "biuf":
+        raise GenadError(f"an array of {a.dtype} cannot be samples: give numbers")
+    return a
+
+
+def _array_samples(a: np.ndarray, kind: str, counter: list[int], *, stacked: bool, one: bool) -> list[Sample]:
+    """The samples in array `a` (`one`: it is one sample, an element of a list)."""
+    many = False if one and _one_ok(a, kind) else None if one else _many(a, kind, stacked)
+    if many is None:
+        shapes = (_ONE_SHAPES if one else _STACKED_SHAPES if stacked else _SHAPES)[kind]
+        inside = " in a list" if one else ""
+        raise GenadError(
+            f"{_a(kind)} detector reads arrays{inside} of shape {shapes}; got one of shape {tuple(a.shape)}"
+        )
+    if kind in ("image", "video") and a.dtype != np.uint8 and a.size:
+        last = counter[0] + (len(a) - 1 if many else 0)
+        a = _to_uint8(a, f"array-{counter[0]}" + (f"..array-{last}" if last > counter[0] else ""))
+    out: list[Sample] = []
+    for part in list(a) if many else [a]:
+        out.append(_one_sample(part, kind, f"array-{counter[0]}"))
+        counter[0] += 1
+    return out
+
+
+def _one_ok(a: np.ndarray, kind: str) -> bool:
+    """`a` has the shape of one sample of `kind`."""
+    n, last = a.ndim, a.shape[-1] if a.ndim else 0
+    if kind == "image":
+        return n == 2 or (n == 3 and last in (1, 3, 4))
+    if kind == "timeseries":
+        return n in (1, 2)
+    if kind == "pointcloud":
+        return n == 2 and last == 3
+    return n == 3 or (n == 4 and last in (1, 3, 4))  # video
+
+
+def _many(a: np.ndarray, kind: str, stacked: bool) -> bool | None:
+    """True: the first axis of `a` counts samples; False: `a` is one sample; None: neither."""
+    n = a.ndim
+    if n >= 2 and _one_ok(a[0], kind) and not (n == 2 and kind == "image"):
+        if stacked or not _one_ok(a, kind) or kind == "timeseries":
+            return True
+    if not stacked and _one_ok(a, kind):
+        return False
+    return None
+
+
+def _one_sample(a: np.ndarray, kind: str, sid: str) -> Sample:
+    if kind == "image":
+        return ImageSample(id=sid, array=_rgb8(a, sid))
+    if kind == "timeseries":
+        values = np.asarray(a, dtype=np.float64)
+        if values.size == 0:
+            raise GenadError(f"series {sid} is empty")
+        return TimeSeriesSample(id=sid, values=values)
+    if kind == "pointcloud":
+        return PointCloudSample(id=sid, points=np.asarray(a, dtype=np.float64))
+    if len(a) == 0:
+        raise GenadError(f"video {sid} has no frames")
+    return VideoSample(id=sid, frames=np.stack([_rgb8(f, sid) for f in a]))
+
+
+def _rgb8(a: np.ndarray, sid: str) -> np.ndarray:
+    """uint8 pixels HxW or HxWxC (C = 1, 3 or 4) as RGB HxWx3 (see as_samples)."""
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[-1] not in (1, 3, 4) or a.shape[0] == 0 or a.shape[1] == 0:
+        raise GenadError(f"image {sid}: pixels must be HxW or HxWxC with C = 1, 3 or 4, got {tuple(a.shape)}")
+    if a.shape[-1] == 4:  # composite on white, as image files with transparency are read
+        alpha = a[:, :, 3:].astype(np.float32) / 255.0
+        a = np.clip(a[:, :, :3] * alpha + 255.0 * (1.0 - alpha) + 0.5, 0, 255).astype(np.uint8)
+    if a.shape[-1] == 1:
+        a = np.repeat(a, 3, axis=2)
+    return a
+
+
+def _to_uint8(a: np.ndarray, what: str) -> np.ndarray:
+    """Pixels of any number type as uint8 (see as_samples); the whole array scaled alike."""
+    if a.dtype == np.bool_:
+        return a.astype(np.uint8) * 255
+    if a.dtype.kind in "iu":
+        lo, hi = int(a.min()), int(a.max())
+        if lo >= 0 and hi <= 255:
+            return a.astype(np.uint8)
+        if a.dtype == np.uint16:
+            return ((a.astype(np.uint32) + 128) // 257).astype(np.uint8)
+        raise GenadError(f"{what}: integer pixels must lie in 0..255 (uint16 in 0..65535), got {lo}..{hi}")
+    f = a.astype(np.float64)
+    if not np.isfinite(f).all():
+        raise GenadError(f"{what}: pixels must be finite numbers (found NaN or infinity)")
+    low, high = float(f.min()), float(f.max())
+    if low < 0 or high > 255:
+        raise GenadError(f"{what}: float pixels must lie in 0..1 (or 0..255), got {low:g}..{high:g}")
+    if high <= 1.0:
+        f = f * 255.0
+    return np.clip(f + 0.5, 0, 255).astype(np.uint8)
+
+
+def _unique(samples: list[Sample], made: list[Sample]) -> None:
+    """Give a sample made here whose id repeats an earlier one "#2", "#3", ... (samples that
+    were handed in keep theirs)."""
+    mine = {id(s) for s in made}
+    seen: dict[str, int] = {}
+    for s in samples:
+        n = seen.get(s.id, 0)
+        seen[s.id] = n + 1
+        if n and id(s) in mine:
+            new = f"{s.id}#{n + 1}"
+            while new in seen:
+                n += 1
+                new = f"{s.id}#{n + 1}"
+            seen[new] = 1
+            s.id = new

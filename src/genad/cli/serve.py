@@ -41,6 +41,11 @@ def serve(
     max_files: Annotated[int, typer.Option(help="most files in one detect request")] = 16,
     max_megapixels: Annotated[float, typer.Option(help="largest accepted image, in megapixels")] = 40.0,
     workers: Annotated[int, typer.Option(help="detections run at once (each uses all cores)")] = 1,
+    max_models: Annotated[int, typer.Option(help="stored models kept at most (POST /v1/models)")] = 100,
+    model_cache: Annotated[int, typer.Option(help="stored models kept loaded in memory at once")] = 3,
+    max_folder_images: Annotated[
+        int, typer.Option(help="most images a stored model is fitted on from a data-root folder")
+    ] = 1000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
     """Run the inspection service: JSON API under /v1, the web page at /, API docs at /docs."""
@@ -56,6 +61,8 @@ def serve(
             raise GenadError(f"--data-root {r} is not a folder")
     if max_upload_mb <= 0 or max_files < 1 or workers < 1 or max_megapixels <= 0:
         raise GenadError("--max-upload-mb, --max-files, --max-megapixels and --workers must be positive")
+    if max_models < 1 or model_cache < 1 or max_folder_images < 1:
+        raise GenadError("--max-models, --model-cache and --max-folder-images must be at least 1")
     storage_dir = storage or default_storage()
     application = create_app(
         storage_dir,
@@ -65,6 +72,9 @@ def serve(
         max_pixels=int(max_megapixels * 1e6),
         db_path=db,
         detect_workers=workers,
+        max_models=max_models,
+        model_cache=model_cache,
+        max_folder_images=max_folder_images,
     )
     typer.echo(f"genad service on http://{host}:{port}/  (storage: {storage_dir})")
     if host not in ("127.0.0.1", "localhost", "::1"):

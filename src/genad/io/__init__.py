@@ -17,7 +17,7 @@ from genad.errors import GenadError
 from genad.io import video as _video  # noqa: F401 - registers the frame reader
 from genad.io.folder import list_files, sample_id
 from genad.io.images import IMAGE_SUFFIXES
-from genad.types import ImageSample, Sample
+from genad.types import ImageSample, Sample, set_reader
 
 SERIES_SUFFIXES = {".csv", ".npy", ".txt", ".tsv"}
 POINTCLOUD_SUFFIXES = {".ply", ".pcd", ".xyz", ".pts"}
@@ -178,5 +178,20 @@ def _unique_ids(samples: list[Sample]) -> list[Sample]:
             s.id = f"{s.id}#{n + 1}"
     return samples
 
+
+def _path_samples(path: Path, modality: str | None) -> list[Sample]:
+    """A file or folder handed to a detector's fit() or predict() (genad.types.as_samples), read
+    as `load_inputs` reads it with `modality` (the detector's); a file whose suffix that
+    modality does not read is refused here rather than failing later."""
+    accepted = _ACCEPTED_WHEN_ASKED.get(modality or "")
+    if accepted is not None and path.is_file() and path.suffix.lower() not in accepted:
+        raise GenadError(
+            f"{path} is not a file that {'an' if modality == 'image' else 'a'} {modality} detector reads "
+            f"({', '.join(sorted(accepted))})"
+        )
+    return load_inputs([path], modality)
+
+
+set_reader("samples", _path_samples)  # genad.types.as_samples: paths given to fit() / predict()
 
 __all__ = ["load_inputs", "load_file", "guess_modality", "MODALITIES"]

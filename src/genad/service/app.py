@@ -3,13 +3,13 @@
     app = create_app(Path("storage"), data_roots=[Path("/data")])
     uvicorn.run(app)
 
-Everything a request leaves behind (pictures, the SQLite database, job folders) lives under
+Everything a request leaves behind (pictures, the SQLite database, job folders, model files) lives under
 `storage_dir`, in folders named by ids the server makes. Folders for jobs come only from
 `data_roots`. Detection runs in a worker thread pool so the event loop keeps serving.
 
 `create_app` builds the shared objects (kept on `app.state`, see genad.service.routes.deps),
 the lifespan, the error handlers and the body-size limit, and includes the routers of
-genad.service.routes: static (the page, /static, /healthz), detect, history and jobs.
+genad.service.routes: static (the page, /static, /healthz), detect, history, jobs and models.
 """
 
 from __future__ import annotations
@@ -31,10 +31,11 @@ from genad.engines.lmm.provider import InputIgnored, LMMRequestError, ServerFail
 from genad.errors import GenadError
 from genad.service.inspector import Inspector
 from genad.service.jobs import AccessDenied, DataRoots, JobRunner, NotFound
-from genad.service.routes import detect, history, jobs, static
+from genad.service.models import ModelLibrary, ModelsFull, ModelUnusable
+from genad.service.routes import detect, history, jobs, models, static
 from genad.service.routes.deps import MB, Limits
 from genad.service.routes.detect import ImageDetectors, lmm_status
-from genad.service.store import Store
+from genad.service.store import NameTaken, Store
 from genad.service.uploads import PayloadTooLarge, UnsupportedMedia
 
 __all__ = ["BodyLimit", "create_app", "lmm_status"]
@@ -47,6 +48,10 @@ _STATUS_OF: list[tuple[type[GenadError], int]] = [
     (UnsupportedMedia, 415),
     (AccessDenied, 403),
     (NotFound, 404),
+    # a stored model whose file cannot be loaded; a name in use; no room for another model
+    (ModelUnusable, 409),
+    (NameTaken, 409),
+    (ModelsFull, 409),
     # the model server behind the service failed, or cannot read what it is sent (no vision)
     (ServerFailing, 502),
     (InputIgnored, 502),
@@ -63,8 +68,13 @@ def create_app(
     max_pixels: int = 40_000_000,
     db_path: Path | None = None,
     detect_workers: int = 1,
+    max_models: int = 100,
+    model_cache: int = 3,
+    max_folder_images: int = 1000,
 ) -> FastAPI:
-    """Build the service. `db_path` defaults to storage_dir/genad.sqlite3."""
+    """Build the service. `db_path` defaults to storage_dir/genad.sqlite3. Stored models: at
+    most `max_models` kept, `model_cache` of them loaded in memory at once, fitted on at most
+    `max_folder_images` images of a data-root folder (uploads: `max_files`)."""
     storage_dir = Path(storage_dir).expanduser().resolve()
     storage_dir.mkdir(parents=True, exist_ok=True)
     store = Store(db_path or storage_dir / "genad.sqlite3")
@@ -72,7 +82,17 @@ def create_app(
     if interrupted:
         log.warning("%d job(s) were running when the service last stopped: marked interrupted", interrupted)
     inspector = Inspector(store, storage_dir, max_pixels=max_pixels)
-    runner = JobRunner(store, storage_dir, DataRoots(list(data_roots)))
+    roots = DataRoots(list(data_roots))
+    library = ModelLibrary(
+        store,
+        storage_dir,
+        roots,
+        max_pixels=max_pixels,
+        max_models=max_models,
+        max_folder_images=max_folder_images,
+        cache_size=model_cache,
+    )
+    runner = JobRunner(store, storage_dir, roots, library)
     pool = ThreadPoolExecutor(max_workers=max(1, detect_workers), thread_name_prefix="genad-detect")
     limits = Limits(max_upload_mb=max_upload_mb, max_files=max_files, max_pixels=max_pixels)
     image_detectors = ImageDetectors()
@@ -92,12 +112,12 @@ def create_app(
     )
     app.state.store, app.state.inspector, app.state.jobs = store, inspector, runner
     app.state.limits, app.state.detect_pool, app.state.storage_dir = limits, pool, storage_dir
-    app.state.image_detectors = image_detectors
+    app.state.image_detectors, app.state.models = image_detectors, library
     app.add_middleware(BodyLimit, max_bytes=limits.body_bytes)
     _error_handlers(app)
 
     static.mount(app)
-    for module in (static, detect, history, jobs):
+    for module in (static, detect, history, jobs, models):
         app.include_router(module.router)
     return app
 

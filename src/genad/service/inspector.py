@@ -3,7 +3,8 @@ heatmap and overlay, keep everything under the storage folder by server-made ids
 
 Detector instances are cached per (name, params) for zero-shot requests (building one loads a
 backbone); a request with normal references gets its own fresh instance, because fit() changes
-the detector and two users' references must never mix.
+the detector and two users' references must never mix. A request with a stored model
+(genad.service.models) uses that model's detector, fitted once, and records which model it was.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -27,6 +28,9 @@ from genad.errors import GenadError
 from genad.service.store import Inspection, Store, new_id
 from genad.service.uploads import decode_image
 from genad.types import ImageSample, Result
+
+if TYPE_CHECKING:
+    from genad.service.models import LoadedModel
 
 ASSETS = ("image.png", "heatmap.png", "overlay.png", "thumb.jpg")
 THUMB_SIDE = 160  # the history list shows these instead of full-size uploads
@@ -123,6 +127,9 @@ class Inspector:
 
     @staticmethod
     def check_detector(name: str) -> None:
+        """`name` is a registered detector that reads images (GenadError otherwise)."""
+        if not isinstance(name, str) or not 0 < len(name) <= 64:
+            raise GenadError("detector must be a detector's name (GET /v1/detectors lists them)")
         cls = registry.get(name)  # unknown -> GenadError listing the available names
         if "image" not in cls.modalities:
             raise GenadError(
@@ -138,17 +145,30 @@ class Inspector:
         detector: str,
         params: dict[str, Any],
         inline_png: bool = True,
+        model: LoadedModel | None = None,
     ) -> dict[str, Any]:
+        """Score `files`: with `model` (no references, no options: the model's own), else with
+        `detector` and `params`, fitted on `normals` when there are any."""
         t0 = time.perf_counter()
-        check_params(params)
-        self.check_detector(detector)
+        if model is not None:
+            if normals or params:
+                raise GenadError("a stored model takes no normal references and no options: it has its own")
+            detector, params = model.record.detector, model.record.params
+        else:
+            check_params(params)
+            self.check_detector(detector)
         ids = [new_id() for _ in files]
-        arrays = [decode_image(u.data, _label("file", i, u), self.max_pixels) for i, u in enumerate(files)]
-        refs = [decode_image(u.data, _label("normal", i, u), self.max_pixels) for i, u in enumerate(normals)]
+        arrays = [decode_image(u.data, label("file", i, u), self.max_pixels) for i, u in enumerate(files)]
+        refs = [decode_image(u.data, label("normal", i, u), self.max_pixels) for i, u in enumerate(normals)]
         t_decode = time.perf_counter()
 
         samples = [ImageSample(id=i, array=a) for i, a in zip(ids, arrays)]
-        if refs:
+        n_normals = len(refs)
+        if model is not None:
+            n_normals = model.record.n_references
+            with model.lock:  # a loaded model is shared by every request that names it
+                results = model.detector.predict(samples)
+        elif refs:
             det = registry.create(detector, **params)
             det.fit([ImageSample(id=f"normal-{k}", array=a) for k, a in enumerate(refs)])
             results = det.predict(samples)
@@ -160,14 +180,16 @@ class Inspector:
             raise RuntimeError(f"detector {detector!r} returned {len(results)} results for {len(samples)} inputs")
         t_detect = time.perf_counter()
 
+        used = None if model is None else {"id": model.record.id, "name": model.record.name}
         out = []
         for iid, upload, arr, res in zip(ids, files, arrays, results):
-            out.append(self._keep(iid, upload, arr, res, detector, params, len(refs), inline_png))
+            out.append(self._keep(iid, upload, arr, res, detector, params, n_normals, inline_png, used))
         t_end = time.perf_counter()
         return {
             "detector": detector,
             "params": params,
-            "n_normals": len(refs),
+            "n_normals": n_normals,
+            "model": used,
             "inspections": out,
             "timings": {
                 "decode": round(t_decode - t0, 4),
@@ -187,6 +209,7 @@ class Inspector:
         params: dict[str, Any],
         n_normals: int,
         inline_png: bool,
+        model: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         from genad.ops import resize_map
         from genad.report.overlay import heatmap_rgb, overlay, threshold_scale
@@ -219,6 +242,8 @@ class Inspector:
             height=int(image.shape[0]),
             result=result,
             has_heatmap=has_map,
+            model_id=None if model is None else model["id"],
+            model_name=None if model is None else model["name"],
         )
         self.store.add_inspection(ins)
         d = inspection_json(ins)
@@ -237,6 +262,7 @@ def inspection_json(ins: Inspection) -> dict[str, Any]:
         "detector": ins.detector,
         "params": ins.params,
         "n_normals": ins.n_normals,
+        "model": None if ins.model_id is None else {"id": ins.model_id, "name": ins.model_name},
         "width": ins.width,
         "height": ins.height,
         "score": ins.result.get("score"),
@@ -266,6 +292,6 @@ def _display(upload: Upload) -> str | None:
     return display_name(upload.name)
 
 
-def _label(kind: str, i: int, u: Upload) -> str:
+def label(kind: str, i: int, u: Upload) -> str:
     name = _display(u)
     return f"{kind} {i + 1}" + (f" ({name})" if name else "")

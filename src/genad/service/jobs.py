@@ -3,6 +3,9 @@ folder, run one at a time in a worker thread. Both go through genad.run's loop i
 folder under storage/jobs/<id>/run (results as they come, resumable); the store keeps each
 job's status, progress and summary.
 
+A job may name a stored model (genad.service.models) instead of a detector: it then reads its
+own copy of the model from the file and scores with it, never refitting.
+
 Folders come only from the allow-list of data roots given at start-up: a request names a folder
 relative to a root (or an absolute path inside one); anything that resolves outside, through
 `..` or a symlink, is refused before the file system is asked whether it exists.
@@ -16,7 +19,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from genad import registry
 from genad.errors import GenadError
@@ -25,7 +28,13 @@ from genad.service.inspector import check_params
 from genad.service.store import FINAL_STATES, Job, Store, new_id
 from genad.types import jsonable
 
+if TYPE_CHECKING:
+    from genad.detector import Detector
+    from genad.service.models import ModelLibrary
+
 JOB_KINDS = ("evaluate", "batch")
+#: the longest folder name a request may give
+MAX_PATH_CHARS = 4096
 
 
 class AccessDenied(GenadError):
@@ -42,12 +51,13 @@ class JobRequest:
 
     kind: str
     data_dir: str
-    detector: str = registry.DEFAULT_DETECTOR
+    detector: str | None = registry.DEFAULT_DETECTOR  # None with a model: the model's
     params: dict[str, Any] = field(default_factory=dict)
     shots: int = 0
     seed: int = 0
     limit: int | None = None
     normal_dir: str | None = None  # batch only: folder of normal references for few-shot
+    model: str | None = None  # a stored model's id: score with it (no detector, params, refs)
 
 
 class DataRoots:
@@ -62,31 +72,38 @@ class DataRoots:
                 f"this service has no data roots, so it reads no folders: restart it with "
                 f"--data-root DIR to allow {what} under DIR"
             )
-        if not value or "\x00" in value:
+        if not value or "\x00" in value or len(value) > MAX_PATH_CHARS:
             raise GenadError(f"{what} is empty or not a valid path")
-        p = Path(value).expanduser()
+        p = Path(value)  # taken literally: a request's `~` is not the server's home folder
         candidates = [p] if p.is_absolute() else [root / p for root in self.roots]
         inside: list[Path] = []
         for c in candidates:
-            r = c.resolve()  # follows symlinks and `..` before the containment check
+            try:
+                r = c.resolve()  # follows symlinks and `..` before the containment check
+            except (OSError, RuntimeError) as e:  # a symlink loop, a name the file system refuses
+                raise GenadError(f"{what} {value[:200]!r} is not a valid path ({type(e).__name__})") from e
             if any(r == root or r.is_relative_to(root) for root in self.roots):
                 inside.append(r)
         if not inside:
             raise AccessDenied(
-                f"{what} {value!r} is outside the allowed data roots: give a folder under "
+                f"{what} {value[:200]!r} is outside the allowed data roots: give a folder under "
                 f"{', '.join(r.name or str(r) for r in self.roots)} (the service's --data-root)"
             )
         for r in inside:
-            if r.exists():
-                return r
-        raise NotFound(f"{what} {value!r} does not exist under the allowed data roots")
+            try:
+                if r.exists():
+                    return r
+            except OSError:  # a name too long for the file system: it does not exist
+                continue
+        raise NotFound(f"{what} {value[:200]!r} does not exist under the allowed data roots")
 
 
 class JobRunner:
     """Runs jobs one at a time (they are CPU-heavy) and records their progress."""
 
-    def __init__(self, store: Store, storage_dir: Path, roots: DataRoots) -> None:
+    def __init__(self, store: Store, storage_dir: Path, roots: DataRoots, models: ModelLibrary | None = None) -> None:
         self.store = store
+        self.models = models
         self.jobs_dir = Path(storage_dir) / "jobs"
         self.roots = roots
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genad-job")
@@ -106,9 +123,35 @@ class JobRunner:
             if req.kind != "batch":
                 raise GenadError("normal_dir is for batch jobs; evaluation jobs take `shots`")
             normal_dir = self.roots.resolve(req.normal_dir, "normal_dir")
-        # last: the name check imports the detector's module (torch for "embedded")
-        registry.get(req.detector)  # unknown name -> GenadError listing the available ones
+        if req.detector is not None and not 0 < len(req.detector) <= 64:
+            raise GenadError("detector must be a detector's name (GET /v1/detectors lists them)")
+        if req.model is not None:
+            self._check_model(req)
+        else:
+            # last: the name check imports the detector's module (torch for "embedded")
+            registry.get(req.detector or registry.DEFAULT_DETECTOR)  # unknown -> GenadError listing the names
         return data_dir, normal_dir
+
+    def _check_model(self, req: JobRequest) -> None:
+        """A job that names a stored model: it exists (404), its file reads (409), and no
+        detector, options or references of the request's own come with it (400)."""
+        if self.models is None:
+            raise GenadError("this service keeps no stored models")
+        rec = self.models.get(req.model or "")
+        if req.detector is not None and req.detector != rec.detector:
+            raise GenadError(f"model {rec.name!r} is a {rec.detector!r} model: leave detector out with a model")
+        if req.params:
+            raise GenadError(f"model {rec.name!r} keeps the options it was created with: leave params out")
+        if req.normal_dir or req.shots:
+            raise GenadError(
+                f"model {rec.name!r} was fitted on its own references: leave normal_dir and shots out with a model"
+            )
+        error = self.models.file_error(rec)
+        if error is not None:
+            from genad.service.models import ModelUnusable
+
+            raise ModelUnusable(error)
+        req.detector = rec.detector
 
     def submit(self, req: JobRequest) -> Job:
         data_dir, normal_dir = self.validate(req)
@@ -208,15 +251,30 @@ class JobRunner:
 
         return on_progress
 
+    def _model(self, req: JobRequest) -> Detector | None:
+        """The job's own copy of its stored model, or None when it names a detector."""
+        if req.model is None:
+            return None
+        if self.models is None:
+            raise GenadError("this service keeps no stored models")
+        return self.models.fresh(req.model)
+
+    def _model_summary(self, req: JobRequest) -> dict[str, Any]:
+        if req.model is None or self.models is None:
+            return {}
+        rec = self.models.store.get_model(req.model)
+        return {"model": {"id": req.model, "name": None if rec is None else rec.name}}
+
     def _evaluate(self, job_id: str, req: JobRequest, data_dir: Path, resume: bool) -> dict[str, Any]:
         from genad.evaluate import run_benchmark
 
         job_dir = self.jobs_dir / job_id
         job_dir.mkdir(parents=True, exist_ok=True)
+        model = self._model(req)
         run = run_benchmark(
             data_dir,
-            detector=req.detector,
-            detector_params=dict(req.params),
+            detector=model if model is not None else (req.detector or registry.DEFAULT_DETECTOR),
+            detector_params=None if model is not None else dict(req.params),
             shots=req.shots,
             seed=req.seed,
             limit=req.limit,
@@ -228,6 +286,7 @@ class JobRunner:
         )
         summary: dict[str, Any] = jsonable(dict(run.summary))
         summary.pop("run_dir", None)  # a server path: the job id already names the run
+        summary.update(self._model_summary(req))
         try:  # the HTML report is a convenience: a failure there must not fail the job
             from genad.report.eval_report import write_eval_report
 
@@ -249,9 +308,10 @@ class JobRunner:
             samples = samples[: req.limit]
         if not samples:
             raise GenadError(f"no readable inputs in data_dir {req.data_dir!r}")
-        det = registry.create(req.detector, **req.params)
+        model = self._model(req)
+        det = model if model is not None else registry.create(req.detector or registry.DEFAULT_DETECTOR, **req.params)
         refs = load_inputs([normal_dir]) if normal_dir is not None else []
-        if not refs and not det.zero_shot:
+        if not refs and not det.zero_shot and not det.fitted_:
             raise GenadError(f"detector {det.name!r} needs normal references: give normal_dir")
         folder = self.run_folder(job_id)
         config = {
@@ -260,12 +320,13 @@ class JobRunner:
             "detector": det.name,
             "params": public_params(det.params),
             "limit": req.limit,
+            "model": req.model,
         }
         done = folder.start(
             config,
             resume=resume,
             overwrite=not resume,
-            must_match=("data_dir", "normal_dir", "detector", "params", "limit"),
+            must_match=("data_dir", "normal_dir", "detector", "params", "limit", "model"),
         )
         on_progress = self._progress(job_id)
         on_progress(len(samples) - len(pending(samples, done)), len(samples))
@@ -280,4 +341,5 @@ class JobRunner:
             "seconds": round(time.perf_counter() - t0, 3),
             "top": [{"sample_id": sid, "score": v} for v, sid in scored[:10]],
             "results_url": f"/v1/jobs/{job_id}/results",
+            **self._model_summary(req),
         }

@@ -1,4 +1,4 @@
-"""SQLite store for inspections and jobs, so a restart of the service loses nothing.
+"""SQLite store for inspections, jobs and stored models, so a restart of the service loses nothing.
 
 One connection shared by all threads behind a lock: the service writes a few rows per request,
 so a lock is simpler and safer than a pool, and WAL keeps readers from blocking the writer.
@@ -11,12 +11,15 @@ import json
 import sqlite3
 import threading
 import time
+import unicodedata
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from genad.errors import GenadError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inspections (
@@ -46,7 +49,26 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created);
+CREATE TABLE IF NOT EXISTS models (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    name_key TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL,
+    detector TEXT NOT NULL,
+    params TEXT NOT NULL,
+    n_references INTEGER NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    manifest TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS models_created ON models(created);
 """
+
+# columns added after the first release: (table, column, type), added to older databases
+_ADDED_COLUMNS = [
+    ("inspections", "model_id", "TEXT"),
+    ("inspections", "model_name", "TEXT"),
+]
 
 #: job states; the last three are final
 JOB_STATES = ("queued", "running", "done", "failed", "interrupted", "cancelled")
@@ -56,6 +78,11 @@ FINAL_STATES = ("done", "failed", "interrupted", "cancelled")
 def new_id() -> str:
     """Server-side ids: 32 hex digits, safe as a folder name, never taken from a request."""
     return uuid.uuid4().hex
+
+
+def name_key(name: str) -> str:
+    """What makes two model names the same: Unicode NFC form, case folded ("Line" == "LINE")."""
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 def is_id(value: str) -> bool:
@@ -74,6 +101,28 @@ class Inspection:
     height: int | None
     result: dict[str, Any]
     has_heatmap: bool
+    #: the stored model that scored it (POST /v1/models), kept even after the model is deleted
+    model_id: str | None = None
+    model_name: str | None = None
+
+
+@dataclass
+class StoredModel:
+    """A fitted detector kept as a model file (STORAGE/models/<id>.genad) and its row."""
+
+    id: str
+    name: str
+    created: float
+    detector: str
+    params: dict[str, Any]
+    n_references: int
+    size_bytes: int
+    source: dict[str, Any]
+    manifest: dict[str, Any]
+
+
+class NameTaken(GenadError):
+    """A model name already in use (HTTP 409)."""
 
 
 @dataclass
@@ -93,7 +142,7 @@ class Job:
 
 
 class Store:
-    """Inspections and jobs in one SQLite file (stdlib sqlite3)."""
+    """Inspections, jobs and stored models in one SQLite file (stdlib sqlite3)."""
 
     def __init__(self, db_path: Path) -> None:
         self.path = Path(db_path)
@@ -104,6 +153,10 @@ class Store:
         with self._tx() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            for table, column, kind in _ADDED_COLUMNS:  # names from the list above, not a request
+                have = {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -118,7 +171,8 @@ class Store:
     def add_inspection(self, ins: Inspection) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT INTO inspections VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO inspections (id, created, filename, detector, params, n_normals, width, height, "
+                "result, has_heatmap, model_id, model_name) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     ins.id,
                     ins.created,
@@ -130,6 +184,8 @@ class Store:
                     ins.height,
                     json.dumps(ins.result),
                     int(ins.has_heatmap),
+                    ins.model_id,
+                    ins.model_name,
                 ),
             )
 
@@ -153,6 +209,56 @@ class Store:
     def delete_inspection(self, inspection_id: str) -> bool:
         with self._tx() as db:
             cur = db.execute("DELETE FROM inspections WHERE id=?", (inspection_id,))
+        return cur.rowcount > 0
+
+    # -- stored models ---------------------------------------------------------------------------
+    def add_model(self, m: StoredModel) -> None:
+        """NameTaken if another model has this name (compared by `name_key`: any case)."""
+        try:
+            with self._tx() as db:
+                db.execute(
+                    "INSERT INTO models (id, name, name_key, created, detector, params, n_references, size_bytes, "
+                    "source, manifest) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        m.id,
+                        m.name,
+                        name_key(m.name),
+                        m.created,
+                        m.detector,
+                        json.dumps(m.params),
+                        m.n_references,
+                        m.size_bytes,
+                        json.dumps(m.source),
+                        json.dumps(m.manifest),
+                    ),
+                )
+        except sqlite3.IntegrityError as e:
+            raise NameTaken(f"a model named {m.name!r} already exists: pick another name, or delete that one") from e
+
+    def get_model(self, model_id: str) -> StoredModel | None:
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM models WHERE id=?", (model_id,)).fetchone()
+        return None if row is None else _model(row)
+
+    def model_named(self, name: str) -> StoredModel | None:
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM models WHERE name_key=?", (name_key(name),)).fetchone()
+        return None if row is None else _model(row)
+
+    def list_models(self, limit: int = 100, offset: int = 0) -> list[StoredModel]:
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT * FROM models ORDER BY created DESC, rowid DESC LIMIT ? OFFSET ?", (limit, offset)
+            ).fetchall()
+        return [_model(r) for r in rows]
+
+    def count_models(self) -> int:
+        with self._tx() as db:
+            return int(db.execute("SELECT COUNT(*) FROM models").fetchone()[0])
+
+    def delete_model(self, model_id: str) -> bool:
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM models WHERE id=?", (model_id,))
         return cur.rowcount > 0
 
     # -- jobs --------------------------------------------------------------------------------
@@ -209,6 +315,22 @@ def _inspection(row: sqlite3.Row) -> Inspection:
         height=row["height"],
         result=json.loads(row["result"]),
         has_heatmap=bool(row["has_heatmap"]),
+        model_id=row["model_id"],
+        model_name=row["model_name"],
+    )
+
+
+def _model(row: sqlite3.Row) -> StoredModel:
+    return StoredModel(
+        id=row["id"],
+        name=row["name"],
+        created=row["created"],
+        detector=row["detector"],
+        params=json.loads(row["params"]),
+        n_references=row["n_references"],
+        size_bytes=row["size_bytes"],
+        source=json.loads(row["source"]),
+        manifest=json.loads(row["manifest"]),
     )
 
 

@@ -4,6 +4,7 @@ dependencies (`store: StoreDep` in a route's signature), and the way off the eve
     app.state.store         Store (SQLite)
     app.state.inspector     Inspector (one /v1/detect request)
     app.state.jobs          JobRunner
+    app.state.models        ModelLibrary (stored models, and the few loaded in memory)
     app.state.limits        Limits (upload size, file count, pixels)
     app.state.detect_pool   the thread pool detections (and job starts) run in
     app.state.storage_dir   the storage folder, resolved
@@ -22,6 +23,7 @@ from fastapi import Depends, Request
 
 from genad.service.inspector import Inspector
 from genad.service.jobs import JobRunner
+from genad.service.models import ModelLibrary
 from genad.service.store import Store
 
 MB = 1024 * 1024
@@ -63,6 +65,10 @@ async def _jobs(request: Request) -> JobRunner:
     return request.app.state.jobs
 
 
+async def _models(request: Request) -> ModelLibrary:
+    return request.app.state.models
+
+
 async def _limits(request: Request) -> Limits:
     return request.app.state.limits
 
@@ -78,6 +84,7 @@ async def _storage_dir(request: Request) -> Path:
 StoreDep = Annotated[Store, Depends(_store)]
 InspectorDep = Annotated[Inspector, Depends(_inspector)]
 JobsDep = Annotated[JobRunner, Depends(_jobs)]
+ModelsDep = Annotated[ModelLibrary, Depends(_models)]
 LimitsDep = Annotated[Limits, Depends(_limits)]
 PoolDep = Annotated[Executor, Depends(_pool)]
 StorageDirDep = Annotated[Path, Depends(_storage_dir)]

@@ -1,4 +1,5 @@
-"""POST /v1/detect (score uploaded images) and GET /v1/detectors (what the page offers)."""
+"""POST /v1/detect (score uploaded images) and GET /v1/detectors (what the page offers); the
+upload reading and options parsing that POST /v1/models shares."""
 
 from __future__ import annotations
 
@@ -14,11 +15,15 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, Uplo
 
 from genad import registry
 from genad.errors import GenadError
-from genad.service.inspector import Upload
-from genad.service.routes.deps import MB, InspectorDep, LimitsDep, PoolDep, off_loop
+from genad.service.inspector import Inspector, Upload
+from genad.service.models import ModelLibrary
+from genad.service.routes.deps import MB, InspectorDep, Limits, LimitsDep, ModelsDep, PoolDep, off_loop
 from genad.service.uploads import PayloadTooLarge
 
 log = logging.getLogger("genad.service")
+
+#: the longest `params` text accepted (a form field may otherwise be a megabyte of JSON)
+MAX_PARAMS_CHARS = 16 * 1024
 
 router = APIRouter()
 
@@ -71,24 +76,67 @@ async def detectors(limits: LimitsDep, image_detectors: ImageDetectorsDep) -> di
 async def detect(
     files: Annotated[list[UploadFile], File(description="one or more test images")],
     inspector: InspectorDep,
+    models: ModelsDep,
     limits: LimitsDep,
     pool: PoolDep,
     normals: Annotated[list[UploadFile] | None, File(description="optional normal references (few-shot)")] = None,
-    detector: Annotated[str, Form()] = registry.DEFAULT_DETECTOR,
+    detector: Annotated[
+        str | None, Form(description=f"detector name (default {registry.DEFAULT_DETECTOR}); not with model")
+    ] = None,
     params: Annotated[str, Form(description='detector options as a JSON object, e.g. {"threshold": 0.5}')] = "{}",
     inline_png: Annotated[bool, Form(description="include the overlay PNG as base64")] = True,
+    model: Annotated[
+        str | None,
+        Form(description="id of a stored model (POST /v1/models): score with it, no refit; no normals, no params"),
+    ] = None,
 ) -> dict[str, Any]:
     """Score uploaded images; returns one inspection per file with score, decision,
-    threshold, regions, explanation, timings, usage and the heatmap overlay."""
-    normals = [n for n in (normals or []) if n.filename or n.size]
+    threshold, regions, explanation, timings, usage and the heatmap overlay. With `model`,
+    the stored model scores them (fitted once, kept in memory): no references are sent."""
+    normals = real_files(normals)
+    model = (model or "").strip() or None
+    if model is not None:
+        check_model_request(models, model, normals, detector, params)
     if len(files) + len(normals) > limits.max_files:
         raise HTTPException(
             413, f"too many files ({len(files) + len(normals)}): at most {limits.max_files} per request"
         )
-    uploads = [await _read(f, limits.per_file, limits.max_upload_mb) for f in files]
-    refs = [await _read(f, limits.per_file, limits.max_upload_mb) for f in normals]
-    opts = _parse_params(params)
-    return await off_loop(pool, inspector.inspect, uploads, refs, detector, opts, inline_png)
+    uploads = [await read_upload(f, limits) for f in files]
+    if model is not None:
+        return await off_loop(pool, _inspect_with_model, inspector, models, model, uploads, inline_png)
+    refs = [await read_upload(f, limits) for f in normals]
+    opts = parse_params(params)
+    name = detector or registry.DEFAULT_DETECTOR
+    return await off_loop(pool, inspector.inspect, uploads, refs, name, opts, inline_png)
+
+
+def check_model_request(
+    models: ModelLibrary, model: str, normals: list[UploadFile], detector: str | None, params: str
+) -> None:
+    """A request that names a stored model: the model exists (404), and no references,
+    options or other detector come with it (400)."""
+    rec = models.get(model)
+    if normals:
+        raise GenadError(
+            f"model {rec.name!r} was fitted on its own {rec.n_references} references: leave the normal references "
+            "out, or leave model out to fit on the references you send"
+        )
+    if parse_params(params):
+        raise GenadError(
+            f"model {rec.name!r} keeps the options it was created with: leave params out (create another model "
+            "for other options)"
+        )
+    if detector and detector != rec.detector:
+        raise GenadError(
+            f"model {rec.name!r} is a {rec.detector!r} model, not {detector[:64]!r}: leave detector out with a model"
+        )
+
+
+def _inspect_with_model(
+    inspector: Inspector, models: ModelLibrary, model_id: str, uploads: list[Upload], inline_png: bool
+) -> dict[str, Any]:
+    loaded = models.loaded(model_id)  # read from its file the first time, then kept
+    return inspector.inspect(uploads, [], loaded.record.detector, {}, inline_png, model=loaded)
 
 
 def lmm_status() -> dict[str, Any]:
@@ -119,7 +167,14 @@ def _image_detector_names() -> list[str]:
     return names
 
 
-async def _read(f: UploadFile, limit: int, limit_mb: float) -> Upload:
+def real_files(files: list[UploadFile] | None) -> list[UploadFile]:
+    """The files actually sent: a browser sends an empty part for a file input left empty."""
+    return [f for f in (files or []) if f.filename or f.size]
+
+
+async def read_upload(f: UploadFile, limits: Limits) -> Upload:
+    """One uploaded file's bytes, within the per-file limit (PayloadTooLarge otherwise)."""
+    limit, limit_mb = limits.per_file, limits.max_upload_mb
     if f.size is not None and f.size > limit:
         raise PayloadTooLarge(f"{_name(f)} is {f.size / MB:.1f} MB, over the {limit_mb:g} MB limit per file")
     data = await f.read(limit + 1)
@@ -134,11 +189,16 @@ def _name(f: UploadFile) -> str:
     return repr(display_name(f.filename) or "a file")
 
 
-def _parse_params(text: str) -> dict[str, Any]:
+def parse_params(text: str | None) -> dict[str, Any]:
+    """The `params` form field: a JSON object of detector options (GenadError otherwise)."""
+    if text is not None and len(text) > MAX_PARAMS_CHARS:
+        raise GenadError(f"params is {len(text)} characters long: at most {MAX_PARAMS_CHARS}")
     try:
         value = json.loads(text or "{}")
     except json.JSONDecodeError as e:
         raise GenadError(f'params is not valid JSON ({e.msg}): give an object such as {{"threshold": 0.5}}') from e
+    except RecursionError as e:
+        raise GenadError('params is nested too deep: give a flat object such as {"threshold": 0.5}') from e
     if not isinstance(value, dict):
         raise GenadError('params must be a JSON object such as {"threshold": 0.5}')
     return value

@@ -33,13 +33,21 @@ class JobIn(BaseModel):
     seed: int = 0
     limit: int | None = Field(None, ge=1, description="score at most this many inputs")
     normal_dir: str | None = Field(None, description="batch: folder of normal references (few-shot)")
+    model: str | None = Field(
+        None,
+        description="id of a stored model (POST /v1/models) to score with, no refit: "
+        "no detector, params, normal_dir or shots with it",
+    )
 
 
 @router.post("/v1/jobs", tags=["jobs"], status_code=202)
 async def start_job(body: JobIn, jobs: JobsDep, pool: PoolDep) -> dict[str, Any]:
     """Start an evaluation (MVTec-style folder: metrics) or a batch detection job on a
     folder under an allowed data root. Poll GET /v1/jobs/{id}."""
-    job = await off_loop(pool, jobs.submit, JobRequest(**body.model_dump()))
+    req = body.model_dump()
+    if body.model is not None and "detector" not in body.model_fields_set:
+        req["detector"] = None  # the model's own (JobRunner.validate fills it in)
+    job = await off_loop(pool, jobs.submit, JobRequest(**req))
     return job_json(job)
 
 

@@ -53,6 +53,54 @@ async function loadDetectors() {
   $("limits").textContent = `Up to ${L.max_files} files, ${L.max_upload_mb} MB each. PNG, JPEG, BMP, TIFF, WebP.`;
 }
 
+let models = [];   // stored models, from /v1/models
+
+async function loadModels(select) {
+  const d = await api("/v1/models?limit=500");
+  models = d.models;
+  const sel = $("model");
+  const chosen = select === undefined ? sel.value : select;
+  sel.replaceChildren(el("option", { value: "", textContent: "none: use the references below" }));
+  for (const m of models) {
+    const o = el("option", { value: m.id, textContent: `${m.name} (${m.detector}, ${m.n_references} references)` });
+    if (m.id === chosen) o.selected = true;
+    sel.append(o);
+  }
+  modelChanged();
+}
+
+function modelChanged() {
+  // A stored model brings its own references, detector and options: hide ours.
+  const m = models.find((x) => x.id === $("model").value);
+  $("fit-here").hidden = !!m;
+  $("model-hint").textContent = m
+    ? `fitted once on ${m.n_references} references, ${new Date(m.created * 1000).toLocaleString()}; no refit`
+    : "";
+}
+
+async function keepModel() {
+  const name = $("model-name").value.trim();
+  const refs = $("normals").files;
+  if (!refs.length) { setStatus("choose normal references to fit the model on", true); return; }
+  if (!name) { setStatus("give the model a name", true); return; }
+  const fd = new FormData();
+  fd.append("name", name);
+  for (const f of refs) fd.append("normals", f, f.name);
+  fd.append("detector", $("detector").value);
+  fd.append("params", $("params").value.trim() || "{}");
+  $("keep-run").disabled = $("run").disabled = true;
+  setStatus(`fitting ${$("detector").value} on ${refs.length} reference(s)…`);
+  try {
+    const m = await api("/v1/models", { method: "POST", body: fd });
+    await loadModels(m.id);
+    setStatus(`kept model ${m.name}: ${m.n_references} references, ${(m.size_bytes / 1024).toFixed(0)} kB`);
+  } catch (e) {
+    setStatus(e.message, true);
+  } finally {
+    $("keep-run").disabled = $("run").disabled = false;
+  }
+}
+
 async function loadHistory() {
   const d = await api("/v1/inspections?limit=30");
   const ul = $("history");
@@ -63,7 +111,10 @@ async function loadHistory() {
       el("img", { src: ins.thumb_url, loading: "lazy", alt: "" }),
       el("div", {}, [
         el("div", { className: "name", textContent: ins.filename || ins.id.slice(0, 8) }),
-        el("div", { className: "sub", textContent: `${ins.detector} · ${ins.error ? "error" : fmt(ins.score)}` }),
+        el("div", {
+          className: "sub",
+          textContent: `${ins.model ? `model ${ins.model.name}` : ins.detector} · ${ins.error ? "error" : fmt(ins.score)}`,
+        }),
       ]),
       dot,
     ]);
@@ -128,7 +179,7 @@ function show(i) {
   if (!regions.length) ol.append(el("li", { textContent: "none", style: "list-style:none" }));
   $("explanation").textContent = r.explanation || "(this detector gives no text explanation; the lmm detectors do)";
   $("meta").textContent = JSON.stringify(
-    { detector: ins.detector, params: ins.params, normals: ins.n_normals, size: `${ins.width}x${ins.height}`,
+    { detector: ins.detector, model: ins.model, params: ins.params, normals: ins.n_normals, size: `${ins.width}x${ins.height}`,
       timings: r.timings, usage: r.usage, id: ins.id }, null, 2);
   applyOpacity();
 }
@@ -158,9 +209,14 @@ async function submit(ev) {
   if (!files.length) { setStatus("choose a test image first", true); return; }
   const fd = new FormData();
   for (const f of files) fd.append("files", f, f.name);
-  for (const f of $("normals").files) fd.append("normals", f, f.name);
-  fd.append("detector", $("detector").value);
-  fd.append("params", $("params").value.trim() || "{}");
+  const model = $("model").value;
+  if (model) {
+    fd.append("model", model);  // the stored model's own references, detector and options
+  } else {
+    for (const f of $("normals").files) fd.append("normals", f, f.name);
+    fd.append("detector", $("detector").value);
+    fd.append("params", $("params").value.trim() || "{}");
+  }
   fd.append("inline_png", "false");  // the page loads the PNGs by URL
   $("run").disabled = true;
   const t0 = performance.now();
@@ -173,6 +229,7 @@ async function submit(ev) {
     loadHistory();
   } catch (e) {
     setStatus(e.message, true);
+    if (model) loadModels().catch(() => {});  // it may have been deleted meanwhile
   } finally {
     $("run").disabled = false;
   }
@@ -193,9 +250,12 @@ document.addEventListener("DOMContentLoaded", () => {
   wireDrop("drop-files", "files", "files-hint");
   wireDrop("drop-normals", "normals", "normals-hint");
   $("form").addEventListener("submit", submit);
+  $("model").addEventListener("change", modelChanged);
+  $("keep-run").addEventListener("click", keepModel);
   $("opacity").addEventListener("input", applyOpacity);
   $("show-boxes").addEventListener("change", applyOpacity);
   window.addEventListener("resize", fitStage);
   loadDetectors().catch((e) => setStatus(`cannot reach the service: ${e.message}`, true));
   loadHistory().catch(() => {});
+  loadModels().catch(() => {});
 });

@@ -29,6 +29,7 @@ from genad.engines.embedded.backbones import (
     weights_sha256,
     with_fine_grid,
 )
+from genad.engines.embedded.cache import AUTO_MIN_REFS, FeatureCache, file_digest, settings_key
 from genad.engines.embedded.features import ImageFeatures, augment, extract
 from genad.engines.embedded.few_shot import MemoryBank
 from genad.engines.embedded.geometry import batch_scale, patch_map_to_image
@@ -82,6 +83,34 @@ def _augment(value: object) -> object:
     raise GenadError(f"augment must be auto, none or a list such as hflip,vflip; got {value!r}")
 
 
+def _content_id(s: Sample) -> str | None:
+    """What identifies a sample's pixels for the feature cache: its file's SHA-256 (None for
+    pixels given in memory or by a loader, and for an unreadable file)."""
+    if not isinstance(s, ImageSample) or s.array is not None or s.loader is not None or s.path is None:
+        return None
+    try:
+        return "sha256:" + file_digest(s.path)
+    except OSError:
+        return None
+
+
+def _view(load: Callable[[], np.ndarray], kind: str) -> np.ndarray:
+    return augment(load(), [kind])[0]
+
+
+def _view_shape(shape: tuple[int, int], kind: str) -> tuple[int, int]:
+    return (shape[1], shape[0]) if kind == "rot90" else shape
+
+
+def _feature_cache(value: object) -> object:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, str):
+        v = value.strip().lower()
+        return {"true": "on", "yes": "on", "1": "on", "false": "off", "no": "off", "0": "off"}.get(v, v)
+    return value
+
+
 #: few-shot: boundary = mean + this many sd of the references' leave-one-out scores (measured:
 #: README, decisions table)
 FEW_SHOT_K = 0.5
@@ -108,6 +137,9 @@ class EmbeddedDetector(Detector):
       neighbour_weight  weight of the neighbours' mean in that smoothing
       augment         few-shot reference augmentations; "auto" = flips when fewer than 8 refs
       bank_cap        few-shot: coreset-reduce the memory bank beyond this many patches per r
+      feature_cache   few-shot: keep the references' features on disk (cache.py) and reuse them
+                      when the same files are fitted again: "auto" (default: from 32 references
+                      read from files), "on", "off"
       sigma           Gaussian smoothing of the map, in working pixels
       image_score     "top1" (mean of the smoothed map's top 1% pixels, default) or "max"
       threshold       decision threshold on the normalised score (0.5 = the calibrated boundary)
@@ -135,6 +167,13 @@ class EmbeddedDetector(Detector):
     neighbour_weight: float = param(0.3, low=0.0, high=1.0, doc="weight of the neighbours' mean")
     augment: str | tuple[str, ...] = param("auto", "any", convert=_augment, doc="few-shot augmentations")
     bank_cap: int = param(16384, low=16, doc="few-shot: coreset size per neighbourhood size")
+    feature_cache: str = param(
+        "auto",
+        "any",
+        convert=_feature_cache,
+        choices=("auto", "on", "off"),
+        doc=f"few-shot: reuse reference features from disk (auto: from {AUTO_MIN_REFS} references)",
+    )
     sigma: float = param(4.0, low=0.0, high=64.0, doc="map smoothing, in working pixels")
     image_score: str = param("top1", choices=("max", "top1"), doc="image score from the map")
     threshold: float = threshold_param()
@@ -232,11 +271,12 @@ class EmbeddedDetector(Detector):
     def _backbone(self):
         return get_backbone(self.backbone, self.threads, self.strides)
 
-    def _features(self, samples: Sequence[Sample], scale: float | None = None):
+    def _features(self, samples: Sequence[Sample], scale: float | None = None, cached: bool = False):
         """Yield (index, ImageFeatures | error message), batched by working size.
 
         The resize factor `scale` comes from the references in few-shot mode (test images
-        then share their pixel scale); None: from the batch itself (zero-shot)."""
+        then share their pixel scale); None: from the batch itself (zero-shot). `cached`: look
+        images read from files up in the feature cache first (fit's references)."""
         shapes: list[tuple[int, int]] = []
         ok: list[int] = []
         for i, s in enumerate(samples):
@@ -248,16 +288,68 @@ class EmbeddedDetector(Detector):
         loaders = [samples[i].load for i in ok]  # type: ignore[attr-defined]
         if scale is None:
             scale = batch_scale(shapes, self.resolution)
-        for j, f in self._extract(loaders, shapes, scale):
+        keys = [_content_id(samples[i]) for i in ok] if cached else None
+        for j, f in self._extract(loaders, shapes, scale, keys):
             yield ok[j], (str(f) if isinstance(f, Exception) else f)
 
     def _extract(
-        self, loaders: Sequence[Callable[[], np.ndarray]], shapes: Sequence[tuple[int, int]], scale: float
+        self,
+        loaders: Sequence[Callable[[], np.ndarray]],
+        shapes: Sequence[tuple[int, int]],
+        scale: float,
+        keys: Sequence[str | None] | None = None,
     ) -> Iterator[tuple[int, ImageFeatures | Exception]]:
-        """Features with this detector's backbone and settings (see features.extract)."""
-        return extract(
-            self._backbone(), loaders, shapes, self.resolution, self._rs, self.feature_batch, scale, self.dims
+        """Features with this detector's backbone and settings (see features.extract).
+
+        `keys[i]`: what identifies image i's pixels (its file's SHA-256 and view, see
+        `_content_id`), None where nothing does; with keys and a feature cache (`self._cache`,
+        set by fit), images found there are not read, misses are computed and stored."""
+        cache: FeatureCache | None = getattr(self, "_cache", None)
+        digest = weights_sha256(self.backbone) if cache is not None and keys is not None else None
+        if cache is None or keys is None or digest is None:
+            yield from extract(
+                self._backbone(), loaders, shapes, self.resolution, self._rs, self.feature_batch, scale, self.dims
+            )
+            return
+        settings = settings_key(  # every setting the features depend on
+            {
+                "backbone": self.backbone,
+                "weights_sha256": digest,
+                "strides": list(self.strides),
+                "resolution": self.resolution,
+                "scale": repr(float(scale)),
+                "aggregation": list(self._rs),
+                "dims": self.dims,
+            }
         )
+        entry: dict[int, str] = {}
+        todo: list[int] = []
+        for i, k in enumerate(keys):
+            hit = None
+            if k is not None:
+                entry[i] = cache.key(k, settings)
+                hit = cache.get(entry[i])
+            if hit is not None:
+                yield i, hit
+            else:
+                todo.append(i)
+        if not todo:
+            return
+        sub = extract(
+            self._backbone(),
+            [loaders[i] for i in todo],
+            [shapes[i] for i in todo],
+            self.resolution,
+            self._rs,
+            self.feature_batch,
+            scale,
+            self.dims,
+        )
+        for j, f in sub:
+            i = todo[j]
+            if i in entry and isinstance(f, ImageFeatures):
+                cache.put(entry[i], f)
+            yield i, f
 
     def _augmentations(self, n_refs: int) -> list[str]:
         if self.augment == "auto":
@@ -301,7 +393,6 @@ class EmbeddedDetector(Detector):
         if not normal_samples:
             raise GenadError("fit() needs at least one normal reference image")
         feats: list[ImageFeatures] = []
-        originals: list[np.ndarray] = []
         shapes0: list[tuple[int, int]] = []
         for s in normal_samples:
             try:
@@ -309,27 +400,49 @@ class EmbeddedDetector(Detector):
             except GenadError as e:
                 raise GenadError(f"cannot use normal reference {s.id}: {e}") from e
         scale = batch_scale(shapes0, self.resolution)
-        for i, f in self._features(normal_samples, scale):
-            if isinstance(f, str):
-                raise GenadError(f"cannot use normal reference {normal_samples[i].id}: {f}")
-            feats.append(f)
-        kinds = self._augmentations(len(feats))
-        aug_feats: list[list[ImageFeatures]] = [[] for _ in feats]
-        if kinds or len(feats) == 1:
-            originals = [s.load() for s in normal_samples]  # type: ignore[attr-defined]
-            views = kinds or ["hflip", "vflip"]  # one reference: views are needed for its threshold
-            for i, im in enumerate(originals):
-                arrs = augment(im, views)
-                loaders = [functools.partial(np.asarray, a) for a in arrs]
-                shapes = [a.shape[:2] for a in arrs]
-                for _, f in self._extract(loaders, shapes, scale):
-                    if isinstance(f, Exception):
-                        raise GenadError(f"cannot use normal reference {normal_samples[i].id}: {f}")
-                    aug_feats[i].append(f)
+        use_cache = self.feature_cache == "on" or (
+            self.feature_cache == "auto" and len(normal_samples) >= AUTO_MIN_REFS
+        )
+        self._cache = FeatureCache() if use_cache else None
+        try:
+            got: dict[int, ImageFeatures] = {}
+            for i, f in self._features(normal_samples, scale, cached=use_cache):
+                if isinstance(f, str):
+                    raise GenadError(f"cannot use normal reference {normal_samples[i].id}: {f}")
+                got[i] = f
+            # references in the order extract() computes them (grouped by working size, as
+            # before the cache, whose hits come first): it decides which 8 calibrate
+            first: dict[tuple[int, int], int] = {}
+            for i in range(len(normal_samples)):
+                first.setdefault(got[i].work, i)
+            order = sorted(got, key=lambda i: (first[got[i].work], i))
+            feats = [got[i] for i in order]
+            kinds = self._augmentations(len(feats))
+            aug_feats: list[list[ImageFeatures]] = [[] for _ in feats]
+            if kinds or len(feats) == 1:
+                views = kinds or ["hflip", "vflip"]  # one reference: views are needed for its threshold
+                for p, i in enumerate(order):
+                    s = normal_samples[i]
+                    load = functools.lru_cache(maxsize=1)(s.load)  # type: ignore[attr-defined]
+                    loaders = [functools.partial(_view, load, v) for v in views]
+                    shapes = [_view_shape(shapes0[i], v) for v in views]
+                    cid = _content_id(s) if use_cache else None
+                    keys = [None if cid is None else f"{cid}#{v}" for v in views] if use_cache else None
+                    by_view: dict[int, ImageFeatures] = {}
+                    for j, f in self._extract(loaders, shapes, scale, keys):
+                        if isinstance(f, Exception):
+                            raise GenadError(f"cannot use normal reference {s.id}: {f}")
+                        by_view[j] = f
+                    aug_feats[p] = [by_view[j] for j in range(len(views))]
+        finally:
+            if self._cache is not None and self._cache.writes:
+                self._cache.evict()
         bank_feats = list(feats)
+        sources = list(range(len(feats)))
         if kinds:
             bank_feats += [f for fs in aug_feats for f in fs]
-        self.bank_ = MemoryBank(self.bank_cap, self.seed).build(bank_feats)
+            sources += [i for i, fs in enumerate(aug_feats) for _ in fs]
+        self.bank_ = MemoryBank(self.bank_cap, self.seed).build(bank_feats, sources)
         self.scale_ = scale
         self.n_refs_ = len(feats)
         self.reference_scores_ = self._reference_scores(feats, aug_feats)
@@ -346,18 +459,20 @@ class EmbeddedDetector(Detector):
     def _reference_scores(self, feats: list[ImageFeatures], aug_feats: list[list[ImageFeatures]]) -> list[float]:
         """Scores of normal images the bank has not seen, for the decision boundary.
 
-        >= 2 references: each reference (up to 8) is scored against a bank of the others
-        (leave-one-out). Leaving one out makes the bank smaller than the real one, so these
-        run a little higher than a new normal image's score.
+        >= 2 references: each reference (up to 8) is scored against the bank without its own
+        patches and those of its augmented views (leave-one-out by masking the rows it gave:
+        one bank, one coreset). Below `bank_cap` patches this is exactly a bank of the others;
+        above it, the coreset was chosen with the held-out image present, so its neighbours in
+        feature space may be a little thinner than in a coreset of the others alone. Leaving
+        one out makes the bank smaller than the real one, so these run a little higher than a
+        new normal image's score.
         1 reference: its flipped views are scored against the reference itself.
         """
         scores: list[float] = []
         if len(feats) >= 2:
+            assert self.bank_ is not None
             for i in range(min(len(feats), 8)):
-                others = [f for j, f in enumerate(feats) if j != i]
-                others += [a for j, fs in enumerate(aug_feats) if j != i for a in fs]
-                bank = MemoryBank(self.bank_cap, self.seed).build(others)
-                scores.append(self._finish(feats[i], bank.score(feats[i]))[1])
+                scores.append(self._finish(feats[i], self.bank_.score(feats[i], exclude=i))[1])
         else:
             bank = MemoryBank(self.bank_cap, self.seed).build(feats)
             scores = [self._finish(a, bank.score(a))[1] for a in aug_feats[0]]

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from genad.atomic import atomic_write
 from genad.errors import GenadError
 
 if TYPE_CHECKING:
@@ -321,14 +322,15 @@ def save_detector(det: Detector, path: str | Path, *, info: dict[str, Any] | Non
             "sha256": hashlib.sha256(blobs[name]).hexdigest(),
         }
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".part")
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
+
+    def write(f: Any) -> None:
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as z:
             z.writestr(MANIFEST, json.dumps(manifest, indent=1, allow_nan=False))
             for name, data in blobs.items():
                 z.writestr(f"arrays/{name}.npy", data)
-        tmp.replace(path)  # a reader never sees half a file
+
+    try:
+        atomic_write(path, write)  # a reader never sees half a file
     except OSError as e:
         raise GenadError(f"cannot write the model file {path}: {e}") from e
     return path

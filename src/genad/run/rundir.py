@@ -25,6 +25,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from genad.atomic import atomic_write
 from genad.errors import GenadError
 from genad.types import Result, Sample, jsonable
 
@@ -42,9 +43,7 @@ def write_map(path: Path, amap: np.ndarray) -> None:
     # float16 halves the disk cost; clip so that a huge score does not become inf.
     lo, hi = float(info.min), float(info.max)
     a = np.clip(np.nan_to_num(a, nan=0.0, posinf=hi, neginf=lo), lo, hi)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, map=a.astype(np.float16))
-    tmp.replace(path)
+    atomic_write(path, lambda f: np.savez_compressed(f, map=a.astype(np.float16)))
 
 
 def read_map(path: Path) -> np.ndarray:

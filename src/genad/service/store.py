@@ -195,20 +195,28 @@ class Store:
         return None if row is None else _inspection(row)
 
     def list_inspections(self, limit: int = 20, offset: int = 0) -> list[Inspection]:
-        with self._tx() as db:
-            rows = db.execute(
-                "SELECT * FROM inspections ORDER BY created DESC, rowid DESC LIMIT ? OFFSET ?",
-                (limit, offset),
-            ).fetchall()
-        return [_inspection(r) for r in rows]
+        return [_inspection(r) for r in self._newest("inspections", limit, offset)]
 
     def count_inspections(self) -> int:
-        with self._tx() as db:
-            return int(db.execute("SELECT COUNT(*) FROM inspections").fetchone()[0])
+        return self._count("inspections")
 
     def delete_inspection(self, inspection_id: str) -> bool:
+        return self._delete("inspections", inspection_id)
+
+    # -- one home for the row queries of the tables above and below (names are ours, never a request's)
+    def _newest(self, table: str, limit: int, offset: int) -> list[sqlite3.Row]:
         with self._tx() as db:
-            cur = db.execute("DELETE FROM inspections WHERE id=?", (inspection_id,))
+            return db.execute(
+                f"SELECT * FROM {table} ORDER BY created DESC, rowid DESC LIMIT ? OFFSET ?", (limit, offset)
+            ).fetchall()
+
+    def _count(self, table: str) -> int:
+        with self._tx() as db:
+            return int(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+    def _delete(self, table: str, row_id: str) -> bool:
+        with self._tx() as db:
+            cur = db.execute(f"DELETE FROM {table} WHERE id=?", (row_id,))
         return cur.rowcount > 0
 
     # -- stored models ---------------------------------------------------------------------------
@@ -246,20 +254,13 @@ class Store:
         return None if row is None else _model(row)
 
     def list_models(self, limit: int = 100, offset: int = 0) -> list[StoredModel]:
-        with self._tx() as db:
-            rows = db.execute(
-                "SELECT * FROM models ORDER BY created DESC, rowid DESC LIMIT ? OFFSET ?", (limit, offset)
-            ).fetchall()
-        return [_model(r) for r in rows]
+        return [_model(r) for r in self._newest("models", limit, offset)]
 
     def count_models(self) -> int:
-        with self._tx() as db:
-            return int(db.execute("SELECT COUNT(*) FROM models").fetchone()[0])
+        return self._count("models")
 
     def delete_model(self, model_id: str) -> bool:
-        with self._tx() as db:
-            cur = db.execute("DELETE FROM models WHERE id=?", (model_id,))
-        return cur.rowcount > 0
+        return self._delete("models", model_id)
 
     # -- jobs --------------------------------------------------------------------------------
     def add_job(self, job: Job) -> None:

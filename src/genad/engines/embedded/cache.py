@@ -22,13 +22,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from genad.atomic import atomic_write
 from genad.engines.embedded.features import ImageFeatures
 
 #: bump when features computed from the same settings change
@@ -134,18 +134,7 @@ class FeatureCache:
             return
         path = self._path(key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    np.savez(fh, **arrays)  # type: ignore[arg-type]
-                os.replace(tmp, path)
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                raise
+            atomic_write(path, lambda fh: np.savez(fh, **arrays))  # type: ignore[arg-type]
         except OSError:
             return
         self.writes += 1

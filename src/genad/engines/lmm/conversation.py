@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from genad.engines.lmm.cache import atomic_write_text
+from genad.atomic import atomic_write_text
 from genad.engines.lmm.config import default_cache_dir
 from genad.engines.lmm.parse import Answer, parse_answer
 from genad.engines.lmm.provider import LMMClient, LMMReply, assistant, prompt_text, system

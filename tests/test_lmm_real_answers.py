@@ -282,3 +282,18 @@ def test_induced_rules_that_are_only_placeholders_are_no_rules(tmp_path):
         det = genad.create("video-rules", base_url=srv.base_url, model="m", api_key="k", cache_dir=None)
         with pytest.raises(GenadError, match="induced no rules"):
             det.fit([VideoSample(id="n", frames=moving_square_frames(8, anomaly=False))])
+
+
+def test_an_unusable_answer_is_not_cached_so_a_resumed_run_asks_again(tmp_path):
+    script = [
+        reply("I'm sorry, I can't help with that."),
+        reply('{"reason": "ok", "anomalous": false, "anomaly_score": 0.1}'),
+    ]
+    with FakeOpenAI(script) as srv:
+        det = LMMDetector(config=config(srv, tmp_path))
+        (first,) = det.predict([_sample("a", RED)])
+        assert first.error.startswith("no usable score") and "refused" in first.error
+        (second,) = det.predict([_sample("a", RED)])  # the refusal was not kept in the cache
+        assert second.score == 0.1 and len(srv.chat_requests()) == 2
+        (third,) = det.predict([_sample("a", RED)])  # a usable answer is
+        assert third.score == 0.1 and len(srv.chat_requests()) == 2 and third.extra["cached"]

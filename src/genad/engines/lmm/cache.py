@@ -40,3 +40,11 @@ class ResponseCache:
     def put(self, key: str, entry: dict[str, Any]) -> None:
         path = self._path(key)
         atomic_write_text(path, json.dumps(entry, ensure_ascii=False))
+
+    def discard(self, key: str) -> None:
+        """Forget one answer (one that could not be used: a refusal, an echo, nothing readable),
+        so that a resumed or repeated run asks again instead of reusing it."""
+        try:
+            self._path(key).unlink()
+        except OSError:
+            pass

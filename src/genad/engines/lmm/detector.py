@@ -163,6 +163,7 @@ class LMMDetector(LMMImageDetector):
         explanation = _explain(ans)
         score = ans.effective_score
         if score is None:
+            self.client.discard(rep)  # not kept: a resumed run asks again
             return Result(
                 sample_id=sample_id,
                 error=ans.why_unusable(rep.finish_reason, rep.max_tokens),

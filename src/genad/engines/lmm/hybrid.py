@@ -522,6 +522,7 @@ class LookTwiceDetector(LMMImageDetector):
                 verdicts, why = _image_level(reply.text, reply.data, n, asked)
                 if why:
                     fallback = why
+                    self.client.discard(reply)  # an unusable answer is not kept: a resumed run asks again
         if fallback is not None:
             # Unusable answer: the embedded judgement alone, on the same [0, 1] scale.
             emb_score = None if base.score is None else float(normalise_embedded(np.array(base.score), plan.scale))

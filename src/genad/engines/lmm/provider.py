@@ -109,6 +109,7 @@ class LMMReply:
     json_mode_used: str = "off"
     finish_reason: str | None = None  # "length": the answer was cut at max_tokens
     max_tokens: int | None = None  # the limit it was asked with
+    cache_key: str | None = None  # where the answer is cached (LMMClient.discard forgets it)
 
 
 # --------------------------------------------------------------------------- messages
@@ -354,6 +355,7 @@ class LMMClient:
                     json_mode_used=hit.get("json_mode_used", "off"),
                     finish_reason=hit.get("finish_reason"),
                     max_tokens=max_tokens,
+                    cache_key=key,
                 )
         # The first call to a server and model runs alone: what it learns (the structured-output
         # mode it takes, whether it reads images) saves the calls waiting behind it a refusal each.
@@ -395,6 +397,7 @@ class LMMClient:
             json_mode_used=got.mode,
             finish_reason=got.finish_reason,
             max_tokens=max_tokens,
+            cache_key=key if self.cache is not None else None,
         )
 
     def _paid_call(
@@ -429,6 +432,13 @@ class LMMClient:
                 self._ignored = e
                 raise
         return got, usage
+
+    def discard(self, reply: LMMReply) -> None:
+        """Forget a cached answer that could not be used (a refusal, an echo of the prompt, an
+        answer cut off or without a score): a resumed or repeated run asks for it again. Only
+        errors are ever cached this way: failed requests never are."""
+        if self.cache is not None and reply.cache_key:
+            self.cache.discard(reply.cache_key)
 
     def _failed(self, e: LMMRequestError) -> None:
         """Count a failed request; after max_failures in a row every later call stops at once."""

@@ -231,6 +231,9 @@ def localize(
     result.extra["answer"] = reply.text
     if result.error:
         result.error = answer.why_unusable(getattr(reply, "finish_reason", None), getattr(reply, "max_tokens", None))
+        discard = getattr(client, "discard", None)
+        if discard is not None:  # not kept: a resumed run asks again
+            discard(reply)
     result.timings.update(visual_prompt=t1 - t0, lmm=t2 - t1)
     return result
 

@@ -302,6 +302,7 @@ class SeriesLMMDetector(LMMDetectorBase):
         final, _ = strip_reasoning(text)
         data = reply.data if reply.data is not None and final.strip() == text.strip() else extract_json(final)
         if data is not None and is_echo(data, prompt):
+            self.client.discard(reply)
             return Result(
                 sample_id=sample.id,
                 error="no usable answer: the model only repeated the prompt's example",
@@ -317,6 +318,7 @@ class SeriesLMMDetector(LMMDetectorBase):
                     what = "no usable answer: the model gave no decision or ranges"
                 else:
                     what = what.replace("no usable score", "no usable answer")
+                self.client.discard(reply)  # not kept: a resumed run asks again
                 return Result(
                     sample_id=sample.id,
                     error=f"{what}: {text[:200]!r}",
@@ -334,6 +336,7 @@ class SeriesLMMDetector(LMMDetectorBase):
         if score is None:
             score = float(amap.max()) if kept else (0.0 if anomalous is False else None)
         if score is None:
+            self.client.discard(reply)
             return Result(
                 sample_id=sample.id,
                 error=f"the model named no usable range: {text[:200]!r}",

@@ -495,7 +495,10 @@ class RuleVideoDetector(LMMDetectorBase):
                 return {}, Usage(), str(e)
             final, _ = strip_reasoning(reply.text)
             data = reply.data if reply.data is not None and final.strip() == reply.text.strip() else extract_json(final)
-            return _read_verdicts(data, batch), reply.usage, None
+            verdicts = _read_verdicts(data, batch)
+            if not verdicts:
+                self.client.discard(reply)  # nothing readable: a resumed run asks again
+            return verdicts, reply.usage, None
 
         workers = max(1, min(self.client.config.max_concurrency, len(batches)))
         with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -4,6 +4,8 @@ that `genad detect`, `genad eval` and a service batch job all write that format.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -13,9 +15,19 @@ from fastapi.testclient import TestClient
 
 from foundation_helpers import make_mvtec
 from genad.detector import Capabilities, Detector
+from genad.engines.progress import step
 from genad.errors import GenadError
 from genad.evaluate import run_benchmark
-from genad.run import RunCancelled, RunFolder, pending, run_detector, run_into
+from genad.run import (
+    Phase,
+    RunCancelled,
+    RunFolder,
+    deferred_interrupts,
+    pending,
+    run_detector,
+    run_into,
+    stop_on_signals,
+)
 from genad.service.app import create_app
 from genad.types import ImageSample, Result
 from test_cli_detect import run_cli
@@ -180,3 +192,109 @@ def test_detect_eval_and_a_batch_job_write_one_format(tmp_path: Path, capsys):
     for path in (tmp_path / "detect", tmp_path / "eval", tmp_path / "storage" / "jobs" / job_id / "run"):
         cfg = json.loads((path / "config.json").read_text())
         assert cfg["params"] and all(RunFolder(path).load_map(rec) is not None for rec in RunFolder(path).ordered())
+
+
+# -- phases, steps inside long calls, stops --------------------------------------------------------
+class Stepping(Recorder):
+    """Reports a step per reference in fit() and per sample in predict(), as the embedded engine."""
+
+    def fit(self, normal_samples):  # type: ignore[no-untyped-def]
+        for i, _ in enumerate(normal_samples, 1):
+            step("features", i, len(normal_samples))
+        return super().fit(normal_samples)
+
+    def predict(self, samples):  # type: ignore[no-untyped-def]
+        out = []
+        for i, s in enumerate(samples, 1):
+            step("features", i, len(samples))
+            out.append(Result(s.id, score=1.0))
+        self.calls.append([s.id for s in samples])
+        return out
+
+
+def test_phases_report_the_fit_and_the_steps_inside_long_calls():
+    seen: list[Phase] = []
+    det = Stepping(whole=True)
+    list(run_detector(det, _samples(3), refs=_samples(2), on_phase=seen.append))
+    assert [str(p) for p in seen] == [
+        "fitting 0/2",
+        "fitting: features 1/2",
+        "fitting: features 2/2",
+        "scoring 0/3",
+        "scoring: features 1/3",
+        "scoring: features 2/3",
+        "scoring: features 3/3",
+    ]
+    assert all(p.scored == 0 and p.samples == 3 for p in seen)  # the run's size, before any result
+    step("features", 1, 1)  # outside a run: nothing to report to, nothing raised
+
+
+def test_stop_reaches_inside_a_long_predict_and_fit():
+    flag: list[str] = []
+
+    class StopsAt(Stepping):
+        def predict(self, samples):  # type: ignore[no-untyped-def]
+            for i, _ in enumerate(samples, 1):
+                if i == 2:
+                    flag.append("cancelled")
+                step("features", i, len(samples))
+                self.calls.append([f"{i}"])
+            return [Result(s.id, score=1.0) for s in samples]
+
+    det = StopsAt(whole=True)
+    with pytest.raises(RunCancelled) as e:
+        list(run_detector(det, _samples(5), stop=lambda: flag[0] if flag else None))
+    assert e.value.status == "cancelled" and det.calls == [["1"]]  # stopped inside the one call
+    flag.clear()
+
+    class StopsInFit(Stepping):
+        def fit(self, normal_samples):  # type: ignore[no-untyped-def]
+            flag.append("interrupted")
+            return super().fit(normal_samples)
+
+    det2 = StopsInFit()
+    with pytest.raises(RunCancelled, match="interrupted"):
+        list(run_detector(det2, _samples(2), refs=_samples(3), stop=lambda: flag[0] if flag else None))
+    assert det2.fitted_on == [] and det2.calls == []
+
+
+def test_a_stop_is_never_mistaken_for_a_failed_sample():
+    from genad.detector import predict_each
+
+    def one(s, r):  # type: ignore[no-untyped-def]
+        raise RunCancelled("cancelled")
+
+    # BaseException, as KeyboardInterrupt: no `except Exception` turns it into an error result
+    with pytest.raises(RunCancelled):
+        predict_each(_samples(2), one)
+    assert not issubclass(RunCancelled, Exception)
+
+
+def test_a_torn_line_is_ended_before_the_next_record(tmp_path: Path):
+    folder = RunFolder(tmp_path / "run")
+    s = _samples(3)
+    done = folder.start({"detector": "x"})
+    run_into(folder, Recorder(chunk=1), s[:2], done)
+    with folder.results_path.open("a") as f:
+        f.write('{"id": "s2", "n": 2, "sco')  # killed mid-write
+    again = RunFolder(folder.path)
+    done = again.start({"detector": "x"}, resume=True)
+    assert set(done) == {"s0", "s1"}
+    run_into(again, Recorder(chunk=1), s, done)
+    assert set(RunFolder(folder.path).records()) == {"s0", "s1", "s2"}
+
+
+def test_a_signal_waits_for_the_line_being_written():
+    got: list[str] = []
+    before = signal.getsignal(signal.SIGTERM)
+    with stop_on_signals():
+        with pytest.raises(KeyboardInterrupt):
+            with deferred_interrupts():
+                os.kill(os.getpid(), signal.SIGTERM)  # SIGTERM too: a KeyboardInterrupt, not death
+                time.sleep(0.05)
+                got.append("written")  # the write goes on to its end
+        assert got == ["written"]
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -243,10 +243,10 @@ def test_hostile_requests_are_refused_with_one_line(client: TestClient, data: Pa
     for key in ("base_url", "api_key", "cache_dir", "threads"):
         one_line_4xx(create(client, "m", params=f'{{"{key}": "x"}}'), 400, key, "server")
 
-    # folders: only under a data root; outside gets the same answer whether it exists or not
+    # folders: only under a data root; outside (existing or not) and missing get the same answer
     for bad in (str(outside / "tiles"), "../outside/tiles", "link/tiles/train/good", "/etc", "/no/such/place"):
-        one_line_4xx(create(client, "m", [], folder=bad), 403, "outside the allowed data roots")
-    one_line_4xx(create(client, "m", [], folder="tiles/nothing-here"), 404, "does not exist")
+        one_line_4xx(create(client, "m", [], folder=bad), 404, "not found under the service's data roots")
+    one_line_4xx(create(client, "m", [], folder="tiles/nothing-here"), 404, "not found under the service's data roots")
     # paths the file system refuses, a symlink loop, a `~` (literal: not the server's home)
     os.symlink(data / "loop", data / "loop")
     for odd in ("a" * 5000, "x" * 300, "a/" * 2000, "loop/x", "~root", "~nouser/x"):

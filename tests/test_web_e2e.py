@@ -34,12 +34,14 @@ ARGS = [
 ]
 
 
-@pytest.fixture()
-def server(tmp_path: Path) -> Iterator[str]:
+TOKEN = "e2e-token-0123456789abcdef"
+
+
+def _serve(storage: Path, token: str | None = None) -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = create_app(tmp_path / "storage")
+    app = create_app(storage, token=token)
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()
@@ -50,6 +52,16 @@ def server(tmp_path: Path) -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     srv.should_exit = True
     t.join(10)
+
+
+@pytest.fixture()
+def server(tmp_path: Path) -> Iterator[str]:
+    yield from _serve(tmp_path / "storage")
+
+
+@pytest.fixture()
+def token_server(tmp_path: Path) -> Iterator[str]:
+    yield from _serve(tmp_path / "storage", token=TOKEN)
 
 
 def test_page_inspects_an_upload(server: str, tmp_path: Path) -> None:
@@ -162,5 +174,55 @@ def test_api_docs_page_renders_without_internet(server: str) -> None:
             )  # and /v1/detectors
             expect(page.locator(".opblock-summary-path", has_text="/v1/jobs/{job_id}")).not_to_have_count(0)
             assert outside == []
+        finally:
+            browser.close()
+
+
+def test_page_with_a_token_asks_for_it_once_and_sends_it(token_server: str, tmp_path: Path) -> None:
+    # `genad serve --token`: the page's calls are refused until it has the token; it asks for
+    # it, keeps it in the tab (sessionStorage) and sends it with every call, pictures included.
+    test_img = tmp_path / "part.png"
+    Image.fromarray(texture(3, defect=True, size=160)).save(test_img)
+    refs = []
+    for i in range(3):
+        refs.append(tmp_path / f"good{i}.png")
+        Image.fromarray(texture(70 + i, size=160)).save(refs[-1])
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 820})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(token_server + "/")
+            expect(page.locator("#login")).to_be_visible()
+            expect(page.locator("#status")).to_contain_text("token")
+            page.fill("#token", "not-the-token-at-all-0000")
+            page.click("#login button")
+            expect(page.locator("#status")).to_contain_text("wrong")  # asked again
+            expect(page.locator("#login")).to_be_visible()
+            page.fill("#token", TOKEN)
+            page.click("#login button")
+            expect(page.locator("#login")).to_be_hidden()
+            expect(page.locator("#detector option[value=baseline]")).to_have_count(1)
+            page.select_option("#detector", "baseline")
+            page.set_input_files("#files", str(test_img))
+            page.set_input_files("#normals", [str(p) for p in refs])
+            page.click("#run")
+            expect(page.locator("#decision")).to_have_text("ANOMALOUS", timeout=30_000)
+            # the pictures come through fetch() with the header, shown as blob URLs
+            page.wait_for_function(
+                "document.getElementById('heatmap').complete && document.getElementById('heatmap').naturalWidth === 160"
+            )
+            assert page.eval_on_selector("#image", "e => e.src").startswith("blob:")
+            expect(page.locator("#history li")).to_have_count(1)
+            # a reload keeps the token (this tab's sessionStorage); the fragment form works too
+            page.reload()
+            expect(page.locator("#history li")).to_have_count(1)
+            expect(page.locator("#login")).to_be_hidden()
+            fresh = browser.new_page()
+            fresh.goto(token_server + "/#token=" + TOKEN)
+            expect(fresh.locator("#history li")).to_have_count(1)
+            assert "token" not in fresh.url  # taken out of the address bar
+            assert errors == []
         finally:
             browser.close()

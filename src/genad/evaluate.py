@@ -9,8 +9,9 @@ Protocol
   where there is no train split (e.g. brain_mri) they come from `test/good` and are left out
   of the scored set.
 * `limit`: a subsample stratified by defect type, drawn with `seed`.
-* The detector gets `fit(refs)` when shots > 0, then runs through genad.run's one loop (chunks
-  as the detector's capabilities ask: the whole set at once for zero-shot comparison).
+* The detector gets `fit(refs)` when shots > 0 (and something is left to score), then runs
+  through genad.run's one loop (chunks as the detector's capabilities ask: the whole set at
+  once for zero-shot comparison), which reports progress and checks `stop()` in both.
 * Every result goes to the run folder (genad.run.rundir) as soon as it is scored: a line of
   `results.jsonl` and its map in `maps/<n>.npz`, so a crash loses nothing and `resume=True`
   scores only what is missing (LMM runs cost money). Failed samples are retried on resume.
@@ -42,7 +43,7 @@ from genad.errors import GenadError
 from genad.io.images import image_size
 from genad.io.mvtec import categories, load_mvtec, load_mvtec_train
 from genad.ops import resize_map
-from genad.run import RunFolder, pending, run_into
+from genad.run import Phase, RunFolder, pending, run_into
 from genad.secrets import redact
 from genad.types import ImageSample, Result, Sample, Usage
 
@@ -175,13 +176,15 @@ def run_benchmark(
     progress: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
     stop: Callable[[], str | None] | None = None,
+    on_phase: Callable[[Phase], None] | None = None,
 ) -> EvalRun:
     """Run `detector` on the MVTec-style dataset at `data_dir` and compute its figures.
 
     `detector` is a registry name (built with `detector_params`) or a Detector instance.
     `run_dir` keeps results.jsonl, maps/, summary.json and curves.json (a fresh temporary
     folder when None). `resume=True` continues a run in `run_dir`, scoring only samples not
-    yet done. `on_progress(done, total)` and `stop()` as for genad.run.run_detector.
+    yet done. `on_progress(done, total)`, `on_phase(Phase)` and `stop()` as for
+    genad.run.run_detector (the fit is one of its phases).
     Raises GenadError for a bad folder, too many shots, a mask of the wrong size, or a run
     directory that holds a different run.
     """
@@ -238,23 +241,28 @@ def run_benchmark(
     todo = pending(test, done)
     n_resumed = len(test) - len(todo)
 
-    t_fit = t_pred = 0.0
-    t0 = time.perf_counter()
-    if todo and refs:
-        det.fit(refs)
-        t_fit = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    began: dict[str, float] = {}  # when each phase began: the fit's and predict's seconds
+
+    def phase(p: Phase) -> None:
+        began.setdefault(p.name, time.perf_counter())
+        if on_phase is not None:
+            on_phase(p)
+
     records = run_into(
         folder,
         det,
         test,
         done,
+        refs=refs,  # fitted only when something is left to score
         on_progress=on_progress,
+        on_phase=phase,
         stop=stop,
         progress_bar=progress,
         desc=f"genad eval {det.name}",
     )
-    t_pred = time.perf_counter() - t0 if todo else 0.0
+    t_end = time.perf_counter()
+    t_fit = began["scoring"] - began["fitting"] if "fitting" in began and "scoring" in began else 0.0
+    t_pred = t_end - began["scoring"] if "scoring" in began else 0.0
 
     own = det.params.get("threshold", BOUNDARY)
     own_t = float(own) if isinstance(own, (int, float)) and 0.0 <= float(own) <= 1.0 else BOUNDARY

@@ -1,11 +1,17 @@
-"""`genad detect`: find anomalies in files or folders, print a table, write a report."""
+"""`genad detect`: find anomalies in files or folders: a line per input as it is scored, then a
+table (or machine-readable rows: --format jsonl | csv), and a report folder (--out)."""
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
 import json
 import re
+import sys
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +23,7 @@ from genad.cli.app import app
 from genad.detector import Detector
 from genad.errors import GenadError
 from genad.evaluate import public_params
-from genad.run import RunFolder, run_detector
+from genad.run import RunFolder, deferred_interrupts, pending, run_detector, stops_on_signals
 from genad.types import ImageSample, PointCloudSample, Result, Sample, TimeSeriesSample, VideoSample
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -119,15 +125,34 @@ class _Writer:
     """The run folder (results.jsonl as it goes, maps/), overlay PNGs, and what index.html
     needs. Without --out it only keeps the rows for the table."""
 
-    def __init__(self, out: Path | None, config: dict[str, Any]) -> None:
+    def __init__(self, out: Path | None, config: dict[str, Any], resume: bool = False) -> None:
         self.out = out
         self.rows: list[Any] = []
         self.folder: RunFolder | None = None
+        self.done: dict[str, dict[str, Any]] = {}
         if out is not None:
             self.folder = RunFolder(out)
-            self.folder.start(config, overwrite=True)  # a new detection replaces the old one
+            # a new detection replaces the old one; --resume continues it
+            self.done = self.folder.start(
+                config, resume=resume, overwrite=not resume, must_match=_RESUME_KEYS, option="--out"
+            )
             (out / "overlays").mkdir(exist_ok=True)
             self.folder.__enter__()
+
+    def resumed(self, sample: Sample, rec: dict[str, Any]) -> Result:
+        """A result scored by an earlier run into this folder (--resume): back into the report."""
+        from genad.report.detect_index import IndexRow, thumbnail_data_url
+
+        assert self.out is not None
+        r = RunFolder.result(rec)
+        link, thumb = rec.get("overlay"), None
+        if link and (self.out / link).is_file():
+            from genad.io.images import read_image
+
+            with contextlib.suppress(GenadError):
+                thumb = thumbnail_data_url(read_image(self.out / link))
+        self.rows.append(IndexRow(r, thumb, link, _truth(sample)))
+        return r
 
     def add(self, sample: Sample, r: Result, n: int) -> None:
         if self.out is None or self.folder is None:
@@ -158,13 +183,12 @@ class _Writer:
                     save_visual_prompt(self.out / "visual_prompts" / _safe_name(sample.id), r, image=image)
             except GenadError as e:  # e.g. the image vanished since scoring
                 r.error = r.error or str(e)
+            except Exception as e:  # drawing failed: that costs the picture, not the result
+                r.extra["picture_error"] = f"{type(e).__name__}: {e}"
         elif r.error is None:
             link, thumb = self._picture(sample, r)
         self.folder.append(sample, r, n, overlay=link)
-        truth = None
-        if sample.truth is not None and sample.truth.label is not None:
-            truth = sample.truth.defect_type or ("anomalous" if sample.truth.label else "normal")
-        self.rows.append(IndexRow(r, thumb, link, truth))
+        self.rows.append(IndexRow(r, thumb, link, _truth(sample)))
 
     def _picture(self, sample: Sample, r: Result) -> tuple[str | None, str | None]:
         """A chart (series), coloured views (point cloud) or the most anomalous frame (video).
@@ -217,8 +241,106 @@ class _Writer:
         return write_detect_index(self.out, self.rows, meta=meta)
 
 
+def _truth(sample: Sample) -> str | None:
+    if sample.truth is not None and sample.truth.label is not None:
+        return sample.truth.defect_type or ("anomalous" if sample.truth.label else "normal")
+    return None
+
+
+#: what a --resume must agree on with the run it continues
+_RESUME_KEYS = ("inputs", "normal", "model", "detector", "params", "threshold", "limit")
+FORMATS = ("table", "jsonl", "csv")
+#: the columns of --format csv
+CSV_COLUMNS = ("input", "score", "normalized_score", "decision", "threshold", "regions", "explanation", "error")
+
+
+def _one_line(text: str | None) -> str:
+    return " ".join((text or "").split())
+
+
+def _note(r: Result) -> str:
+    """Regions (or ranges) and the explanation, in one line."""
+    note = r.explanation or ""
+    if r.regions:
+        shown = r.regions[:2]
+        boxes = "; ".join(
+            f"#{g.index or k} {g.score:.3g}" + (f" at {tuple(int(v) for v in g.box)}" if g.box else "")
+            for k, g in enumerate(shown, 1)
+        )
+        more = f" (+{len(r.regions) - len(shown)} more)" if len(r.regions) > len(shown) else ""
+        note = f"{boxes}{more}  {note}".strip()
+    if r.ranges:
+        note = (", ".join(f"[{a},{b})" for a, b in r.ranges) + "  " + note).strip()
+    return _one_line(note)
+
+
+def row_line(s: Sample, r: Result) -> str:
+    """The line `genad detect` prints for an input as soon as it is scored."""
+    if r.error:
+        return f"failed     {'':>5}  {s.id}  {_one_line(r.error)}"
+    decision = "?" if r.decision is None else ("anomalous" if r.decision else "normal")
+    norm = "" if r.normalized_score is None else f"{r.normalized_score:.2f}"
+    note = _note(r)
+    return f"{decision:<9}  {norm:>5}  {s.id}" + (f"  {note[:200]}" if note else "")
+
+
+def row_json(s: Sample, r: Result) -> dict[str, Any]:
+    """The record of --format jsonl: the Result's JSON form (without `extra`, which --out's
+    results.jsonl keeps) and the input's path."""
+    d = r.to_dict()
+    d.pop("extra", None)
+    return {"sample_id": s.id, "path": None if s.path is None else str(s.path), **d}
+
+
+def row_csv(s: Sample, r: Result) -> list[Any]:
+    regions = "; ".join(
+        f"#{g.index or k} {g.score:.4g}" + (" at " + " ".join(str(int(v)) for v in g.box) if g.box else "")
+        for k, g in enumerate(r.regions, 1)
+    )
+    return [
+        s.id,
+        "" if r.score is None else f"{r.score:.6g}",
+        "" if r.normalized_score is None else f"{r.normalized_score:.6g}",
+        "" if r.decision is None else ("anomalous" if r.decision else "normal"),
+        "" if r.threshold is None else f"{r.threshold:.6g}",
+        regions,
+        _one_line(r.explanation),
+        _one_line(r.error),
+    ]
+
+
+def _csv_line(values: Sequence[Any]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(values)
+    return buf.getvalue()
+
+
+class _Rows:
+    """Prints each input's row to stdout as soon as it is scored (flushed, so that a pipe sees
+    it at once): a line (table), a JSON object (jsonl) or a CSV row (csv, after its header)."""
+
+    def __init__(self, fmt: str) -> None:
+        self.fmt = fmt
+        if fmt == "csv":
+            self._write(_csv_line(CSV_COLUMNS))
+
+    @staticmethod
+    def _write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    def add(self, s: Sample, r: Result) -> None:
+        if self.fmt == "jsonl":
+            self._write(json.dumps(row_json(s, r)) + "\n")
+        elif self.fmt == "csv":
+            self._write(_csv_line(row_csv(s, r)))
+        else:
+            self._write(row_line(s, r) + "\n")
+
+
 def _print_table(pairs: list[tuple[Sample, Result]]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(show_lines=False)
@@ -229,29 +351,20 @@ def _print_table(pairs: list[tuple[Sample, Result]]) -> None:
     table.add_column("regions / explanation", overflow="fold")
     for s, r in pairs:
         if r.error:
-            table.add_row(s.id, "", "", "[red]failed[/red]", f"[red]{r.error}[/red]")
+            table.add_row(s.id, "", "", "[red]failed[/red]", f"[red]{escape(_one_line(r.error))}[/red]")
             continue
         decision = "?" if r.decision is None else ("[bold red]anomalous[/]" if r.decision else "[green]normal[/]")
-        note = r.explanation or ""
-        if r.regions:
-            shown = r.regions[:2]
-            boxes = "; ".join(
-                f"#{g.index or k} {g.score:.3g}" + (f" at {tuple(int(v) for v in g.box)}" if g.box else "")
-                for k, g in enumerate(shown, 1)
-            )
-            more = f" (+{len(r.regions) - len(shown)} more)" if len(r.regions) > len(shown) else ""
-            note = f"{boxes}{more}  {note}".strip()
-        if r.ranges:
-            note = (", ".join(f"[{a},{b})" for a, b in r.ranges) + "  " + note).strip()
+        note = escape(_note(r))
         norm = "" if r.normalized_score is None else f"{r.normalized_score:.2f}"
         raw = "" if r.score is None else f"{r.score:.4g}"
         if r.threshold is not None:
             raw += f" / {r.threshold:.4g}"
-        table.add_row(s.id, norm, raw, decision, note[:300])
+        table.add_row(escape(s.id), norm, raw, decision, note[:300])
     Console().print(table)
 
 
 @app.command("detect")
+@stops_on_signals
 def detect(
     paths: list[Path] = typer.Argument(
         ..., help="Files or folders to inspect (folders are searched recursively).", show_default=False
@@ -312,6 +425,19 @@ def detect(
         show_default=False,
         help="A model saved by `genad fit --save` (already fitted: no --normal, no refit); -p and -t still apply.",
     ),
+    limit: int = typer.Option(
+        None, "--limit", "-l", min=1, show_default=False, help="Score at most N inputs (the first N found)."
+    ),
+    fmt: str = typer.Option(
+        "table",
+        "--format",
+        "-f",
+        help="table: a line per input as it is scored, then a table; jsonl or csv: one machine-readable row per input on stdout as it is scored (progress and the summary go to stderr).",
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue an interrupted detection into the same --out: score only what is missing."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Find anomalies in images (or series, point clouds, videos) and say where they are.
 
@@ -323,8 +449,14 @@ def detect(
 
       genad detect sensor.csv --modality timeseries
 
-    Scores: higher = more anomalous. With --out you get overlays/*.png (heatmap over the image, regions boxed and numbered), results.jsonl (one line per input, written as it goes) and index.html (open it in a browser).
+      genad detect photos/ -d baseline --format jsonl --limit 100 > rows.jsonl
+
+    Scores: higher = more anomalous. With --out you get overlays/*.png (heatmap over the image, regions boxed and numbered), results.jsonl (one line per input, written as it goes) and index.html (open it in a browser). Ctrl-C (or SIGTERM) stops within moments, keeping what was scored; with --out, --resume then scores only the rest.
     """
+    if fmt not in FORMATS:
+        raise GenadError(f"--format must be {', '.join(FORMATS[:-1])} or {FORMATS[-1]}, not {fmt!r}")
+    if resume and out is None:
+        raise GenadError("--resume needs --out: the folder of the detection to continue")
     params = max_tokens_option(threshold_options(parse_params(param), threshold, calibration), max_tokens)
     from genad.io import load_inputs
 
@@ -335,6 +467,8 @@ def detect(
         samples = [s for s in samples if s.path is None or out_abs not in s.path.resolve().parents]
         if not samples:
             raise GenadError(f"the only inputs found are inside --out {out}: choose another output folder")
+    if limit is not None:
+        samples = samples[:limit]
     refs: list[Sample] = load_inputs(normal, modality=modality, recursive=recursive) if normal else []
 
     groups: dict[str, list[Sample]] = defaultdict(list)
@@ -368,21 +502,38 @@ def detect(
         if len(plan) == 1
         else {d.name: public_params(d.params) for d, _, _ in plan},
         "threshold": params.get("threshold"),
+        "limit": limit,
     }
-    writer = _Writer(out, config)
+    writer = _Writer(out, config, resume=resume)
     order = {s.id: i for i, s in enumerate(samples)}
     pairs: list[tuple[Sample, Result]] = []
+    rows = _Rows(fmt)
+    for s in samples:  # scored by the run this one continues (--resume)
+        rec = writer.done.get(s.id)
+        if rec is not None and rec.get("error") is None and rec.get("score") is not None:
+            r = writer.resumed(s, rec)
+            pairs.append((s, r))
+            rows.add(s, r)
     t0 = time.perf_counter()
 
     def sink(s: Sample, r: Result) -> None:
-        writer.add(s, r, order[s.id])
+        with deferred_interrupts():  # Ctrl-C waits until the overlay and the record are written
+            writer.add(s, r, order[s.id])
         r.anomaly_map = None  # written to the run folder: the table does not need it in memory
         pairs.append((s, r))
 
+    interrupted = False
     try:
         for det, group, group_refs in plan:
-            for _ in run_detector(det, group, refs=group_refs, sink=sink):
-                pass
+            left = pending(group, writer.done)
+            desc = f"genad detect {det.name}"
+            with contextlib.closing(
+                run_detector(det, group, todo=left, refs=group_refs, sink=sink, progress_bar=not quiet, desc=desc)
+            ) as results:
+                for s, r in results:
+                    rows.add(s, r)
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         meta = f"detector: {', '.join(names) or '?'}; " + (
             f"saved model {model}"
@@ -390,9 +541,20 @@ def detect(
             else ("few-shot, " + str(len(refs)) + " normal examples" if refs else "zero-shot")
         )
         index = writer.close(meta)
+    if interrupted:
+        typer.secho(f"interrupted: {len(pairs)} of {len(samples)} inputs scored", err=True)
+        if out is not None:
+            typer.secho(
+                f"results so far are in {out}; to continue: genad detect ... --out {out} --resume "
+                "(the same inputs and options)",
+                err=True,
+            )
+        raise typer.Exit(130)
 
     pairs.sort(key=lambda p: order[p[0].id])
-    _print_table(pairs)
+    machine = fmt != "table"
+    if not machine:
+        _print_table(pairs)
     n_bad = sum(1 for _, r in pairs if r.decision)
     n_err = sum(1 for _, r in pairs if r.error)
     t_shown = getattr(plan[0][0], "threshold", 0.5) if model is not None else params.get("threshold", 0.5)
@@ -401,9 +563,10 @@ def detect(
         + (f", {n_err} failed" if n_err else "")
         + f" ({time.perf_counter() - t0:.1f} s); anomalous = score 0-1 above {float(t_shown):g}"
         + (" (the detector's calibrated boundary)" if float(t_shown) == 0.5 else "")
-        + (f", raw threshold {params['raw_threshold']:g}" if params.get("raw_threshold") is not None else "")
+        + (f", raw threshold {params['raw_threshold']:g}" if params.get("raw_threshold") is not None else ""),
+        err=machine,
     )
     if index is not None:
-        typer.echo(f"report: {index}")
+        typer.echo(f"report: {index}", err=machine)
     if pairs and n_err == len(pairs):
         raise typer.Exit(1)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shlex
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,7 @@ from genad.cli.app import app
 from genad.cli.detect import MAX_TOKENS_HELP, max_tokens_option, parse_params, saved_model
 from genad.detector import Detector
 from genad.errors import GenadError
+from genad.run import stops_on_signals
 
 
 def _fmt(v: Any) -> str:
@@ -87,6 +91,7 @@ def print_summary(s: dict[str, Any]) -> None:
 
 
 @app.command("eval")
+@stops_on_signals
 def evaluate(
     data_dir: Path = typer.Argument(
         ...,
@@ -109,7 +114,7 @@ def evaluate(
         None,
         "--run-dir",
         show_default=False,
-        help="Keep results.jsonl, maps/ and summary.json here (needed for --resume).",
+        help="Keep results.jsonl, maps/ and summary.json here (needed for --resume). Without it the run uses a temporary folder, removed at the end (kept only when the run is interrupted, and then named).",
     ),
     resume: bool = typer.Option(
         False, "--resume", help="Continue the run in --run-dir: score only what is missing or failed."
@@ -138,7 +143,7 @@ def evaluate(
 
       genad eval /data/mvtec/bottle --detector lmm --run-dir runs/lmm --resume
 
-    The data folder is MVTec-AD style (MVTec AD, VisA, MPDD, BTAD, magnetic tile). Results are written as they come (results.jsonl in --run-dir), so an interrupted run continues with --resume and paid LMM calls are never repeated.
+    The data folder is MVTec-AD style (MVTec AD, VisA, MPDD, BTAD, magnetic tile). Results are written as they come (results.jsonl in --run-dir), so an interrupted run (Ctrl-C or SIGTERM: it stops within moments, exit code 130) continues with --resume and paid LMM calls are never repeated.
     """
     if resume and run_dir is None:
         raise GenadError("--resume needs --run-dir: the folder of the run to continue")
@@ -154,33 +159,77 @@ def evaluate(
 
     temp = run_dir is None
     if run_dir is None:
-        # Results always go to disk, so that an interrupted run can still be resumed.
-        import tempfile
-
+        # Results always go to disk (maps stay out of memory; an interrupted run can resume):
+        # a temporary folder, removed at the end unless the run is interrupted.
         run_dir = Path(tempfile.mkdtemp(prefix="genad-run-"))
+    keep = False
     try:
-        run = run_benchmark(
-            data_dir,
-            detector=chosen,
-            detector_params=params,
-            shots=shots,
-            seed=seed,
-            limit=limit,
-            run_dir=run_dir,
-            resume=resume,
-            progress=not quiet,
-        )
-    except KeyboardInterrupt:
-        typer.echo(f"to continue: genad eval {data_dir} ... --run-dir {run_dir} --resume", err=True)
-        raise
-    except GenadError:
-        if temp:
-            import shutil
-
+        try:
+            run = run_benchmark(
+                data_dir,
+                detector=chosen,
+                detector_params=params,
+                shots=shots,
+                seed=seed,
+                limit=limit,
+                run_dir=run_dir,
+                resume=resume,
+                progress=not quiet,
+            )
+        except KeyboardInterrupt:
+            keep = True
+            done = _count_results(run_dir)
+            typer.secho(
+                f"interrupted: {done} result(s) so far are kept in {run_dir}"
+                + (" (a temporary folder)" if temp else ""),
+                err=True,
+            )
+            typer.secho(f"to continue: {_resume_command(data_dir, run_dir)}", err=True)
+            raise typer.Exit(130) from None
+        _finish(run, json_out, report)
+        typer.echo(f"run dir: {run.run_dir}" if not temp else "run dir: not kept (pass --run-dir DIR to keep it)")
+    finally:
+        if temp and not keep:
             shutil.rmtree(run_dir, ignore_errors=True)
-        raise
+    if run.summary["n_images"] and run.summary["n_failed"] == run.summary["n_images"]:
+        raise typer.Exit(1)
+
+
+def _count_results(run_dir: Path) -> int:
+    from genad.run import RunFolder
+
+    try:
+        return sum(1 for r in RunFolder(run_dir).records().values() if r.get("score") is not None)
+    except OSError:
+        return 0
+
+
+def _resume_command(data_dir: Path, run_dir: Path) -> str:
+    """The command that continues an interrupted run: this one's arguments, --run-dir and --resume."""
+    import sys
+
+    args = sys.argv[1:]
+    if "eval" not in args:  # called from Python (main([...]) in tests): the gist
+        return f"genad eval {shlex.quote(str(data_dir))} ... --run-dir {shlex.quote(str(run_dir))} --resume"
+    args = args[args.index("eval") + 1 :]
+    out: list[str] = []
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a == "--run-dir":
+            skip = True
+            continue
+        if a.startswith("--run-dir=") or a == "--resume":
+            continue
+        out.append(a)
+    return shlex.join(["genad", "eval", *out, "--run-dir", str(run_dir), "--resume"])
+
+
+def _finish(run: Any, json_out: Path | None, report: Path | None) -> None:
+    """The summary on stdout, and the JSON and the HTML report where asked."""
     print_summary(run.summary)
-    typer.echo(f"run dir: {run.run_dir}")
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(run.summary, indent=2), encoding="utf-8")
@@ -191,5 +240,3 @@ def evaluate(
         from genad.report.eval_report import write_eval_report
 
         typer.echo(f"report: {write_eval_report(report, run)}")
-    if run.summary["n_images"] and run.summary["n_failed"] == run.summary["n_images"]:
-        raise typer.Exit(1)

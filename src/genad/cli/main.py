@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import typer
@@ -47,6 +48,14 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         typer.secho("interrupted: results written so far are kept", err=True)
         sys.exit(130)
+    except BrokenPipeError:
+        # the reader of stdout went away (`genad detect ... --format jsonl | head`): stop quietly
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        sys.exit(1)
     except typer.Exit as e:  # raised by commands that exit on purpose
         sys.exit(e.exit_code)
     except typer.Abort:

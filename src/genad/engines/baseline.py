@@ -29,7 +29,7 @@ from scipy import ndimage
 from genad.decision import Calibration, from_map_bulk, from_reference_scores
 from genad.detector import Capabilities, Detector, param, raw_threshold_param, threshold_param
 from genad.errors import GenadError
-from genad.ops import check_min_batch, label_regions, resize_map
+from genad.ops import MIN_ZERO_SHOT_BATCH, check_min_batch, label_regions, resize_map
 from genad.types import ImageSample, Region, Result, Sample
 
 
@@ -82,10 +82,10 @@ class BaselineDetector(Detector):
                 shapes.append(img.shape[:2])
                 feats.append(self._features(img))
                 errors.append(None)
-            except GenadError as e:
+            except Exception as e:  # every reader error is this sample's, never the batch's
                 shapes.append(None)
                 feats.append(None)
-                errors.append(str(e))
+                errors.append(str(e) if isinstance(e, GenadError) else f"{type(e).__name__}: {e}")
         return shapes, feats, errors
 
     # -- statistics -----------------------------------------------------------------------
@@ -152,6 +152,14 @@ class BaselineDetector(Detector):
         if self.center_ is not None and self.spread_ is not None:
             center, spread = self.center_, self.spread_
         else:
+            if len(ok) < MIN_ZERO_SHOT_BATCH <= len(samples):
+                # too few readable images left to compare: each fails with the reason, not the run
+                why = (
+                    f"zero-shot compares the images with each other: only {len(ok)} of the {len(samples)} "
+                    f"could be read, it needs >= {MIN_ZERO_SHOT_BATCH}; fix the unreadable files or give "
+                    "normal references"
+                )
+                return [r if r.error else Result(r.sample_id, error=why) for r in results]
             check_min_batch(len(ok), "images")
             center, spread = self._stats(x, robust=True)
         maps = self._distance(x, center, spread)

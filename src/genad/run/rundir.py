@@ -11,7 +11,8 @@ A results line is the sample's id, its position `n` in the run, its label and de
 when known, the Result's JSON form (`Result.to_dict`, without `sample_id`), `map` (the map's
 path relative to the folder, or null) and any fields the writer adds (e.g. `overlay`). A
 later line for the same id wins, so a sample retried on resume simply appears again; a torn
-last line (a crash mid-write) is ignored. Everything that reads results (resume, reports, the
+last line (a crash mid-write) is ignored, and the next writer starts on a fresh line. Ctrl-C
+and SIGTERM on the command line wait for the line being written (genad.run.signals). Everything that reads results (resume, reports, the
 service) reads them through this class.
 """
 
@@ -27,6 +28,7 @@ import numpy as np
 
 from genad.atomic import atomic_write
 from genad.errors import GenadError
+from genad.run.signals import deferred_interrupts
 from genad.types import Result, Sample, jsonable
 
 RESULTS_FILE = "results.jsonl"
@@ -79,10 +81,12 @@ class RunFolder:
         resume: bool = False,
         must_match: Sequence[str] = (),
         overwrite: bool = False,
+        option: str = "--run-dir",
     ) -> dict[str, dict[str, Any]]:
         """Create the folder and write config.json; returns the records already done (by id)
         when resuming, else {}. A folder that holds results is refused unless `resume` (its
-        config must then agree on the keys `must_match`) or `overwrite` (start afresh)."""
+        config must then agree on the keys `must_match`) or `overwrite` (start afresh).
+        `option`: how the messages name the folder (the command's flag)."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             (self.path / MAPS_DIR).mkdir(exist_ok=True)
@@ -91,7 +95,7 @@ class RunFolder:
         has_results = self.results_path.exists() and self.results_path.stat().st_size > 0
         if has_results and not resume and not overwrite:
             raise GenadError(
-                f"{self.path} already holds results: pass --resume to continue that run, or choose a new --run-dir"
+                f"{self.path} already holds results: pass --resume to continue that run, or choose a new {option}"
             )
         cfg_path = self.path / CONFIG_FILE
         if resume and cfg_path.exists():
@@ -100,7 +104,7 @@ class RunFolder:
             if diff:
                 raise GenadError(
                     f"cannot resume {self.path}: it was run with different {', '.join(diff)} "
-                    f"(was {', '.join(f'{k}={old.get(k)!r}' for k in diff)}); use the same options or a new --run-dir"
+                    f"(was {', '.join(f'{k}={old.get(k)!r}' for k in diff)}); use the same options or a new {option}"
                 )
         if overwrite and not resume:
             self.results_path.unlink(missing_ok=True)
@@ -117,7 +121,18 @@ class RunFolder:
 
     # -- writing ------------------------------------------------------------------------------
     def __enter__(self) -> RunFolder:
+        torn = False
+        try:
+            with self.results_path.open("rb") as f:
+                if f.seek(0, 2) > 0:
+                    f.seek(-1, 2)
+                    torn = f.read(1) != b"\n"
+        except FileNotFoundError:
+            pass
         self._fh = self.results_path.open("a", encoding="utf-8")
+        if torn:  # a crash mid-write: end that line, so that the next record is not glued to it
+            self._fh.write("\n")
+            self._fh.flush()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -129,9 +144,10 @@ class RunFolder:
         """Write one result (its map to maps/<n>.npz) and return its record. Inside `with`."""
         if self._fh is None:
             raise RuntimeError("RunFolder.append needs `with folder:` around it")
-        rec = self.record(sample, result, n, **fields)
-        self._fh.write(json.dumps(rec) + "\n")
-        self._fh.flush()
+        with deferred_interrupts():  # Ctrl-C waits until the map and the line are written
+            rec = self.record(sample, result, n, **fields)
+            self._fh.write(json.dumps(rec) + "\n")
+            self._fh.flush()
         return rec
 
     def record(self, sample: Sample, result: Result, n: int, **fields: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ results handed on as they come and resume.
   those already done when resuming (they are compared with, not recorded again); any other
   gets chunks of its `chunk_size` (DEFAULT_CHUNK when it names none), so results are written
   as they come and memory stays bounded.
-* `refs` are fitted first, and only when something is left to score.
+* `refs` are fitted first (`fit_detector`), and only when something is left to score.
 * A chunk that fails with an unexpected exception gives an error result for each of its
   samples and the run goes on (one broken chunk must not end a paid run); a GenadError (a
   user mistake, a spent budget, a failing LMM server) or KeyboardInterrupt stops the run,
@@ -17,33 +17,70 @@ results handed on as they come and resume.
   far (`partial_results`, set by genad.errors.stop_with): they are handed on first (those not scored
   carry an error, so that resume scores them again).
 * A non-finite score becomes an error result.
-* `on_progress(done, total)` is called after each result (once, when nothing is left to do);
-  `stop()` is asked
-  before each chunk and after each result, and a status it returns ("cancelled",
-  "interrupted") ends the run with RunCancelled(status).
+* `on_progress(done, total)` is called after each result (once, when nothing is left to do).
+* `on_phase(Phase)` says what the run is doing, from before a long fit on: Phase("fitting",
+  None, 0, n_refs) before the fit, Phase("scoring", None, done, total) before the first
+  predict(), and in between the steps that a detector reports from inside a long fit() or
+  predict() (genad.engines.progress.step: the embedded engine reports each image's features,
+  the zero-shot comparisons and the maps) as Phase("fitting" or "scoring", step, done, total);
+  every phase also carries the run's results so far and its size (`scored`, `samples`).
+* `stop()` is asked before the fit, before each chunk, after each result and at each step
+  inside a long fit() or predict() (so a zero-shot batch or a fit on hundreds of references
+  stops within moments too); a status it returns ("cancelled", "interrupted") ends the run
+  with RunCancelled(status).
+* `progress_bar=True` shows all of it on stderr (genad.run.display.ProgressDisplay).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any
 
 from genad.detector import Detector
+from genad.engines.progress import RunCancelled, tracking
 from genad.errors import GenadError
+from genad.run.display import Phase, ProgressDisplay
 from genad.run.rundir import RunFolder, pending
 from genad.types import Result, Sample
+
+__all__ = ["DEFAULT_CHUNK", "Phase", "RunCancelled", "chunks", "fit_detector", "run_detector", "run_into"]
 
 #: samples per predict() call for a detector that names no chunk size
 DEFAULT_CHUNK = 32
 
+StopFn = Callable[[], str | None]
+OnPhase = Callable[[Phase], None]
 
-class RunCancelled(Exception):
-    """The run was stopped from outside (`stop()` returned this status)."""
 
-    def __init__(self, status: str) -> None:
-        super().__init__(status)
-        self.status = status
+def _check(stop: StopFn | None) -> None:
+    status = stop() if stop is not None else None
+    if status:
+        raise RunCancelled(status)
+
+
+def _steps(name: str, on_phase: OnPhase | None) -> Callable[[str, int, int | None], None] | None:
+    if on_phase is None:
+        return None
+
+    def on_step(what: str, done: int, total: int | None) -> None:
+        on_phase(Phase(name, what, done, total))
+
+    return on_step
+
+
+def fit_detector(
+    det: Detector, refs: Sequence[Sample], *, on_phase: OnPhase | None = None, stop: StopFn | None = None
+) -> Detector:
+    """`det.fit(refs)` as a run does it: Phase("fitting", ...) reported to `on_phase`, with the
+    steps the detector reports from inside, and `stop()` checked before and at each step."""
+    refs = list(refs)
+    _check(stop)
+    if on_phase is not None:
+        on_phase(Phase("fitting", None, 0, len(refs)))
+    with tracking(_steps("fitting", on_phase), stop):
+        det.fit(refs)
+    return det
 
 
 def chunks(det: Detector, samples: Sequence[Sample], todo: Sequence[Sample]) -> Iterator[tuple[list[Sample], set[str]]]:
@@ -101,10 +138,11 @@ def run_detector(
     refs: Sequence[Sample] = (),
     sink: Callable[[Sample, Result], Any] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
-    stop: Callable[[], str | None] | None = None,
+    on_phase: OnPhase | None = None,
+    stop: StopFn | None = None,
     progress_bar: bool = False,
     desc: str = "genad",
-) -> Iterator[tuple[Sample, Result]]:
+) -> Generator[tuple[Sample, Result], None, None]:
     """Score `todo` (default: all of `samples`) with `det`, yielding (sample, result) in the
     order they are scored; see the module doc. `samples` is the whole set (a zero-shot
     detector compares the samples of it with each other)."""
@@ -112,28 +150,39 @@ def run_detector(
     todo = samples if todo is None else list(todo)
     total = len(samples)
     done = total - len(todo)
-    if not todo:
+    display = ProgressDisplay(desc) if progress_bar else None
+
+    def progress(d: int, t: int) -> None:
         if on_progress is not None:
-            on_progress(done, total)
+            on_progress(d, t)
+        if display is not None:
+            display.on_progress(d, t)
+
+    def phase(p: Phase) -> None:
+        p.scored, p.samples = done, total
+        if on_phase is not None:
+            on_phase(p)
+        if display is not None:
+            display.on_phase(p)
+
+    if not todo:
+        progress(done, total)
         return
-
-    def check() -> None:
-        status = stop() if stop is not None else None
-        if status:
-            raise RunCancelled(status)
-
-    check()
-    if refs:
-        det.fit(list(refs))
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, initial=done, disable=not progress_bar, unit="sample", desc=desc, leave=False)
+    _check(stop)
+    if display is not None:
+        display.start()
     try:
+        if refs:
+            fit_detector(det, refs, on_phase=phase, stop=stop)
+        phase(Phase("scoring", None, done, total))
+        on_step = _steps("scoring", phase)
         for batch, want in chunks(det, samples, todo):
-            check()
+            _check(stop)
             stopped: GenadError | None = None
             try:
-                results = _predict(det, batch)
+                # the tracker only around the call: never across a yield to the caller
+                with tracking(on_step, stop):
+                    results = _predict(det, batch)
             except GenadError as e:
                 partial = e.partial_results
                 if partial is None or len(partial) != len(batch):
@@ -145,13 +194,12 @@ def run_detector(
                 if sink is not None:
                     sink(s, r)
                 done += 1
-                bar.update(1)
-                if on_progress is not None:
-                    on_progress(done, total)
+                progress(done, total)
                 yield s, r
                 if stopped is None:
-                    check()
+                    _check(stop)
             if stopped is not None:
                 raise stopped
     finally:
-        bar.close()
+        if display is not None:
+            display.stop()

@@ -3,6 +3,15 @@ folder, run one at a time in a worker thread. Both go through genad.run's loop i
 folder under storage/jobs/<id>/run (results as they come, resumable); the store keeps each
 job's status, progress and summary.
 
+Progress: the job's total is known from its first phase on, before a long fit; `phase(job_id)`
+says what a running job is doing now (fitting on references, extracting features, comparing
+a zero-shot batch...), with counts. Cancel, and a shutdown of the service, stop a running
+job at its next check: between results, and inside a long fit() or predict() at each step the
+detector reports (the embedded engine: each image, each block of a zero-shot comparison), so
+within seconds. A stopped job keeps its results and resumes with only the rest. The worker
+is a daemon thread and a shutdown waits for it at most SHUTDOWN_WAIT seconds: a job stuck in
+something that cannot be interrupted (a slow LMM request) never holds the server's exit.
+
 A job may name a stored model (genad.service.models) instead of a detector: it then reads its
 own copy of the model from the file and scores with it, never refitting.
 
@@ -13,17 +22,18 @@ relative to a root (or an absolute path inside one); anything that resolves outs
 
 from __future__ import annotations
 
+import logging
+import queue
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from genad import registry
 from genad.errors import GenadError
-from genad.run import RunCancelled, RunFolder, pending, run_into
+from genad.run import Phase, RunCancelled, RunFolder, pending, run_into
 from genad.service.inspector import check_params
 from genad.service.store import FINAL_STATES, Job, Store, new_id
 from genad.types import jsonable
@@ -35,6 +45,12 @@ if TYPE_CHECKING:
 JOB_KINDS = ("evaluate", "batch")
 #: the longest folder name a request may give
 MAX_PATH_CHARS = 4096
+#: seconds a shutdown waits for the running job to stop at its next check
+SHUTDOWN_WAIT = 10.0
+#: seconds between progress writes to the store (one per result would make SQLite the bottleneck)
+PROGRESS_EVERY = 0.25
+
+log = logging.getLogger("genad.service.jobs")
 
 
 class AccessDenied(GenadError):
@@ -106,8 +122,11 @@ class JobRunner:
         self.models = models
         self.jobs_dir = Path(storage_dir) / "jobs"
         self.roots = roots
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genad-job")
+        self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._closed = False
         self._stop: dict[str, str] = {}  # job id -> status to end with ("cancelled"/"interrupted")
+        self._phases: dict[str, Phase] = {}  # job id -> what the running job is doing now
         self._lock = threading.Lock()
 
     # -- requests ----------------------------------------------------------------------------
@@ -157,7 +176,7 @@ class JobRunner:
         data_dir, normal_dir = self.validate(req)
         job = Job(id=new_id(), kind=req.kind, status="queued", created=time.time(), request=req.__dict__.copy())
         self.store.add_job(job)
-        self._pool.submit(self._run, job.id, req, data_dir, normal_dir, False)
+        self._enqueue(job.id, req, data_dir, normal_dir, False)
         return job
 
     def resume(self, job_id: str) -> Job:
@@ -170,7 +189,7 @@ class JobRunner:
         req = JobRequest(**job.request)
         data_dir, normal_dir = self.validate(req)
         self.store.update_job(job_id, status="queued", error=None, finished=None)
-        self._pool.submit(self._run, job_id, req, data_dir, normal_dir, True)
+        self._enqueue(job_id, req, data_dir, normal_dir, True)
         return self.get(job_id)
 
     def cancel(self, job_id: str) -> Job:
@@ -189,14 +208,48 @@ class JobRunner:
             raise NotFound(f"no job {job_id}")
         return job
 
-    def shutdown(self) -> None:
-        """Stop running jobs at their next progress step; they stay resumable."""
+    def phase(self, job_id: str) -> dict[str, Any] | None:
+        """What a running job is doing now, or None: {"phase": "fitting" | "scoring", "step":
+        e.g. "features" | "comparing" | None, "done", "total" (of that step), "text":
+        "fitting: features 120/476"}."""
         with self._lock:
+            p = self._phases.get(job_id)
+        if p is None:
+            return None
+        return {"phase": p.name, "step": p.step, "done": p.done, "total": p.total, "text": str(p)}
+
+    def shutdown(self, wait: float = SHUTDOWN_WAIT) -> None:
+        """Stop the running job at its next check (within seconds) and the queued ones before
+        they start; all stay resumable. Waits at most `wait` seconds for the worker."""
+        with self._lock:
+            self._closed = True
             for job in self.store.list_jobs(limit=1000):
                 if job.status in ("queued", "running"):
                     self._stop.setdefault(job.id, "interrupted")
-        self._pool.shutdown(wait=True, cancel_futures=True)
+            worker = self._worker
+        self._queue.put(None)
+        if worker is not None:
+            worker.join(wait)
+            if worker.is_alive():
+                log.warning("a job did not stop within %.0f s of the shutdown: left to end with the process", wait)
         self.store.mark_interrupted()
+
+    def _enqueue(self, *work: Any) -> None:
+        with self._lock:
+            if self._closed:
+                raise GenadError("the service is shutting down: submit the job again after it restarts")
+            self._queue.put(work)
+            if self._worker is None:
+                # a daemon thread: a job that cannot stop in time never holds the process's exit
+                self._worker = threading.Thread(target=self._work, name="genad-job", daemon=True)
+                self._worker.start()
+
+    def _work(self) -> None:
+        while True:
+            work = self._queue.get()
+            if work is None:
+                return
+            self._run(*work)
 
     def run_folder(self, job_id: str) -> RunFolder:
         return RunFolder(self.jobs_dir / job_id / "run")
@@ -238,18 +291,32 @@ class JobRunner:
         finally:
             with self._lock:
                 self._stop.pop(job_id, None)
+                self._phases.pop(job_id, None)
 
     def _progress(self, job_id: str):
         last = [0.0]
 
         def on_progress(done: int, total: int) -> None:
             now = time.monotonic()
-            # A progress write per sample would make SQLite the bottleneck on fast detectors.
-            if done >= total or now - last[0] >= 0.25:
+            if done >= total or now - last[0] >= PROGRESS_EVERY:
                 last[0] = now
                 self.store.update_job(job_id, done=int(done), total=int(total))
 
         return on_progress
+
+    def _on_phase(self, job_id: str):
+        """Keeps the running job's phase for `phase()`, and writes the job's size to the store
+        from the first phase on (before a long fit), so that its progress is never blank."""
+        known = [False]
+
+        def on_phase(p: Phase) -> None:
+            with self._lock:
+                self._phases[job_id] = p
+            if not known[0] and p.samples is not None:
+                known[0] = True
+                self.store.update_job(job_id, done=int(p.scored or 0), total=int(p.samples))
+
+        return on_phase
 
     def _model(self, req: JobRequest) -> Detector | None:
         """The job's own copy of its stored model, or None when it names a detector."""
@@ -282,6 +349,7 @@ class JobRunner:
             resume=resume,
             progress=False,
             on_progress=self._progress(job_id),
+            on_phase=self._on_phase(job_id),
             stop=lambda: self._stop_status(job_id),
         )
         summary: dict[str, Any] = jsonable(dict(run.summary))
@@ -308,6 +376,7 @@ class JobRunner:
             samples = samples[: req.limit]
         if not samples:
             raise GenadError(f"no readable inputs in data_dir {req.data_dir!r}")
+        self.store.update_job(job_id, total=len(samples))  # known at once, before the detector loads
         model = self._model(req)
         det = model if model is not None else registry.create(req.detector or registry.DEFAULT_DETECTOR, **req.params)
         refs = load_inputs([normal_dir]) if normal_dir is not None else []
@@ -331,7 +400,14 @@ class JobRunner:
         on_progress = self._progress(job_id)
         on_progress(len(samples) - len(pending(samples, done)), len(samples))
         records = run_into(
-            folder, det, samples, done, refs=refs, on_progress=on_progress, stop=lambda: self._stop_status(job_id)
+            folder,
+            det,
+            samples,
+            done,
+            refs=refs,
+            on_progress=on_progress,
+            on_phase=self._on_phase(job_id),
+            stop=lambda: self._stop_status(job_id),
         )
         scored = sorted(((float(r["score"]), r["id"]) for r in records if r.get("score") is not None), reverse=True)
         return {

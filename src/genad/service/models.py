@@ -31,8 +31,8 @@ from genad import registry
 from genad.detector import Detector
 from genad.errors import GenadError
 from genad.evaluate import public_params
-from genad.service.inspector import Inspector, Upload, check_params, label
-from genad.service.jobs import DataRoots, NotFound
+from genad.service.inspector import Options, Upload, label
+from genad.service.jobs import AccessDenied, DataRoots, NotFound
 from genad.service.store import NameTaken, Store, StoredModel, is_id, new_id
 from genad.service.uploads import PayloadTooLarge, decode_image
 from genad.types import ImageSample, jsonable
@@ -57,6 +57,39 @@ _MANIFEST_KEYS = (
 )
 #: largest image file read from a data-root folder (the pixel limit applies as well)
 FOLDER_FILE_BYTES = 512 * 1024 * 1024
+
+
+#: the longest folder a request may name
+MAX_FOLDER_CHARS = 1024
+
+
+class FolderUnavailable(NotFound):
+    """A folder a request names that is not under the data roots, or does not exist there:
+    one answer for both (HTTP 404), so that nothing about the server's files can be learnt."""
+
+
+def resolve_folder(roots: DataRoots, value: object, what: str) -> Path:
+    """A request's folder (`data_dir`, `normal_dir`, a model's `folder`) inside the data
+    roots. Outside them, missing, through `..` or a symlink out, a NUL byte, a name the file
+    system refuses: all the same FolderUnavailable (404). Too long: 400. No data roots: 403."""
+    if not roots.roots:
+        roots.resolve("x", what)  # AccessDenied: restart with --data-root
+    if not isinstance(value, str) or not value.strip():
+        raise GenadError(f"{what} is empty: name a folder relative to one of the service's data roots")
+    if len(value) > MAX_FOLDER_CHARS:
+        raise GenadError(f"{what} is {len(value)} characters long: at most {MAX_FOLDER_CHARS}")
+    names = ", ".join(r.name or str(r) for r in roots.roots)
+    unavailable = FolderUnavailable(
+        f"{what} {value[:120]!r} is not found under the service's data roots ({names}): name a folder "
+        "relative to a data root"
+    )
+    bad_text = any(ord(c) < 32 or c == "\x7f" for c in value)
+    if bad_text or ".." in Path(value).parts:  # `..` could tell a link from a folder outside
+        raise unavailable
+    try:
+        return roots.resolve(value, what)
+    except (AccessDenied, NotFound, GenadError, OSError, ValueError):
+        raise unavailable from None
 
 
 class ModelNotFound(NotFound):
@@ -110,8 +143,10 @@ class ModelLibrary:
         max_models: int = 100,
         max_folder_images: int = 1000,
         cache_size: int = 3,
+        options: Options | None = None,
     ) -> None:
         self.store = store
+        self.options = options or Options()
         self.dir = Path(storage_dir) / "models"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.roots = roots
@@ -153,6 +188,22 @@ class ModelLibrary:
         return None
 
     # -- create --------------------------------------------------------------------------------
+    def check_request(self, name: str, detector: str, params: dict[str, Any], folder: str | None) -> dict[str, Any]:
+        """What POST /v1/models checks before it reads a file: the name (free, and room for
+        another model), the detector and every option (returned as the detector takes them),
+        the folder."""
+        check_name(name)
+        if self.store.count_models() >= self.max_models:
+            raise ModelsFull(
+                f"the service already keeps {self.max_models} models: delete one (DELETE /v1/models/ID) first"
+            )
+        if self.store.model_named(check_name(name)) is not None:
+            raise NameTaken(f"a model named {check_name(name)!r} already exists: pick another name, or delete that one")
+        run = self.options.check(detector, params)
+        if folder is not None:
+            resolve_folder(self.roots, folder, "folder")
+        return run
+
     def create(
         self,
         name: str,
@@ -166,14 +217,7 @@ class ModelLibrary:
         the steps took."""
         t0 = time.perf_counter()
         name = check_name(name)
-        if self.store.count_models() >= self.max_models:
-            raise ModelsFull(
-                f"the service already keeps {self.max_models} models: delete one (DELETE /v1/models/ID) first"
-            )
-        if self.store.model_named(name) is not None:
-            raise NameTaken(f"a model named {name!r} already exists: pick another name, or delete that one")
-        check_params(params)
-        Inspector.check_detector(detector)
+        run_params = self.check_request(name, detector, params, None)
         if uploads and folder:
             raise GenadError("give normal references as uploads (normals) or as a folder, not both")
         if not uploads and not folder:
@@ -191,7 +235,7 @@ class ModelLibrary:
             source = {"kind": "upload", "files": len(uploads)}
         t_read = time.perf_counter()
 
-        det = registry.create(detector, **params)  # a bad option -> GenadError
+        det = registry.create(detector, **run_params)  # a bad combination of options -> GenadError
         try:
             det.fit(refs)
         except GenadError:
@@ -213,11 +257,12 @@ class ModelLibrary:
                 name=name,
                 created=time.time(),
                 detector=det.name,
-                params=jsonable(public_params(det.params)),
+                # as the request named things (onnx:NAME), never a server path
+                params=self.options.backbones.public(jsonable(public_params(det.params))),
                 n_references=len(refs),
                 size_bytes=path.stat().st_size,
                 source=source,
-                manifest=manifest,
+                manifest=self.options.backbones.public(manifest),
             )
             self.store.add_model(rec)  # NameTaken if a request with the same name won the race
         except BaseException:
@@ -240,7 +285,7 @@ class ModelLibrary:
         from genad.io.folder import list_files
         from genad.io.images import IMAGE_SUFFIXES
 
-        where = self.roots.resolve(folder, "folder")  # 403 outside the roots, 404 missing inside
+        where = resolve_folder(self.roots, folder, "folder")  # 404 outside the roots or missing
         if not where.is_dir():
             raise GenadError(f"folder {folder[:200]!r} is a file, not a folder of normal images")
         try:

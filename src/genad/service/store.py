@@ -286,6 +286,9 @@ class Store:
         bad = set(fields) - allowed
         if bad:
             raise ValueError(f"not job columns: {sorted(bad)}")
+        if fields.get("status") in ("done", "failed", "cancelled") and "error" not in fields:
+            # a job that finishes carries no error left from before (say, "the service stopped")
+            fields["error"] = None
         cols = ", ".join(f"{k}=?" for k in fields)  # keys come from the allow-list above
         vals = [json.dumps(v) if isinstance(v, dict) else v for v in fields.values()]
         with self._tx() as db:

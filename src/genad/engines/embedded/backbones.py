@@ -15,6 +15,7 @@ A backbone maps a float32 batch (B, 3, H, W) with values in [0, 1] to a list of 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from dataclasses import dataclass
@@ -67,6 +68,21 @@ class Backbone(Protocol):
     def __call__(self, batch: np.ndarray) -> list[torch.Tensor]: ...
 
 
+#: input normalisations: "own" (the weights' own convention: (x - 0.5) / 0.5 for EfficientNet-Lite,
+#: ImageNet mean/std for DINOv2 and ONNX models), "imagenet" (ImageNet mean/std), "half" ((x - 0.5) / 0.5)
+NORMALISATIONS = ("own", "imagenet", "half")
+_HALF = (np.full((1, 3, 1, 1), 0.5, np.float32), np.full((1, 3, 1, 1), 0.5, np.float32))
+
+
+def norm_arrays(name: str, normalization: str = "own") -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std), each (1, 3, 1, 1) float32, that `name` applies to pixels in [0, 1]."""
+    if normalization not in NORMALISATIONS:
+        raise GenadError(f"normalization must be one of {', '.join(NORMALISATIONS)}, not {normalization!r}")
+    if normalization == "half" or (normalization == "own" and name.startswith("effnet")):
+        return _HALF
+    return _IMAGENET_MEAN, _IMAGENET_STD
+
+
 @dataclass
 class EffNetBackbone:
     name: str
@@ -74,11 +90,13 @@ class EffNetBackbone:
     layers: tuple[int, ...]
     multiple: int = 32
     stride: int = 8
+    mean: np.ndarray = dataclasses.field(default_factory=lambda: _HALF[0])
+    std: np.ndarray = dataclasses.field(default_factory=lambda: _HALF[1])
 
     @torch.inference_mode()
     def __call__(self, batch: np.ndarray) -> list[torch.Tensor]:
         m: Any = self.model  # efficientnet-lite's own module: its parts are attributes
-        x = torch.from_numpy((batch - 0.5) / 0.5)
+        x = torch.from_numpy(((batch - self.mean) / self.std).astype(np.float32, copy=False))
         x = m._swish(m._bn0(m._conv_stem(x)))
         outs: list[torch.Tensor] = []
         # Run only as far as the deepest block we need: the head is most of the cost at 1280 ch.
@@ -89,14 +107,10 @@ class EffNetBackbone:
         return outs
 
 
-def input_normalisation(name: str) -> dict[str, list[float]]:
+def input_normalisation(name: str, normalization: str = "own") -> dict[str, list[float]]:
     """How pixels in [0, 1] are normalised before the backbone (per channel, RGB)."""
-    if name.startswith("effnet-"):
-        return {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}  # the weights' own (x - 0.5) / 0.5
-    return {
-        "mean": [float(x) for x in np.ravel(_IMAGENET_MEAN)],
-        "std": [float(x) for x in np.ravel(_IMAGENET_STD)],
-    }
+    mean, std = norm_arrays(name, normalization)
+    return {"mean": [float(x) for x in np.ravel(mean)], "std": [float(x) for x in np.ravel(std)]}
 
 
 def check_backbone(name: str) -> str:
@@ -163,23 +177,30 @@ def check_strides(name: str, strides: tuple[int, ...]) -> tuple[int, ...]:
 
 @functools.lru_cache(maxsize=8)
 def get_backbone(
-    name: str = DEFAULT_BACKBONE, threads: int | None = None, strides: tuple[int, ...] | None = None
+    name: str = DEFAULT_BACKBONE,
+    threads: int | None = None,
+    strides: tuple[int, ...] | None = None,
+    normalization: str = "own",
 ) -> Backbone:
-    """The named backbone with features at `strides` (None: its defaults), loaded once per process."""
+    """The named backbone with features at `strides` (None: its defaults) and its input
+    `normalization` (NORMALISATIONS), loaded once per process."""
     check_backbone(name)
     threads = threads or default_threads()
     strides = check_strides(name, strides or default_strides(name))
+    mean, std = norm_arrays(name, normalization)
     if name.startswith("effnet"):
-        return _load_effnet(name, threads, tuple(_EFFNET_BLOCKS[name][s] for s in strides))
+        return _load_effnet(name, threads, tuple(_EFFNET_BLOCKS[name][s] for s in strides), mean, std)
     if name.startswith("onnx:"):
-        return _load_onnx(name, threads)
-    return _load_dino(threads)
+        return dataclasses.replace(_load_onnx(name, threads), mean=mean, std=std)
+    return dataclasses.replace(_load_dino(threads), mean=mean, std=std)
 
 
-def _load_effnet(name: str, threads: int, blocks: tuple[int, ...]) -> EffNetBackbone:
+def _load_effnet(
+    name: str, threads: int, blocks: tuple[int, ...], mean: np.ndarray = _HALF[0], std: np.ndarray = _HALF[1]
+) -> EffNetBackbone:
     torch.set_num_threads(threads)
     finest = min(s for s, b in _EFFNET_BLOCKS[name].items() if b in blocks)
-    return EffNetBackbone(name, _effnet_model(name), blocks, stride=finest)
+    return EffNetBackbone(name, _effnet_model(name), blocks, stride=finest, mean=mean, std=std)
 
 
 @functools.lru_cache(maxsize=3)
@@ -313,10 +334,12 @@ class OnnxBackbone:
     kinds: list[tuple[str, int]]  # ("map" | "tokens", stride), finest first
     multiple: int
     stride: int
+    mean: np.ndarray = dataclasses.field(default_factory=lambda: _IMAGENET_MEAN)
+    std: np.ndarray = dataclasses.field(default_factory=lambda: _IMAGENET_STD)
 
     def __call__(self, batch: np.ndarray) -> list[torch.Tensor]:
         b, _, h, w = batch.shape
-        x = ((batch - _IMAGENET_MEAN) / _IMAGENET_STD).astype(np.float32)
+        x = ((batch - self.mean) / self.std).astype(np.float32)
         try:
             outs = self.session.run(self.outputs, {self.input_name: x})  # type: ignore[attr-defined]
         except Exception as e:

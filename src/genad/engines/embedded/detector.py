@@ -35,8 +35,9 @@ from genad.engines.embedded.few_shot import MemoryBank
 from genad.engines.embedded.geometry import batch_scale, patch_map_to_image
 from genad.engines.embedded.regions import propose_regions
 from genad.engines.embedded.zero_shot import mutual_scores, neighbour_smooth
+from genad.engines.progress import step
 from genad.errors import GenadError
-from genad.ops import check_min_batch
+from genad.ops import MIN_ZERO_SHOT_BATCH, check_min_batch
 from genad.types import ImageSample, Result, Sample
 
 
@@ -94,6 +95,12 @@ def _content_id(s: Sample) -> str | None:
         return None
 
 
+def _message(e: BaseException) -> str:
+    """One sample's failure as its error text: a GenadError's own message (the readers say which
+    file and why), anything else with its type."""
+    return str(e) if isinstance(e, GenadError) else f"{type(e).__name__}: {e}"
+
+
 def _view(load: Callable[[], np.ndarray], kind: str) -> np.ndarray:
     return augment(load(), [kind])[0]
 
@@ -109,6 +116,17 @@ def _feature_cache(value: object) -> object:
         v = value.strip().lower()
         return {"true": "on", "yes": "on", "1": "on", "false": "off", "no": "off", "0": "off"}.get(v, v)
     return value
+
+
+def _too_few_readable(n_ok: int, n: int) -> str:
+    return (
+        f"zero-shot compares the images with each other: only {n_ok} of the {n} could be read, "
+        f"it needs >= {MIN_ZERO_SHOT_BATCH}; fix the unreadable files or give normal references"
+    )
+
+
+def _comparing(done: int, total: int) -> None:
+    step("comparing", done, total)
 
 
 #: few-shot: boundary = mean + this many sd of the references' leave-one-out scores (measured:
@@ -276,21 +294,29 @@ class EmbeddedDetector(Detector):
 
         The resize factor `scale` comes from the references in few-shot mode (test images
         then share their pixel scale); None: from the batch itself (zero-shot). `cached`: look
-        images read from files up in the feature cache first (fit's references)."""
+        images read from files up in the feature cache first (fit's references).
+
+        A sample that cannot be read (a missing, empty, truncated or oversized file, not an
+        image...) gives its error message and the others go on; each image done is a step
+        ("features") of the run's progress, where a cancelled run stops."""
         shapes: list[tuple[int, int]] = []
         ok: list[int] = []
+        n, done = len(samples), 0
         for i, s in enumerate(samples):
             try:
                 shapes.append(_shape(s))
                 ok.append(i)
-            except GenadError as e:
-                yield i, str(e)
+            except Exception as e:  # every reader error is this sample's, never the batch's
+                done += 1
+                yield i, _message(e)
         loaders = [samples[i].load for i in ok]  # type: ignore[attr-defined]
         if scale is None:
             scale = batch_scale(shapes, self.resolution)
         keys = [_content_id(samples[i]) for i in ok] if cached else None
         for j, f in self._extract(loaders, shapes, scale, keys):
-            yield ok[j], (str(f) if isinstance(f, Exception) else f)
+            done += 1
+            step("features", done, n)
+            yield ok[j], (_message(f) if isinstance(f, Exception) else f)
 
     def _extract(
         self,
@@ -422,6 +448,7 @@ class EmbeddedDetector(Detector):
             if kinds or len(feats) == 1:
                 views = kinds or ["hflip", "vflip"]  # one reference: views are needed for its threshold
                 for p, i in enumerate(order):
+                    step("augmenting", p, len(order))
                     s = normal_samples[i]
                     load = functools.lru_cache(maxsize=1)(s.load)  # type: ignore[attr-defined]
                     loaders = [functools.partial(_view, load, v) for v in views]
@@ -437,6 +464,7 @@ class EmbeddedDetector(Detector):
         finally:
             if self._cache is not None and self._cache.writes:
                 self._cache.evict()
+        step("memory bank", 0, None)
         bank_feats = list(feats)
         sources = list(range(len(feats)))
         if kinds:
@@ -445,6 +473,7 @@ class EmbeddedDetector(Detector):
         self.bank_ = MemoryBank(self.bank_cap, self.seed).build(bank_feats, sources)
         self.scale_ = scale
         self.n_refs_ = len(feats)
+        step("calibrating", 0, None)
         self.reference_scores_ = self._reference_scores(feats, aug_feats)
         if len(feats) == 1:
             # flipped views of the one reference score lower than a new normal image: start
@@ -518,12 +547,17 @@ class EmbeddedDetector(Detector):
                 errors[i] = f
             else:
                 feats[i] = f
+        if errors and len(feats) < MIN_ZERO_SHOT_BATCH:
+            # too few left to compare: each readable image fails with the reason, not the run
+            why = _too_few_readable(len(feats), len(samples))
+            return [Result(x.id, error=errors.get(i, why)) for i, x in enumerate(samples)]
         order = sorted(feats)
         t1 = time.perf_counter()
         fl = [feats[i] for i in order]
-        patches = mutual_scores(fl, self.fraction, self.max_refs, self.seed)
+        patches = mutual_scores(fl, self.fraction, self.max_refs, self.seed, on_progress=_comparing)
         maps, raw = [], []
-        for f, p in zip(fl, patches):
+        for k, (f, p) in enumerate(zip(fl, patches)):
+            step("maps", k, len(fl))
             m, s = self._finish(f, p)
             maps.append(m)
             raw.append(s)

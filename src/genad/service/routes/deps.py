@@ -27,6 +27,8 @@ from genad.service.models import ModelLibrary
 from genad.service.store import Store
 
 MB = 1024 * 1024
+#: the largest `offset` a list accepts (SQLite's integers stop at 2**63; no list is this long)
+MAX_OFFSET = 1_000_000_000
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, Uplo
 
 from genad import registry
 from genad.errors import GenadError
-from genad.service.inspector import Inspector, Upload
+from genad.service.inspector import Inspector, Upload, check_option_values
 from genad.service.models import ModelLibrary
 from genad.service.routes.deps import MB, InspectorDep, Limits, LimitsDep, ModelsDep, PoolDep, off_loop
 from genad.service.uploads import PayloadTooLarge
@@ -59,14 +59,16 @@ ImageDetectorsDep = Annotated[ImageDetectors, Depends(_image_detectors)]
 
 
 @router.get("/v1/detectors", tags=["service"])
-async def detectors(limits: LimitsDep, image_detectors: ImageDetectorsDep) -> dict[str, Any]:
+async def detectors(limits: LimitsDep, image_detectors: ImageDetectorsDep, inspector: InspectorDep) -> dict[str, Any]:
     """Detector names (all, and those that read images, for /v1/detect: null while the
-    service is still importing them at start-up, ask again), the default, the upload
-    limits, and whether an LMM provider is configured (never the key)."""
+    service is still importing them at start-up, ask again), the default, the backbones a
+    request may name (`backbone` option), the upload limits, and whether an LMM provider is
+    configured (never the key)."""
     return {
         "detectors": registry.available(),
         "image_detectors": await image_detectors.within(2.0),
         "default": registry.DEFAULT_DETECTOR,
+        "backbones": await asyncio.to_thread(inspector.options.backbones.offered),
         "lmm": lmm_status(),
         "limits": limits.as_json(),
     }
@@ -95,8 +97,14 @@ async def detect(
     the stored model scores them (fitted once, kept in memory): no references are sent."""
     normals = real_files(normals)
     model = (model or "").strip() or None
+    name = detector or registry.DEFAULT_DETECTOR
+    opts: dict[str, Any] = {}
     if model is not None:
         check_model_request(models, model, normals, detector, params)
+    else:
+        opts = parse_params(params)
+        # every option against the detector's declaration, before a byte of an image is read
+        await asyncio.to_thread(inspector.options.check, name, opts)
     if len(files) + len(normals) > limits.max_files:
         raise HTTPException(
             413, f"too many files ({len(files) + len(normals)}): at most {limits.max_files} per request"
@@ -105,8 +113,6 @@ async def detect(
     if model is not None:
         return await off_loop(pool, _inspect_with_model, inspector, models, model, uploads, inline_png)
     refs = [await read_upload(f, limits) for f in normals]
-    opts = parse_params(params)
-    name = detector or registry.DEFAULT_DETECTOR
     return await off_loop(pool, inspector.inspect, uploads, refs, name, opts, inline_png)
 
 
@@ -201,4 +207,5 @@ def parse_params(text: str | None) -> dict[str, Any]:
         raise GenadError('params is nested too deep: give a flat object such as {"threshold": 0.5}') from e
     if not isinstance(value, dict):
         raise GenadError('params must be a JSON object such as {"threshold": 0.5}')
+    check_option_values(value)
     return value

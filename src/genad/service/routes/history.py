@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import FileResponse
 
 from genad.service.inspector import ASSETS, inspection_json
-from genad.service.routes.deps import InspectorDep, StoreDep
+from genad.service.routes.deps import MAX_OFFSET, InspectorDep, StoreDep
 from genad.service.store import Inspection, Store, is_id
 
 router = APIRouter()
@@ -18,7 +18,7 @@ router = APIRouter()
 async def inspections(
     store: StoreDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any]:
     """Recent inspections, newest first."""
     return {
@@ -57,13 +57,15 @@ async def delete_inspection(inspection_id: str, store: StoreDep, inspector: Insp
     for asset in ASSETS:
         inspector.asset_path(inspection_id, asset).unlink(missing_ok=True)
     folder = inspector.asset_path(inspection_id, "image.png").parent
-    if folder.is_dir():
+    try:
         folder.rmdir()
+    except OSError:  # gone already (two deletes at once), or not empty: nothing to answer about
+        pass
     return {"deleted": inspection_id}
 
 
 def _inspection(store: Store, inspection_id: str) -> Inspection:
     found = store.get_inspection(inspection_id) if is_id(inspection_id) else None
     if found is None:
-        raise HTTPException(404, f"no inspection {inspection_id!r}")
+        raise HTTPException(404, f"no inspection {inspection_id[:40]!r}: GET /v1/inspections lists them")
     return found

@@ -11,7 +11,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile
 
 from genad import registry
 from genad.service.models import model_json
-from genad.service.routes.deps import LimitsDep, ModelsDep, PoolDep, off_loop
+from genad.service.routes.deps import MAX_OFFSET, LimitsDep, ModelsDep, PoolDep, off_loop
 from genad.service.routes.detect import parse_params, read_upload, real_files
 
 router = APIRouter()
@@ -36,11 +36,14 @@ async def create_model(
     `folder` under a data root) and keep it as a model file. Detect with it by passing
     `model=ID` to POST /v1/detect (or a batch job): it is never refitted."""
     files = real_files(normals)
+    opts = parse_params(params)
+    where = (folder or "").strip() or None
+    # the name, the detector, every option and the folder, before a file is read
+    await asyncio.to_thread(models.check_request, name, detector, opts, where)
     if len(files) > limits.max_files:
         raise HTTPException(413, f"too many files ({len(files)}): at most {limits.max_files} per request")
     uploads = [await read_upload(f, limits) for f in files]
-    opts = parse_params(params)
-    made = await off_loop(pool, models.create, name, detector, opts, uploads, (folder or "").strip() or None)
+    made = await off_loop(pool, models.create, name, detector, opts, uploads, where)
     return {**model_json(made["record"], loaded=False), "timings": made["timings"]}
 
 
@@ -48,7 +51,7 @@ async def create_model(
 async def list_models(
     models: ModelsDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any]:
     """Stored models, newest first; `loaded`: the ids kept in memory now (at most `cache_size`)."""
     in_memory = set(models.in_memory())

@@ -14,12 +14,81 @@ function el(tag, props = {}, children = []) {
   return e;
 }
 
-async function api(path, opts) {
-  const r = await fetch(path, opts);
+// -- the service's token (genad serve --token): asked once, kept in this tab only ------------
+// It comes from the login form or from the URL fragment (http://host:8000/#token=...), which
+// browsers never send to the server; the fragment is removed from the address bar at once.
+const TOKEN_KEY = "genad-token";
+let token = sessionStorage.getItem(TOKEN_KEY) || "";
+(function tokenFromFragment() {
+  const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+  if (!m) return;
+  token = decodeURIComponent(m[1]);
+  sessionStorage.setItem(TOKEN_KEY, token);
+  history.replaceState(null, "", location.pathname + location.search);
+})();
+
+function authHeaders() {
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+function needToken(message) {
+  $("login").hidden = false;
+  $("logout").hidden = true;
+  setStatus(message, true);
+  $("token").focus();
+}
+
+async function api(path, opts = {}) {
+  const r = await fetch(path, { ...opts, headers: { ...(opts.headers || {}), ...authHeaders() } });
   let body = null;
   try { body = await r.json(); } catch (_) { /* not JSON */ }
+  if (r.status === 401) needToken((body && body.detail) || "this service needs a token");
   if (!r.ok) throw new Error((body && body.detail) || `${r.status} ${r.statusText}`);
   return body;
+}
+
+// Pictures come from /v1 too: without a token an <img> loads them itself; with one they are
+// fetched with the header and shown as blob URLs (an <img> cannot send a header).
+const blobs = new Map();  // element -> its blob URL, revoked when replaced
+async function setSrc(img, url) {
+  if (!token) { img.src = url; return; }
+  const r = await fetch(url, { headers: authHeaders() });
+  if (r.status === 401) { needToken("this service needs a token"); return; }
+  if (!r.ok) return;
+  const obj = URL.createObjectURL(await r.blob());
+  if (blobs.has(img)) URL.revokeObjectURL(blobs.get(img));
+  blobs.set(img, obj);
+  img.src = obj;
+}
+
+async function openPicture(ev) {
+  if (!token) return;  // a plain link works without a token
+  ev.preventDefault();
+  const r = await fetch(ev.currentTarget.href, { headers: authHeaders() });
+  if (r.ok) window.open(URL.createObjectURL(await r.blob()), "_blank");
+}
+
+function useToken(ev) {
+  ev.preventDefault();
+  token = $("token").value.trim();
+  $("token").value = "";
+  if (token) sessionStorage.setItem(TOKEN_KEY, token); else sessionStorage.removeItem(TOKEN_KEY);
+  $("login").hidden = true;
+  $("logout").hidden = !token;
+  setStatus("");
+  loadAll();
+}
+
+function forgetToken() {
+  token = "";
+  sessionStorage.removeItem(TOKEN_KEY);
+  location.reload();
+}
+
+function loadAll() {
+  loadDetectors().catch((e) => { if ($("login").hidden) setStatus(`cannot reach the service: ${e.message}`, true); });
+  loadHistory().catch(() => {});
+  loadModels().catch(() => {});
 }
 
 function setStatus(text, isError = false) {
@@ -107,8 +176,10 @@ async function loadHistory() {
   ul.replaceChildren();
   for (const ins of d.inspections) {
     const dot = el("span", { className: "dot " + (ins.decision === true ? "bad" : ins.decision === false ? "good" : "") });
+    const thumb = el("img", { loading: "lazy", alt: "" });
+    setSrc(thumb, ins.thumb_url).catch(() => {});
     const li = el("li", { title: new Date(ins.created * 1000).toLocaleString() }, [
-      el("img", { src: ins.thumb_url, loading: "lazy", alt: "" }),
+      thumb,
       el("div", {}, [
         el("div", { className: "name", textContent: ins.filename || ins.id.slice(0, 8) }),
         el("div", {
@@ -132,15 +203,16 @@ function show(i) {
   thumbs.replaceChildren();
   if (current.length > 1) {
     current.forEach((c, j) => {
-      const t = el("img", { src: c.thumb_url, className: j === i ? "sel" : "", title: c.filename || "" });
+      const t = el("img", { className: j === i ? "sel" : "", title: c.filename || "" });
+      setSrc(t, c.thumb_url).catch(() => {});
       t.addEventListener("click", () => show(j));
       thumbs.append(t);
     });
   }
-  $("image").src = ins.image_url;
+  setSrc($("image"), ins.image_url).catch(() => {});
   fitStage();
   const hm = $("heatmap");
-  if (ins.heatmap_url) { hm.src = ins.heatmap_url; hm.hidden = false; } else { hm.removeAttribute("src"); hm.hidden = true; }
+  if (ins.heatmap_url) { setSrc(hm, ins.heatmap_url).catch(() => {}); hm.hidden = false; } else { hm.removeAttribute("src"); hm.hidden = true; }
   // the legend's middle mark is the threshold only when the detector gave one
   $("legend").hidden = !ins.heatmap_url || ins.result.threshold === null || ins.result.threshold === undefined;
   const link = $("overlay-link");
@@ -254,8 +326,10 @@ document.addEventListener("DOMContentLoaded", () => {
   $("keep-run").addEventListener("click", keepModel);
   $("opacity").addEventListener("input", applyOpacity);
   $("show-boxes").addEventListener("change", applyOpacity);
+  $("overlay-link").addEventListener("click", openPicture);
+  $("login").addEventListener("submit", useToken);
+  $("logout").addEventListener("click", forgetToken);
+  $("logout").hidden = !token;
   window.addEventListener("resize", fitStage);
-  loadDetectors().catch((e) => setStatus(`cannot reach the service: ${e.message}`, true));
-  loadHistory().catch(() => {});
-  loadModels().catch(() => {});
+  loadAll();
 });

@@ -6,7 +6,7 @@ The graph holds everything genad does after the image is resized to its working 
 
     image     float32 (N, 3, H, W), RGB in [0, 1], at the working size (see below)
     orig_size int64 (2,): (height, width) of the image before that resize
-      -> the backbone (EfficientNet-Lite, with its own (x - 0.5) / 0.5), the layers combined,
+      -> the backbone (EfficientNet-Lite, after the model's input normalisation), the layers combined,
          the optional random projection, the r x r neighbourhood means, unit length
       -> per r, the distance to the nearest memory-bank patch, sqrt(max(0, 2 - 2 max cos)) as
          search.nn_distance_unit (the bank is a constant, searched exactly), mean over r
@@ -159,6 +159,8 @@ def _patch_scorer(det: Any):
             super().__init__()
             self.model = backbone.model
             self.layers = tuple(backbone.layers)
+            self.register_buffer("mean", torch.from_numpy(np.asarray(backbone.mean, np.float32)).reshape(1, 3, 1, 1))
+            self.register_buffer("std", torch.from_numpy(np.asarray(backbone.std, np.float32)).reshape(1, 3, 1, 1))
             self.project = proj is not None
             if proj is not None:
                 self.register_buffer("projection", proj.clone())
@@ -168,7 +170,9 @@ def _patch_scorer(det: Any):
 
         def forward(self, image: torch.Tensor) -> torch.Tensor:
             m: Any = self.model
-            x = (image - 0.5) / 0.5  # EffNetBackbone's normalisation
+            mean: Any = self.mean
+            std: Any = self.std
+            x = (image - mean) / std  # the backbone's input normalisation (its option `normalization`)
             x = m._swish(m._bn0(m._conv_stem(x)))
             outs = []
             for i, block in enumerate(m._blocks[: max(self.layers) + 1]):

@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "genad"
 
 # what each part may NOT import (prefixes of genad module names), from the top down
 ABOVE_ALL = ("genad.cli", "genad.service")
-ABOVE_RUN = ("genad.evaluate", "genad.report", *ABOVE_ALL)
+ABOVE_RUN = ("genad.evaluate", "genad.evaluate_root", "genad.report", *ABOVE_ALL)
 ABOVE_ENGINES = ("genad.io", "genad.run", *ABOVE_RUN)  # detectors get pixels from samples
 ABOVE_IO = ("genad.engines", "genad.modalities", "genad.metrics", "genad.run", *ABOVE_RUN)
 BOTTOM = ("genad.io", *ABOVE_IO)  # plain data, the contract, shared operations: no files, no runs
@@ -33,6 +33,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     # saved models: the detectors and their value types, never the runs, reports or services
     "genad.model_file": ("genad.io", "genad.run", *ABOVE_RUN),
     "genad.evaluate": ("genad.report", *ABOVE_ALL),
+    "genad.evaluate_root": ("genad.report", *ABOVE_ALL),
     "genad.report": ABOVE_ALL,
 }
 

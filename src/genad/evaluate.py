@@ -24,6 +24,7 @@ Protocol
 
 from __future__ import annotations
 
+import json
 import math
 import resource
 import tempfile
@@ -45,7 +46,7 @@ from genad.io.mvtec import categories, load_mvtec, load_mvtec_train
 from genad.ops import resize_map
 from genad.run import Phase, RunFolder, pending, run_into
 from genad.secrets import redact
-from genad.types import ImageSample, Result, Sample, Usage
+from genad.types import ImageSample, Result, Sample, Usage, jsonable
 
 # Settings that must match for a run directory to be resumed.
 _RESUME_KEYS = ("data_dir", "detector", "params", "shots", "seed", "limit")
@@ -164,6 +165,87 @@ def check_masks(samples: Sequence[ImageSample]) -> None:
 
 
 # -- the protocol ----------------------------------------------------------------------------
+def check_settings(shots: int, limit: int | None) -> None:
+    """Refuse impossible numbers before any work."""
+    if shots < 0:
+        raise GenadError(f"--shots must be 0 or more, got {shots}")
+    if limit is not None and limit <= 0:
+        raise GenadError(f"--limit must be a positive number, got {limit}")
+
+
+def build_detector(detector: str | Detector, detector_params: dict[str, Any] | None = None) -> Detector:
+    """The detector a run uses: built by name with `detector_params`, or the instance given."""
+    if isinstance(detector, Detector):
+        if detector_params:
+            raise GenadError("detector_params apply only when the detector is given by name")
+        return detector
+    return registry.create(detector, **(detector_params or {}))
+
+
+def check_detector(det: Detector, shots: int) -> None:
+    """Refuse, before any work, a detector this protocol cannot run."""
+    if "image" not in det.modalities:
+        raise GenadError(
+            f"detector {det.name!r} does not read images: choose an image detector (see `genad detectors`)"
+        )
+    if shots == 0 and not det.zero_shot:
+        raise GenadError(f"detector {det.name!r} needs normal references: pass --shots K (e.g. --shots 4)")
+
+
+def run_settings(data_dir: Path | str, det: Detector, shots: int, seed: int, limit: int | None) -> dict[str, Any]:
+    """The settings that make a run what it is (`_RESUME_KEYS`): a run folder is resumed, or
+    counted as done, only with the same ones."""
+    return {
+        "data_dir": str(Path(data_dir).resolve()),
+        "detector": det.name,
+        "params": public_params(det.params),
+        "shots": shots,
+        "seed": seed,
+        "limit": limit,
+    }
+
+
+def check_run_dir(run_dir: Path | str, settings: dict[str, Any], resume: bool) -> None:
+    """Refuse, before any work, a run folder run_benchmark would refuse with these settings
+    (see run_settings): results there without `resume`, or a resume with other settings."""
+    RunFolder(run_dir).check_start(settings, resume=resume, must_match=_RESUME_KEYS)
+
+
+def finished_summary(run_dir: Path | str, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The summary of the complete run in `run_dir` (every image scored, none failed) made
+    with `settings` (see run_settings), or None: there is none, it is partial, it had failed
+    images (a resume retries them) or other settings."""
+    folder = RunFolder(run_dir)
+    try:
+        summary, config = folder.summary(), folder.config()
+    except (OSError, ValueError):  # unreadable or torn: not complete
+        return None
+    if not isinstance(summary, dict) or not isinstance(config, dict):
+        return None
+    n = summary.get("n_images")
+    if not isinstance(n, int) or n <= 0 or summary.get("n_failed") != 0 or summary.get("n_scored") != n:
+        return None
+    want = json.loads(json.dumps(jsonable(settings)))
+    if any(config.get(k) != want.get(k) for k in _RESUME_KEYS):
+        return None
+    return summary
+
+
+def load_run(run_dir: Path | str) -> EvalRun:
+    """The EvalRun of a finished run folder (its summary, curves and results; the samples
+    reloaded from its data folder by id), e.g. to write its report again."""
+    folder = RunFolder(run_dir)
+    summary, config = folder.summary(), folder.config()
+    if summary is None:
+        raise GenadError(f"{run_dir} holds no finished evaluation (no summary.json)")
+    data_dir = Path(config.get("data_dir") or summary["data_dir"])
+    by_id: dict[str, Sample] = {s.id: s for s in load_mvtec(data_dir, "test")}
+    records = [r for r in folder.ordered() if r["id"] in by_id]
+    samples = [by_id[r["id"]] for r in records]
+    results = [folder.result(r) for r in records]
+    return EvalRun(summary, samples, results, Path(run_dir), [], records, folder.curves())
+
+
 def run_benchmark(
     data_dir: Path | str,
     detector: str | Detector = "embedded",
@@ -190,31 +272,18 @@ def run_benchmark(
     """
     t_start = time.perf_counter()
     data_dir = Path(data_dir)
-    if shots < 0:
-        raise GenadError(f"--shots must be 0 or more, got {shots}")
-    if limit is not None and limit <= 0:
-        raise GenadError(f"--limit must be a positive number, got {limit}")
+    check_settings(shots, limit)
     cats = categories(data_dir) if data_dir.is_dir() else []
     if len(cats) > 1:
         names = ", ".join(c.name for c in cats[:6])
         raise GenadError(
             f"{data_dir} holds {len(cats)} categories ({names}{', ...' if len(cats) > 6 else ''}): "
-            f"evaluate one at a time, e.g. genad eval {cats[0]}"
+            f"run_benchmark evaluates one (e.g. {cats[0]}); genad.evaluate_root.run_categories runs them all"
         )
     loaded = load_mvtec(data_dir, "test")
 
-    if isinstance(detector, Detector):
-        det = detector
-        if detector_params:
-            raise GenadError("detector_params apply only when the detector is given by name")
-    else:
-        det = registry.create(detector, **(detector_params or {}))
-    if "image" not in det.modalities:
-        raise GenadError(
-            f"detector {det.name!r} does not read images: choose an image detector (see `genad detectors`)"
-        )
-    if shots == 0 and not det.zero_shot:
-        raise GenadError(f"detector {det.name!r} needs normal references: pass --shots K (e.g. --shots 4)")
+    det = build_detector(detector, detector_params)
+    check_detector(det, shots)
 
     refs, scored, ref_source = draw_references(data_dir, loaded, shots, seed)
     test: list[Sample] = list(scored)
@@ -225,12 +294,7 @@ def run_benchmark(
     check_masks([s for s in test if isinstance(s, ImageSample)])
 
     config = {
-        "data_dir": str(data_dir.resolve()),
-        "detector": det.name,
-        "params": public_params(det.params),
-        "shots": shots,
-        "seed": seed,
-        "limit": limit,
+        **run_settings(data_dir, det, shots, seed, limit),
         "references": [r.id for r in refs],
         "reference_source": ref_source,
     }
@@ -288,8 +352,8 @@ def run_benchmark(
     )
     if not refs and getattr(det, "fit_info_", None):  # a detector fitted before (a saved model)
         summary["fitted_before"] = {"references": det.fit_info_.get("count"), "at": det.fit_info_.get("at")}  # type: ignore[union-attr]
-    folder.write_summary(summary)
     folder.write_curves(curves)
+    folder.write_summary(summary)  # last: a summary.json marks a finished run
     results = [folder.result(r) for r in records]
     return EvalRun(summary, list(test), results, run_dir, list(refs), records, curves)
 

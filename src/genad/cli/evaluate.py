@@ -95,7 +95,7 @@ def print_summary(s: dict[str, Any]) -> None:
 def evaluate(
     data_dir: Path = typer.Argument(
         ...,
-        help="An MVTec-style folder: test/good, test/<defect>, optional train/good and ground_truth/<defect>/<name>_mask.png.",
+        help="An MVTec-style folder: test/good, test/<defect>, optional train/good and ground_truth/<defect>/<name>_mask.png; or a root of several such categories (each is run on its own).",
         show_default=False,
     ),
     detector: str = typer.Option("embedded", "--detector", "-d", help="Detector name (see `genad detectors`)."),
@@ -109,18 +109,46 @@ def evaluate(
     limit: int = typer.Option(
         None, "--limit", "-l", show_default=False, help="Score only N test images (stratified by defect type)."
     ),
-    json_out: Path = typer.Option(None, "--json", show_default=False, help="Write the summary JSON to this file."),
+    json_out: Path = typer.Option(
+        None,
+        "--json",
+        show_default=False,
+        help='Write the summary JSON to this file (a root of categories: {"categories": {name: summary}, "mean": {...}, ...}).',
+    ),
+    categories: str = typer.Option(
+        None,
+        "--categories",
+        show_default=False,
+        help="A root of several categories: run only these, e.g. bottle,cable (default: all).",
+    ),
+    csv_out: Path = typer.Option(
+        None,
+        "--csv",
+        show_default=False,
+        help="A root of categories: write the per-category table, with a mean row, as CSV.",
+    ),
+    markdown_out: Path = typer.Option(
+        None,
+        "--markdown",
+        show_default=False,
+        help="A root of categories: write the per-category table, with the mean, as markdown (for papers).",
+    ),
     run_dir: Path = typer.Option(
         None,
         "--run-dir",
         show_default=False,
-        help="Keep results.jsonl, maps/ and summary.json here (needed for --resume). Without it the run uses a temporary folder, removed at the end (kept only when the run is interrupted, and then named).",
+        help="Keep results.jsonl, maps/ and summary.json here (needed for --resume); a root of categories keeps each in DIR/<category>/. Without it the run uses a temporary folder, removed at the end (kept only when the run is interrupted, and then named).",
     ),
     resume: bool = typer.Option(
-        False, "--resume", help="Continue the run in --run-dir: score only what is missing or failed."
+        False,
+        "--resume",
+        help="Continue the run in --run-dir: score only what is missing or failed (a root of categories: complete categories are skipped).",
     ),
     report: Path = typer.Option(
-        None, "--report", show_default=False, help="Write an HTML report (index.html) to this folder."
+        None,
+        "--report",
+        show_default=False,
+        help="Write an HTML report (index.html) to this folder (a root of categories: an overview linking DIR/<category>/index.html).",
     ),
     param: list[str] = typer.Option(
         None, "--param", "-p", show_default=False, help="Detector option as key=value (repeatable)."
@@ -143,11 +171,41 @@ def evaluate(
 
       genad eval /data/mvtec/bottle --detector lmm --run-dir runs/lmm --resume
 
+      genad eval /data/mvtec -d baseline --run-dir runs/mvtec --csv mvtec.csv --markdown mvtec.md
+
     The data folder is MVTec-AD style (MVTec AD, VisA, MPDD, BTAD, magnetic tile). Results are written as they come (results.jsonl in --run-dir), so an interrupted run (Ctrl-C or SIGTERM: it stops within moments, exit code 130) continues with --resume and paid LMM calls are never repeated.
+
+    A root that holds several categories runs each on its own (a fresh detector, its own run folder DIR/<category>/; --limit applies per category) and prints a per-category table with the mean of each figure over the categories, as papers report it. A category that fails is reported as failed and the others still run (exit code 1).
     """
     if resume and run_dir is None:
         raise GenadError("--resume needs --run-dir: the folder of the run to continue")
     params = max_tokens_option(parse_params(param), max_tokens)
+    picked = None if categories is None else categories.split(",")
+    if _several_categories(data_dir, picked):
+        if model is not None:
+            raise GenadError(
+                f"--model is fitted on one category and {data_dir} holds several: evaluate one category folder "
+                "with --model, or leave --model out to fit each category afresh"
+            )
+        _evaluate_root(
+            data_dir,
+            detector,
+            params,
+            picked,
+            shots=shots,
+            seed=seed,
+            limit=limit,
+            run_dir=run_dir,
+            resume=resume,
+            outputs=(json_out, csv_out, markdown_out, report),
+            quiet=quiet,
+        )
+        return
+    if csv_out is not None or markdown_out is not None:
+        raise GenadError(
+            "--csv and --markdown write the per-category table of a root of several categories: "
+            "for one category use --json"
+        )
     from genad.evaluate import run_benchmark
 
     chosen: str | Detector = detector
@@ -195,6 +253,187 @@ def evaluate(
         raise typer.Exit(1)
 
 
+def _several_categories(data_dir: Path, picked: list[str] | None) -> bool:
+    """True when `data_dir` is a root of categories to run one by one: it holds several, or
+    --categories picks some (refused for a folder that is itself one category)."""
+    from genad.io.mvtec import categories, is_mvtec_root
+
+    one = data_dir.is_dir() and is_mvtec_root(data_dir)
+    if picked is not None:
+        if one:
+            raise GenadError(f"{data_dir} is one category: --categories picks from a root that holds several (drop it)")
+        return True
+    return data_dir.is_dir() and not one and len(categories(data_dir)) > 1
+
+
+def _evaluate_root(
+    data_dir: Path,
+    detector: str,
+    params: dict[str, Any],
+    picked: list[str] | None,
+    *,
+    shots: int,
+    seed: int,
+    limit: int | None,
+    run_dir: Path | None,
+    resume: bool,
+    outputs: tuple[Path | None, Path | None, Path | None, Path | None],
+    quiet: bool,
+) -> None:
+    """`genad eval ROOT` for a root of categories: genad.evaluate_root.run_categories, each
+    category's summary as it finishes, then the table, the files and the reports. `outputs`:
+    --json, --csv, --markdown, --report."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from genad.evaluate_root import run_categories
+
+    console = Console()
+
+    def started(name: str, i: int, n: int) -> None:
+        console.rule(f"{name} ({i + 1}/{n})")
+
+    def finished(o: dict[str, Any]) -> None:
+        if o["status"] == "skipped":
+            console.print(f"{o['category']}: complete in {o['run_dir']} with these settings, not rerun", markup=False)
+        elif o["summary"] is not None:
+            print_summary(o["summary"])
+        if o["status"] == "failed":
+            console.print(f"[red]failed[/red] {escape(o['category'])}: {escape(o['error'])}", highlight=False)
+
+    temp = run_dir is None
+    if run_dir is None:
+        run_dir = Path(tempfile.mkdtemp(prefix="genad-run-"))
+    keep = False
+    try:
+        try:
+            root = run_categories(
+                data_dir,
+                detector,
+                params,
+                categories=picked,
+                shots=shots,
+                seed=seed,
+                limit=limit,
+                run_dir=run_dir,
+                resume=resume,
+                progress=not quiet,
+                on_start=started,
+                on_done=finished,
+            )
+        except KeyboardInterrupt:
+            keep = True
+            done = sum(_count_results(d) for d in run_dir.iterdir() if d.is_dir()) if run_dir.is_dir() else 0
+            typer.secho(
+                f"interrupted: finished categories and {done} result(s) in all are kept in {run_dir}"
+                + (" (a temporary folder)" if temp else ""),
+                err=True,
+            )
+            typer.secho(f"to continue: {_resume_command(data_dir, run_dir)}", err=True)
+            raise typer.Exit(130) from None
+        _finish_root(root, run_dir, *outputs)
+        typer.echo(f"run dir: {run_dir}" if not temp else "run dir: not kept (pass --run-dir DIR to keep it)")
+    finally:
+        if temp and not keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    if root["failed"]:
+        raise typer.Exit(1)
+
+
+def print_root_summary(root: dict[str, Any]) -> None:
+    """The per-category table with its mean row, and what failed."""
+    from rich import box
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from genad.evaluate_root import COLUMNS, table_rows
+
+    console = Console()
+    shots = root.get("shots")
+    console.rule("all categories")
+    console.print(
+        f"{root['detector']} on {root['root']}: {root['n_categories']} categories, "
+        f"{f'{shots}-shot' if shots else 'zero-shot'}, seed {root['seed']}, {root['seconds']:.1f} s"
+        + (f", {len(root['failed'])} FAILED" if root["failed"] else ""),
+        highlight=False,
+    )
+    # narrow enough for 80 columns: headers on two lines, "scored/all" images where some failed
+    columns = [c for c in COLUMNS if c not in ("n_failed", "note")]
+    heads = {"n_images": "images", "decision_f1": "own\nF1"}
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 0, 0, 1), show_edge=False, pad_edge=False)
+    for c in columns:
+        if c in ("category", "status"):
+            table.add_column(c, overflow="fold")
+        else:
+            table.add_column(heads.get(c, c.replace("_", "\n", 1)), justify="right", no_wrap=True, min_width=6)
+    rows = table_rows(root)
+    for row in rows:
+        if row["status"] == "mean":
+            cells = ["" if c in ("status", "n_images") else _fmt(row[c]) for c in columns]
+            table.add_section()
+        else:
+            cells = [_fmt(row[c]) for c in columns]
+            cells[1] = {"skipped": "kept"}.get(row["status"], row["status"])  # kept: complete before, not rerun
+            if row["n_failed"]:
+                cells[2] = f"{row['n_images'] - row['n_failed']}/{row['n_images']}"
+        table.add_row(*(escape(c) for c in cells), style={"mean": "bold", "failed": "red"}.get(row["status"]))
+    console.print(table)
+    console.print(
+        f"mean {rows[-1]['note']}; own F1: the F1 of the detector's own decisions"
+        + ("; images: scored/all where some failed" if any(r["n_failed"] for r in rows[:-1]) else "")
+        + ("; kept: complete before, not rerun" if "skipped" in root["status"].values() else ""),
+        highlight=False,
+    )
+    for name, error in root["failed"].items():
+        console.print(f"[red]failed[/red] {escape(name)}: {escape(error)}", highlight=False)
+
+
+def _write(path: Path, text: str, what: str) -> None:
+    from genad.atomic import atomic_write_text
+
+    try:
+        atomic_write_text(path, text, fsync=False)
+    except OSError as e:
+        raise GenadError(f"cannot write the {what} {path}: {e}") from e
+    typer.echo(f"{what}: {path}")
+
+
+def _finish_root(
+    root: dict[str, Any],
+    run_dir: Path,
+    json_out: Path | None,
+    csv_out: Path | None,
+    markdown_out: Path | None,
+    report: Path | None,
+) -> None:
+    """The table on stdout; the JSON, CSV, markdown and the HTML reports where asked."""
+    from genad.evaluate_root import to_csv, to_markdown
+
+    print_root_summary(root)
+    if json_out is not None:
+        _write(json_out, json.dumps(root, indent=2), "summary")
+    if csv_out is not None:
+        _write(csv_out, to_csv(root), "table")
+    if markdown_out is not None:
+        _write(markdown_out, to_markdown(root), "markdown")
+    if report is not None:
+        if importlib.util.find_spec("genad.report.eval_report") is None:
+            raise GenadError("the HTML report is not part of this install: drop --report")
+        from genad.evaluate import load_run
+        from genad.report.eval_report import write_eval_overview, write_eval_report
+
+        reports: dict[str, str | None] = {}
+        for name in root["categories"]:
+            try:
+                write_eval_report(report / name, load_run(run_dir / name))
+                reports[name] = f"{name}/index.html"
+            except GenadError as e:
+                reports[name] = None
+                typer.secho(f"no report for {name}: {e}", err=True)
+        typer.echo(f"report: {write_eval_overview(report, root, reports)}")
+
+
 def _count_results(run_dir: Path) -> int:
     from genad.run import RunFolder
 
@@ -231,9 +470,7 @@ def _finish(run: Any, json_out: Path | None, report: Path | None) -> None:
     """The summary on stdout, and the JSON and the HTML report where asked."""
     print_summary(run.summary)
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(run.summary, indent=2), encoding="utf-8")
-        typer.echo(f"summary: {json_out}")
+        _write(json_out, json.dumps(run.summary, indent=2), "summary")
     if report is not None:
         if importlib.util.find_spec("genad.report.eval_report") is None:
             raise GenadError("the HTML report is not part of this install: drop --report")

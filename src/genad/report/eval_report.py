@@ -403,3 +403,38 @@ def write_eval_report(out_dir: Path, run: RunLike, gallery_size: int = 8, thumb_
     index = out_dir / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
+
+
+# -- the overview of a root of categories ---------------------------------------------------
+def write_eval_overview(out_dir: Path, root: dict[str, Any], reports: dict[str, str | None]) -> Path:
+    """Write out_dir/index.html: the per-category table of a root summary
+    (genad.evaluate_root.run_categories), with the mean, each category linked to its own
+    report at the relative path `reports[name]` (None: it has none). Returns its path."""
+    from urllib.parse import quote
+
+    from genad.evaluate_root import COLUMNS, table_rows
+
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GenadError(f"cannot create the report folder {out_dir}: {e}") from e
+    rows = table_rows(root)
+    links = {name: quote(path) for name, path in reports.items() if path}
+    shots = root.get("shots")
+    page = render(
+        "eval_overview.html.j2",
+        title=f"genad evaluation: {root.get('detector', 'detector')} on {root.get('root', 'data')}",
+        settings=(
+            f"{root.get('n_categories', len(rows) - 1)} categories, {f'{shots}-shot' if shots else 'zero-shot'}, "
+            f"seed {root.get('seed')}" + (f", {root['limit']} images per category" if root.get("limit") else "")
+        ),
+        columns=[c for c in COLUMNS if c not in ("category", "note")],
+        rows=rows,
+        links=links,
+        fmt=_fmt,
+        params=redact(dict(root.get("params") or {})),
+    )
+    index = out_dir / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index

@@ -26,7 +26,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from genad.atomic import atomic_write
+from genad.atomic import atomic_write, atomic_write_text
 from genad.errors import GenadError
 from genad.run.signals import deferred_interrupts
 from genad.types import Result, Sample, jsonable
@@ -92,8 +92,29 @@ class RunFolder:
             (self.path / MAPS_DIR).mkdir(exist_ok=True)
         except OSError as e:
             raise GenadError(f"cannot create the run folder {self.path}: {e}") from e
-        has_results = self.results_path.exists() and self.results_path.stat().st_size > 0
-        if has_results and not resume and not overwrite:
+        self.check_start(config, resume=resume, must_match=must_match, overwrite=overwrite, option=option)
+        cfg_path = self.path / CONFIG_FILE
+        if overwrite and not resume:
+            self.results_path.unlink(missing_ok=True)
+            for p in (self.path / MAPS_DIR).glob("*.npz"):
+                p.unlink()
+            for name in (SUMMARY_FILE, CURVES_FILE):
+                (self.path / name).unlink(missing_ok=True)
+        cfg_path.write_text(json.dumps(jsonable(config), indent=2), encoding="utf-8")
+        return self.records() if resume else {}
+
+    def check_start(
+        self,
+        config: dict[str, Any],
+        *,
+        resume: bool = False,
+        must_match: Sequence[str] = (),
+        overwrite: bool = False,
+        option: str = "--run-dir",
+    ) -> None:
+        """Raise GenadError, creating nothing, for what `start` refuses: results there without
+        `resume` or `overwrite`; a resume with a config that differs on `must_match`."""
+        if self.has_results() and not resume and not overwrite:
             raise GenadError(
                 f"{self.path} already holds results: pass --resume to continue that run, or choose a new {option}"
             )
@@ -106,14 +127,13 @@ class RunFolder:
                     f"cannot resume {self.path}: it was run with different {', '.join(diff)} "
                     f"(was {', '.join(f'{k}={old.get(k)!r}' for k in diff)}); use the same options or a new {option}"
                 )
-        if overwrite and not resume:
-            self.results_path.unlink(missing_ok=True)
-            for p in (self.path / MAPS_DIR).glob("*.npz"):
-                p.unlink()
-            for name in (SUMMARY_FILE, CURVES_FILE):
-                (self.path / name).unlink(missing_ok=True)
-        cfg_path.write_text(json.dumps(jsonable(config), indent=2), encoding="utf-8")
-        return self.records() if resume else {}
+
+    def has_results(self) -> bool:
+        """True when results.jsonl holds anything (a run was started here)."""
+        try:
+            return self.results_path.stat().st_size > 0
+        except FileNotFoundError:
+            return False
 
     def config(self) -> dict[str, Any]:
         path = self.path / CONFIG_FILE
@@ -171,10 +191,11 @@ class RunFolder:
         }
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        (self.path / SUMMARY_FILE).write_text(json.dumps(jsonable(summary), indent=2), encoding="utf-8")
+        # whole or not at all: a summary.json that is there is a finished run's (resume skips it)
+        atomic_write_text(self.path / SUMMARY_FILE, json.dumps(jsonable(summary), indent=2), fsync=False)
 
     def write_curves(self, curves: dict[str, Any]) -> None:
-        (self.path / CURVES_FILE).write_text(json.dumps(jsonable(curves)), encoding="utf-8")
+        atomic_write_text(self.path / CURVES_FILE, json.dumps(jsonable(curves)), fsync=False)
 
     # -- reading ------------------------------------------------------------------------------
     def iter_records(self) -> Iterator[dict[str, Any]]:

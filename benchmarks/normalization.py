@@ -6,7 +6,9 @@ picks (genad.engines.embedded.detector.choose_normalization).
 
 Each run is genad's protocol (genad.evaluate.run_benchmark, seed 0, full test sets; brain_mri has
 no train split, so its references come from test/good and are left out of the scored set).
-Writes benchmarks/results/normalization.{json,md}.
+Writes benchmarks/results/normalization.{json,md}; each finished run is appended to
+benchmarks/results/normalization.jsonl at once and skipped when the script runs again (a run of
+the whole grid takes about two hours on 2 cores).
 """
 
 from __future__ import annotations
@@ -31,11 +33,19 @@ def main() -> None:
     ap.add_argument("--shots", type=int, nargs="+", default=[0, 1, 4, 16])
     ap.add_argument("--norms", nargs="+", default=["own", "imagenet"])
     args = ap.parse_args()
+    res = ROOT / "benchmarks" / "results"
+    res.mkdir(parents=True, exist_ok=True)
+    done_path = res / "normalization.jsonl"
+    done = [json.loads(line) for line in done_path.read_text().splitlines()] if done_path.exists() else []
     rows = []
     for data in args.data:
         auto = choose_normalization(list(load_mvtec(DATA / data, "test")))
         for shots in args.shots:
             for norm in args.norms:
+                old = [r for r in done if (r["data"], r["shots"], r["normalization"]) == (data, shots, norm)]
+                if old:
+                    rows.append({**old[-1], "auto_picks": auto})
+                    continue
                 t0 = time.perf_counter()
                 det = genad.create("embedded", normalization=norm)
                 s = run_benchmark(DATA / data, det, shots=shots, seed=0, progress=False).summary
@@ -54,8 +64,8 @@ def main() -> None:
                     }
                 )
                 print(json.dumps(rows[-1]), flush=True)
-    res = ROOT / "benchmarks" / "results"
-    res.mkdir(parents=True, exist_ok=True)
+                with done_path.open("a") as f:
+                    f.write(json.dumps(rows[-1]) + "\n")
     (res / "normalization.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = [
         "| data | shots | own: image AUROC / pixel AUROC / AUPRO | imagenet: image AUROC / pixel AUROC / AUPRO | auto picks |",

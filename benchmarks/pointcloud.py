@@ -7,6 +7,9 @@ its label) and point AUROC (per-point scores vs point labels, pooled over the te
 few-shot (fit on the references) and zero-shot (the test batch scored against itself), and the
 detector's own decisions at its own threshold: object precision / recall / F1 of
 Result.decision and precision / recall / F1 of the flagged points (pooled over the test set).
+The protocol and the figures are the package's (genad.evaluate_modalities.evaluate_samples,
+genad.modalities.pointcloud.metrics; `genad eval` on such a folder gives the same): this script
+only makes the shapes and writes the README's table.
 
     .venv/bin/python benchmarks/pointcloud.py --shapes plane sphere --image-detector embedded
     .venv/bin/python benchmarks/pointcloud.py --json out.json
@@ -16,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
-import genad
-from genad.modalities.pointcloud.metrics import pointcloud_metrics
+from genad.evaluate_modalities import evaluate_samples
 from genad.modalities.pointcloud.synth import SHAPES, make_dataset
 
 DECISION_KEYS = ("object_precision", "object_recall", "object_f1", "point_precision", "point_recall", "point_f1")
@@ -43,18 +44,11 @@ def run(shape: str, mode: str, args: argparse.Namespace) -> dict[str, float | st
         seed=args.seed,
     )
     params = json.loads(args.image_params) if args.image_params else {}
-    det = genad.create(
-        "pointcloud", image_detector=args.image_detector, image_params=params, views=args.views, size=args.size
-    )
-    t0 = time.perf_counter()
-    if mode == "few-shot":
-        det.fit(train)
-    results = det.predict(test)
-    seconds = time.perf_counter() - t0
-    errors = [r.error for r in results if r.error]
-    if errors:
-        raise SystemExit(f"{shape} {mode}: {len(errors)} errors, first: {errors[0]}")
-    m = pointcloud_metrics(test, results)
+    det_params = {"image_detector": args.image_detector, "image_params": params, "views": args.views, "size": args.size}
+    m = evaluate_samples(test, "pointcloud", det_params, refs=train if mode == "few-shot" else []).summary
+    if m["n_failed"]:
+        raise SystemExit(f"{shape} {mode}: {m['n_failed']} errors, first: {m['failed'][0]['error']}")
+    seconds = m["fit_seconds"] + m["predict_seconds"]
     return {
         "shape": shape,
         "mode": mode,

@@ -5,7 +5,10 @@
 
 Writes benchmarks/results/timeseries.json (per series and summary) and timeseries.md (table).
 
-Protocol, per series, with each detector's defaults (window = autocorrelation period):
+The protocol and the figures are the package's (`genad eval DATA/nab` gives the same numbers for
+one detector): genad.evaluate_modalities.evaluate_samples runs each detector through the run
+loop and genad.modalities.timeseries.metrics computes, per series, with each detector's defaults
+(window = autocorrelation period):
 - point AUROC / AP / point-adjusted F1 (best threshold) on per-point scores; series without an
   anomaly are left out of these means. UCR is scored after its training prefix (the standard
   protocol; the prefix is the detector's normal reference).
@@ -22,6 +25,8 @@ Protocol, per series, with each detector's defaults (window = autocorrelation pe
   (Result.decision) and the share of anomaly-free series it calls anomalous.
 - UCR hit rate (Wu and Keogh): the highest-scoring point lies within 100 points of the anomaly.
 - seconds: wall time of predict() summed over series (2 shared CPU cores in our runs).
+
+This script only picks the data and detectors and writes the README's table.
 """
 
 from __future__ import annotations
@@ -34,38 +39,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from genad.io.timeseries import load_nab, load_ucr  # noqa: E402
-from genad.metrics.timeseries import (  # noqa: E402
-    NabTotals,
-    nab_totals,
-    point_adjusted_f1,
-    point_ap,
-    point_auroc,
-    range_peaks,
-    range_precision_recall,
-    ranges_to_labels,
-)
+from genad.evaluate_modalities import evaluate_samples  # noqa: E402
+from genad.io.datasets import load_labelled  # noqa: E402
 from genad.registry import create  # noqa: E402
-
-
-def _mean(xs: list[float]) -> float | None:
-    xs = [x for x in xs if x is not None and not math.isnan(x)]
-    return float(np.mean(xs)) if xs else None
-
-
-def flagged_point_prf(labels: np.ndarray, flagged: np.ndarray) -> tuple[float | None, float, float]:
-    """(precision, recall, F1) of flagged points against labelled ones; precision None when
-    nothing is flagged (F1 is then 0)."""
-    tp = int((labels & flagged).sum())
-    fp, fn = int((~labels & flagged).sum()), int((labels & ~flagged).sum())
-    precision = tp / (tp + fp) if tp + fp else None
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    return precision, recall, 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
 
 def make(spec: str):
@@ -81,64 +60,11 @@ def make(spec: str):
     return create(name, **params)
 
 
-def run(detector: str, dataset: str, samples: list) -> dict:
-    det = make(detector)
-    rows, nab = [], NabTotals()
-    for s in samples:
-        (r,) = det.predict([s])
-        n = len(s.values)
-        truth = s.truth.ranges or []
-        row: dict = {"id": s.id, "n": n, "seconds": round(r.timings.get("seconds", 0.0), 3), "error": r.error}
-        if r.error is not None:
-            rows.append(row)
-            continue
-        start = s.train_end or 0
-        y = ranges_to_labels(truth, n)[start:]
-        sc = np.asarray(r.anomaly_map, dtype=np.float64)[start:]
-        row.update(
-            window=r.extra.get("window"),
-            auroc=point_auroc(y, sc) if y.any() else None,
-            ap=point_ap(y, sc) if y.any() else None,
-            pa_f1=point_adjusted_f1(y, sc)[0] if y.any() else None,
-            ranges=[list(x) for x in r.ranges],
-        )
-        row["decision"] = bool(r.decision)
-        row["normalized_score"] = r.normalized_score
-        flagged = ranges_to_labels(r.ranges, n)[start:]
-        if truth:
-            row["range_p"], row["range_r"], row["range_f1"] = range_precision_recall(truth, r.ranges)
-            row["point_p"], row["point_r"], row["point_f1"] = flagged_point_prf(y, flagged)
-        t = nab_totals(truth, range_peaks(r.ranges, r.anomaly_map), n=n)
-        nab = nab + t
-        row["nab_raw"] = round(t.raw, 4)
-        if dataset == "ucr" and truth:
-            peak = start + int(np.argmax(sc))
-            a, b = truth[0]
-            row["ucr_hit"] = bool(a - 100 <= peak < b + 100)
-        rows.append(row)
-    ok = [r for r in rows if r["error"] is None]
-    summary = {
-        "series": len(rows),
-        "errors": len(rows) - len(ok),
-        "point_auroc": _mean([r["auroc"] for r in ok]),
-        "point_ap": _mean([r["ap"] for r in ok]),
-        "point_adjusted_f1": _mean([r["pa_f1"] for r in ok]),
-        "range_precision": _mean([r.get("range_p") for r in ok]),
-        "range_recall": _mean([r.get("range_r") for r in ok]),
-        "range_f1": _mean([r.get("range_f1") for r in ok]),
-        "point_precision": _mean([r.get("point_p") for r in ok]),
-        "point_recall": _mean([r.get("point_r") for r in ok]),
-        "point_f1": _mean([r.get("point_f1") for r in ok]),
-        "anomalous_series": sum(1 for r in ok if "range_f1" in r),
-        "anomalous_series_flagged": _mean([float(r["decision"]) for r in ok if "range_f1" in r]),
-        "normal_series": sum(1 for r in ok if "range_f1" not in r),
-        "normal_series_flagged": _mean([float(r["decision"]) for r in ok if "range_f1" not in r]),
-        "nab_score": nab.score,
-        "seconds": round(sum(r["seconds"] for r in rows), 2),
-        "points": int(sum(r["n"] for r in rows)),
-    }
-    if dataset == "ucr":
-        summary["ucr_hit_rate"] = _mean([float(r["ucr_hit"]) for r in ok if "ucr_hit" in r])
+def run(detector: str, samples: list) -> dict:
+    """{"summary": the package's series figures, "per_series": its rows}."""
+    summary = dict(evaluate_samples(samples, make(detector), modality="timeseries").summary)
+    rows = summary.pop("per_series")
+    summary["seconds"] = summary.pop("detector_seconds")  # predict() summed over series, as before
     return {"summary": summary, "per_series": rows}
 
 
@@ -186,14 +112,13 @@ def main(argv: list[str] | None = None) -> None:
 
     data = {}
     for ds in args.datasets.split(","):
-        loader = {"nab": load_nab, "ucr": load_ucr}[ds]
-        data[ds] = loader(args.data / ds)[: args.limit]
+        data[ds] = load_labelled(args.data / ds, ds)[0][: args.limit]
     results: dict = {}
     t0 = time.time()
     for det in args.detectors.split(","):
         results[det] = {}
         for ds, samples in data.items():
-            results[det][ds] = run(det, ds, samples)
+            results[det][ds] = run(det, samples)
             print(f"{det} {ds}: {json.dumps(results[det][ds]['summary'])}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {

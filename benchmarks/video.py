@@ -7,51 +7,46 @@ square (the test suite's clip, `tests/video_helpers.py`). Few-shot references ar
 the same clip without the event (every third frame). Prints a Markdown table: frame AUROC, the
 peak frame, the detector's own decision (its normalised score) and ranges, the frames it flags
 inside and outside the event, wall time; the zero-shot rows are repeated on the clip without
-its event, where every flagged frame is a false alarm.
+its event, where every flagged frame is a false alarm. The protocol and the figures are the
+package's (genad.evaluate_modalities.evaluate_samples, genad.modalities.video.metrics: the
+`per_video` row of `genad eval` on a video folder); this script only makes the clip and writes
+the README's table.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the clip generator is shared with the tests
 
-import genad  # noqa: E402
-from genad.types import VideoSample  # noqa: E402
-from video_helpers import SPAN, labels, moving_square_frames  # noqa: E402
+from genad.evaluate_modalities import evaluate_samples  # noqa: E402
+from genad.types import GroundTruth, VideoSample  # noqa: E402
+from video_helpers import labels, moving_square_frames  # noqa: E402
 
 IMAGE_PARAMS = {"resolution": 96}
 
 
 def run(name: str, image_detector: str, normal: VideoSample | None, event: bool = True) -> str:
-    det = genad.create(
-        "video", image_detector=image_detector, image_params=IMAGE_PARAMS if image_detector == "embedded" else {}
+    lab = labels() if event else np.zeros(len(labels()), bool)
+    clip = VideoSample(
+        id="clip", frames=moving_square_frames(anomaly=event), truth=GroundTruth(label=int(event), frame_labels=lab)
     )
-    t = time.perf_counter()
-    if normal is not None:
-        det.fit([normal])
-    [r] = det.predict([VideoSample(id="clip", frames=moving_square_frames(anomaly=event))])
-    dt = time.perf_counter() - t
-    if r.error:
-        return f"| {name} | error: {r.error} | | | | | {dt:.1f} s |"
-    lab = labels() if event else np.zeros(len(r.anomaly_map), bool)
-    flagged = np.zeros(len(lab), bool)
-    for a, b in r.ranges:
-        flagged[a:b] = True
-    auroc = f"{roc_auc_score(lab, r.anomaly_map):.3f}" if event else "-"
-    peak = int(np.argmax(r.anomaly_map))
-    where = "in event" if SPAN[0] <= peak < SPAN[1] else "outside event"
-    if not event:
-        where = "no event"
-    decision = f"{'anomalous' if r.decision else 'normal'} ({r.normalized_score:.2f})"
-    frames = f"{int((flagged & lab).sum())} / {int(lab.sum())} in, {int((flagged & ~lab).sum())} out"
-    return f"| {name} | {auroc} | {peak} ({where}) | {decision} | {r.ranges or 'none'} | {frames} | {dt:.1f} s |"
+    params = {"image_detector": image_detector, "image_params": IMAGE_PARAMS if image_detector == "embedded" else {}}
+    s = evaluate_samples([clip], "video", params, refs=[normal] if normal is not None else []).summary
+    dt = s["fit_seconds"] + s["predict_seconds"]
+    [r] = s["per_video"]
+    if r["error"]:
+        return f"| {name} | error: {r['error']} | | | | | {dt:.1f} s |"
+    auroc = f"{r['frame_auroc']:.3f}" if event else "-"
+    where = ("in event" if r["peak_in_event"] else "outside event") if event else "no event"
+    decision = f"{'anomalous' if r['decision'] else 'normal'} ({r['normalized_score']:.2f})"
+    frames = f"{r['flagged_in']} / {r['labelled_frames']} in, {r['flagged_out']} out"
+    ranges = [tuple(x) for x in r["ranges"]] or "none"
+    return f"| {name} | {auroc} | {r['peak_frame']} ({where}) | {decision} | {ranges} | {frames} | {dt:.1f} s |"
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "genad"
 
 # what each part may NOT import (prefixes of genad module names), from the top down
 ABOVE_ALL = ("genad.cli", "genad.service")
-ABOVE_RUN = ("genad.evaluate", "genad.evaluate_root", "genad.report", *ABOVE_ALL)
+ABOVE_RUN = ("genad.evaluate", "genad.evaluate_root", "genad.evaluate_modalities", "genad.report", *ABOVE_ALL)
 ABOVE_ENGINES = ("genad.io", "genad.run", *ABOVE_RUN)  # detectors get pixels from samples
 ABOVE_IO = ("genad.engines", "genad.modalities", "genad.metrics", "genad.run", *ABOVE_RUN)
 BOTTOM = ("genad.io", *ABOVE_IO)  # plain data, the contract, shared operations: no files, no runs
@@ -34,6 +34,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "genad.model_file": ("genad.io", "genad.run", *ABOVE_RUN),
     "genad.evaluate": ("genad.report", *ABOVE_ALL),
     "genad.evaluate_root": ("genad.report", *ABOVE_ALL),
+    "genad.evaluate_modalities": ("genad.report", *ABOVE_ALL),
     "genad.report": ABOVE_ALL,
 }
 
@@ -90,6 +91,13 @@ def test_every_import_points_down_the_layers():
         ("genad.engines.embedded.detector", "genad.report.overlay", True),
         ("genad.metrics.timeseries", "genad.io.timeseries", True),
         ("genad.cli.detect", "genad.report.overlay", False),
+        ("genad.modalities.timeseries.metrics", "genad.evaluate_modalities", True),
+        ("genad.evaluate_modalities", "genad.cli.evaluate", True),
+        ("genad.evaluate_modalities", "genad.io.datasets", False),
+        # the Ray backend is part of run/: it runs the detectors and the categories it is handed
+        ("genad.run.ray_backend", "genad.evaluate_root", True),
+        ("genad.run.ray_backend", "genad.io.mvtec", True),
+        ("genad.run.ray_backend", "genad.model_file", False),
     ],
 )
 def test_the_rule_catches_what_it_should(module, name, expected):

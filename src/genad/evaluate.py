@@ -259,6 +259,7 @@ def run_benchmark(
     on_progress: Callable[[int, int], None] | None = None,
     stop: Callable[[], str | None] | None = None,
     on_phase: Callable[[Phase], None] | None = None,
+    ray: str | None = None,
 ) -> EvalRun:
     """Run `detector` on the MVTec-style dataset at `data_dir` and compute its figures.
 
@@ -266,13 +267,20 @@ def run_benchmark(
     `run_dir` keeps results.jsonl, maps/, summary.json and curves.json (a fresh temporary
     folder when None). `resume=True` continues a run in `run_dir`, scoring only samples not
     yet done. `on_progress(done, total)`, `on_phase(Phase)` and `stop()` as for
-    genad.run.run_detector (the fit is one of its phases).
+    genad.run.run_detector (the fit is one of its phases). `ray`: the address of a Ray
+    cluster that scores the images in chunks as tasks (genad.run.ray_backend: the fit here,
+    results written here as they come; the same figures).
     Raises GenadError for a bad folder, too many shots, a mask of the wrong size, or a run
     directory that holds a different run.
     """
     t_start = time.perf_counter()
     data_dir = Path(data_dir)
     check_settings(shots, limit)
+    runner = None
+    if ray is not None:  # joined first: a wrong address fails before anything is written
+        from genad.run.ray_backend import runner as ray_runner
+
+        runner = ray_runner(ray)
     cats = categories(data_dir) if data_dir.is_dir() else []
     if len(cats) > 1:
         names = ", ".join(c.name for c in cats[:6])
@@ -318,6 +326,7 @@ def run_benchmark(
         test,
         done,
         refs=refs,  # fitted only when something is left to score
+        runner=runner,
         on_progress=on_progress,
         on_phase=phase,
         stop=stop,

@@ -9,7 +9,8 @@ papers report it.
 * Each category is one independent call, `run_category`: plain arguments in (folders,
   detector name and options, shots, seed, limit), a plain JSON-able dict out, with a fresh
   detector (built by name, or a clone of the instance given). Nothing is shared between
-  categories, so they can run anywhere (a process, a Ray task) in any order.
+  categories, so they can run anywhere in any order: with `ray=ADDRESS` each is one task on
+  a Ray cluster (genad.run.ray_backend).
 * `run_dir/<category>/` is that category's run folder (results.jsonl, maps/, summary.json,
   curves.json); `run_dir/categories.json` the root summary so far, rewritten after each
   category. With `resume`, a category whose run is complete with the same settings is skipped
@@ -199,14 +200,22 @@ def run_categories(
     progress: bool = True,
     on_start: Callable[[str, int, int], None] | None = None,
     on_done: Callable[[dict[str, Any]], None] | None = None,
+    ray: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate every category of `root` (or those `categories` names), one `run_category`
     each in `run_dir/<category>/`, and return the root summary (see root_summary). `limit`
     applies per category. `on_start(name, i, n)` before and `on_done(outcome)` after each.
+    `ray`: the address of a Ray cluster that runs each category as one task
+    (genad.run.ray_backend.map_tasks; the folders must be at the same paths on its nodes):
+    the categories run at once and `on_start` comes when a category's outcome does.
     Raises GenadError, before any work, for a bad root or name, a detector this protocol
     cannot run, or a category folder that already holds results (without `resume`) or
     results of other settings (with it)."""
     check_settings(shots, limit)
+    if ray is not None:  # joined first: a wrong address fails before anything is written
+        from genad.run.ray_backend import connect
+
+        connect(ray)
     cats = category_dirs(root, categories)
     configured = build_detector(detector, detector_params)  # checked once; each category gets a fresh one
     check_detector(configured, shots)
@@ -223,20 +232,74 @@ def run_categories(
     }
     # plain arguments for each category: the name and options (built afresh), or the instance (cloned)
     params = None if isinstance(detector, Detector) else dict(detector_params or {})
-    outcomes: list[dict[str, Any]] = []
-    summary = root_summary(root, outcomes, settings)
+    by_index: dict[int, dict[str, Any]] = {}
+    summary = root_summary(root, [], settings)
+
+    def finished(i: int, outcome: dict[str, Any]) -> None:
+        nonlocal summary
+        by_index[i] = outcome
+        summary = root_summary(root, [by_index[k] for k in sorted(by_index)], settings)  # in category order
+        atomic_write_text(run_dir / ROOT_FILE, json.dumps(summary, indent=2), fsync=False)
+        if on_done is not None:
+            on_done(outcome)
+
+    if ray is not None:
+        _run_on_ray(ray, cats, run_dir, configured, detector, params, shots, seed, limit, resume, on_start, finished)
+        return summary
     for i, cat in enumerate(cats):
         if on_start is not None:
             on_start(cat.name, i, len(cats))
         outcome = run_category(
             cat, run_dir / cat.name, detector, params, shots, seed, limit, resume=resume, progress=progress
         )
-        outcomes.append(outcome)
-        summary = root_summary(root, outcomes, settings)
-        atomic_write_text(run_dir / ROOT_FILE, json.dumps(summary, indent=2), fsync=False)
-        if on_done is not None:
-            on_done(outcome)
+        finished(i, outcome)
     return summary
+
+
+def _run_on_ray(
+    address: str,
+    cats: list[Path],
+    run_dir: Path,
+    configured: Detector,
+    detector: str | Detector,
+    params: dict[str, Any] | None,
+    shots: int,
+    seed: int,
+    limit: int | None,
+    resume: bool,
+    on_start: Callable[[str, int, int], None] | None,
+    finished: Callable[[int, dict[str, Any]], None],
+) -> None:
+    """Each category as one Ray task (run_category on a worker, its folders at absolute paths);
+    outcomes handed to `finished` as they come."""
+    from genad.run.ray_backend import map_tasks, uses_lmm
+
+    if isinstance(detector, Detector):  # a task builds its own from the name and the options
+        declared = type(detector).declared
+        params = {
+            k: v
+            for k, v in detector.get_params().items()
+            if k in declared and (declared[k].public or (declared[k].secret and v is not None))
+        }
+        detector = detector.name
+    calls = [
+        ((cat.absolute(), (run_dir / cat.name).absolute(), detector, params, shots, seed, limit), {"resume": resume})
+        for cat in cats
+    ]
+    for i, outcome, error in map_tasks(address, run_category, calls, lmm=uses_lmm(configured)):
+        cat = cats[i]
+        if on_start is not None:
+            on_start(cat.name, i, len(cats))
+        if outcome is None:  # the task itself failed (its worker died): the category failed
+            outcome = {
+                "category": cat.name,
+                "data_dir": str(cat.absolute()),
+                "run_dir": str((run_dir / cat.name).absolute()),
+                "status": "failed",
+                "summary": None,
+                "error": f"Ray task failed: {error}",
+            }
+        finished(i, outcome)
 
 
 # -- the table -------------------------------------------------------------------------------

@@ -290,6 +290,25 @@ def check_weights(name: str, saved: Any) -> None:
 def save_detector(det: Detector, path: str | Path, *, info: dict[str, Any] | None = None) -> Path:
     """Write `det` (fitted or not) to `path` as one model file; returns the path. `info`:
     more manifest fields (e.g. how its threshold was calibrated)."""
+    write = _archive(det, info)
+    path = Path(path)
+    try:
+        atomic_write(path, write)  # a reader never sees half a file
+    except OSError as e:
+        raise GenadError(f"cannot write the model file {path}: {e}") from e
+    return path
+
+
+def model_bytes(det: Detector, *, info: dict[str, Any] | None = None) -> bytes:
+    """The model file of `det` as bytes (what save_detector writes), e.g. to send it to other
+    processes or machines; `load_bytes` reads it back."""
+    buf = io.BytesIO()
+    _archive(det, info)(buf)
+    return buf.getvalue()
+
+
+def _archive(det: Detector, info: dict[str, Any] | None) -> Callable[[Any], None]:
+    """The model file of `det`, as a function that writes it to a binary file object."""
     import genad
 
     w = _Writer()
@@ -321,7 +340,6 @@ def save_detector(det: Detector, path: str | Path, *, info: dict[str, Any] | Non
             "dtype": str(a.dtype),
             "sha256": hashlib.sha256(blobs[name]).hexdigest(),
         }
-    path = Path(path)
 
     def write(f: Any) -> None:
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as z:
@@ -329,11 +347,7 @@ def save_detector(det: Detector, path: str | Path, *, info: dict[str, Any] | Non
             for name, data in blobs.items():
                 z.writestr(f"arrays/{name}.npy", data)
 
-    try:
-        atomic_write(path, write)  # a reader never sees half a file
-    except OSError as e:
-        raise GenadError(f"cannot write the model file {path}: {e}") from e
-    return path
+    return write
 
 
 def all_weights(det: Detector) -> dict[str, str]:
@@ -413,35 +427,51 @@ def load_detector(path: str | Path) -> Detector:
     """The detector saved in `path`, ready to predict. Runs no code from the file."""
     path = Path(path)
     with _open(path) as z:
-        manifest = _manifest(z, path)
-        listed: dict[str, Any] = manifest["arrays"]
-        cache: dict[str, np.ndarray] = {}
+        return _load(z, path)
 
-        def array(name: str) -> np.ndarray:
-            if name in cache:
-                return cache[name]
-            meta = listed.get(name)
-            if not isinstance(meta, dict):
-                raise ModelFileError(f"{path} is corrupt: the array {name[:40]!r} is not listed")
-            try:
-                raw = z.read(f"arrays/{name}.npy")
-            except KeyError:
-                raise ModelFileError(f"{path} is truncated or corrupt: the array {name[:40]!r} is missing") from None
-            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-                raise ModelFileError(f"{path} is truncated or corrupt ({e})") from e
-            if hashlib.sha256(raw).hexdigest() != meta.get("sha256"):
-                raise ModelFileError(f"{path} is corrupt: the array {name[:40]!r} does not match its checksum")
-            try:
-                a = np.lib.format.read_array(io.BytesIO(raw), allow_pickle=False)
-            except (ValueError, OSError, EOFError) as e:
-                raise ModelFileError(f"{path} is corrupt: the array {name[:40]!r} cannot be read ({e})") from e
-            cache[name] = a
-            return a
 
+def load_bytes(data: bytes, name: str = "the model") -> Detector:
+    """The detector of a model file given as bytes (model_bytes), checked as load_detector
+    checks a file; `name` says in messages where the bytes came from."""
+    try:
+        z = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as e:
+        raise ModelFileError(f"{name} is not a genad model file, or it is truncated or corrupt ({e})") from e
+    with z:
+        return _load(z, Path(name))
+
+
+def _load(z: zipfile.ZipFile, path: Path) -> Detector:
+    """The detector of an open model file (`path`: its name in messages)."""
+    manifest = _manifest(z, path)
+    listed: dict[str, Any] = manifest["arrays"]
+    cache: dict[str, np.ndarray] = {}
+
+    def array(name: str) -> np.ndarray:
+        if name in cache:
+            return cache[name]
+        meta = listed.get(name)
+        if not isinstance(meta, dict):
+            raise ModelFileError(f"{path} is corrupt: the array {name[:40]!r} is not listed")
         try:
-            return detector_from_record(manifest["model"], _Reader(array))
-        except RecursionError as e:
-            raise ModelFileError(f"{path} is corrupt: its state is nested too deep") from e
+            raw = z.read(f"arrays/{name}.npy")
+        except KeyError:
+            raise ModelFileError(f"{path} is truncated or corrupt: the array {name[:40]!r} is missing") from None
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            raise ModelFileError(f"{path} is truncated or corrupt ({e})") from e
+        if hashlib.sha256(raw).hexdigest() != meta.get("sha256"):
+            raise ModelFileError(f"{path} is corrupt: the array {name[:40]!r} does not match its checksum")
+        try:
+            a = np.lib.format.read_array(io.BytesIO(raw), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise ModelFileError(f"{path} is corrupt: the array {name[:40]!r} cannot be read ({e})") from e
+        cache[name] = a
+        return a
+
+    try:
+        return detector_from_record(manifest["model"], _Reader(array))
+    except RecursionError as e:
+        raise ModelFileError(f"{path} is corrupt: its state is nested too deep") from e
 
 
 def describe(manifest: dict[str, Any]) -> list[tuple[str, str]]:

@@ -11,7 +11,7 @@ import re
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -438,6 +438,13 @@ def detect(
         False, "--resume", help="Continue an interrupted detection into the same --out: score only what is missing."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    ray: str = typer.Option(
+        None,
+        "--ray",
+        metavar="ADDRESS",
+        show_default=False,
+        help="Score on an existing Ray cluster (its head's host:port, or auto): chunks of inputs as tasks, a bounded number at a time; workers read the inputs by path (the same paths on every node). Needs pip install 'genad\\[ray]'.",
+    ),
 ) -> None:
     """Find anomalies in images (or series, point clouds, videos) and say where they are.
 
@@ -457,6 +464,11 @@ def detect(
         raise GenadError(f"--format must be {', '.join(FORMATS[:-1])} or {FORMATS[-1]}, not {fmt!r}")
     if resume and out is None:
         raise GenadError("--resume needs --out: the folder of the detection to continue")
+    score: Callable[..., Generator[tuple[Sample, Result], None, None]] = run_detector
+    if ray is not None:  # joined first: a wrong address fails before anything is written
+        from genad.run.ray_backend import runner
+
+        score = runner(ray)
     params = max_tokens_option(threshold_options(parse_params(param), threshold, calibration), max_tokens)
     from genad.io import load_inputs
 
@@ -528,7 +540,7 @@ def detect(
             left = pending(group, writer.done)
             desc = f"genad detect {det.name}"
             with contextlib.closing(
-                run_detector(det, group, todo=left, refs=group_refs, sink=sink, progress_bar=not quiet, desc=desc)
+                score(det, group, todo=left, refs=group_refs, sink=sink, progress_bar=not quiet, desc=desc)
             ) as results:
                 for s, r in results:
                     rows.add(s, r)

@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 
+from genad import registry
 from genad.cli.app import app
 from genad.cli.detect import MAX_TOKENS_HELP, max_tokens_option, parse_params, saved_model
 from genad.detector import Detector
@@ -95,10 +96,16 @@ def print_summary(s: dict[str, Any]) -> None:
 def evaluate(
     data_dir: Path = typer.Argument(
         ...,
-        help="An MVTec-style folder: test/good, test/<defect>, optional train/good and ground_truth/<defect>/<name>_mask.png; or a root of several such categories (each is run on its own).",
+        help="An MVTec-style folder: test/good, test/<defect>, optional train/good and ground_truth/<defect>/<name>_mask.png; or a root of several such categories (each is run on its own). Also: a NAB folder, UCR files, a labelled CSV, a point-cloud folder or videos with frame labels (see below).",
         show_default=False,
     ),
-    detector: str = typer.Option("embedded", "--detector", "-d", help="Detector name (see `genad detectors`)."),
+    detector: str = typer.Option(
+        None,
+        "--detector",
+        "-d",
+        show_default=False,
+        help="Detector name (see `genad detectors`); default: the data's modality's (embedded for images, ts-matrix-profile for series, pointcloud, video).",
+    ),
     shots: int = typer.Option(
         0,
         "--shots",
@@ -107,7 +114,11 @@ def evaluate(
     ),
     seed: int = typer.Option(0, "--seed", help="Seed for drawing references and the --limit subsample."),
     limit: int = typer.Option(
-        None, "--limit", "-l", show_default=False, help="Score only N test images (stratified by defect type)."
+        None,
+        "--limit",
+        "-l",
+        show_default=False,
+        help="Score only N test samples (stratified by defect type; normal/anomalous for series and videos).",
     ),
     json_out: Path = typer.Option(
         None,
@@ -160,8 +171,15 @@ def evaluate(
         None, "--max-tokens", min=1, max=1_000_000, show_default=False, help=MAX_TOKENS_HELP
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    ray: str = typer.Option(
+        None,
+        "--ray",
+        metavar="ADDRESS",
+        show_default=False,
+        help="Run on an existing Ray cluster (its head's host:port, or auto): each category of a root as one task; one category's images in chunks as tasks, results written here as they come. Paths must be the same on every node. Needs pip install 'genad\\[ray]'.",
+    ),
 ) -> None:
-    """Benchmark a detector on a labelled dataset and print image/pixel AUROC, AP, F1-max, AUPRO.
+    """Benchmark a detector on a labelled dataset and print image/pixel AUROC, AP, F1-max, AUPRO (or the series, point-cloud and video figures).
 
     Examples:
 
@@ -175,11 +193,38 @@ def evaluate(
 
     The data folder is MVTec-AD style (MVTec AD, VisA, MPDD, BTAD, magnetic tile). Results are written as they come (results.jsonl in --run-dir), so an interrupted run (Ctrl-C or SIGTERM: it stops within moments, exit code 130) continues with --resume and paid LMM calls are never repeated.
 
+    Series, point clouds and videos: the kind of data is found from its layout and -d defaults to that modality's detector; they go through the same run loop (--run-dir, --resume, --json, --shots, --limit as for images; --report, --csv, --markdown and --categories are for images):
+
+      genad eval data/nab --json nab.json
+
+      genad eval data/ucr -d ts-iforest
+
+      genad eval machine.csv
+
+      genad eval parts/ --shots 4 -p image_detector=baseline
+
+      genad eval clips/ --run-dir runs/clips
+
+    NAB: data/<group>/*.csv with labels/combined_windows.json. UCR: ID_UCR_Anomaly_NAME_trainEnd_anomStart_anomEnd.txt files, or one. A labelled series: a .csv/.tsv with a 0/1 is_anomaly, anomaly or label column, or a folder of them. Series report point AUROC/AP, point-adjusted F1, range precision/recall/F1 and the NAB score (UCR: also the hit rate). Point clouds: test/good and test/<defect> of .ply/.pcd/.xyz/.pts/.npy files with point labels in a per-point anomaly or label property, optional train/good, or MVTec 3D-AD's test/<type>/xyz/*.tiff with gt/*.png: object and point AUROC/AP. Videos: test/<clip>.mp4 or test/<clip>/<frames> with frame_labels/<clip>.npy|.txt (0/1 per frame) or frame_labels.json (each clip's anomalous start, end frame ranges), optional train/ normal clips: frame AUROC/AP, flagged frames, verdicts per video.
+
     A root that holds several categories runs each on its own (a fresh detector, its own run folder DIR/<category>/; --limit applies per category) and prints a per-category table with the mean of each figure over the categories, as papers report it. A category that fails is reported as failed and the others still run (exit code 1).
     """
     if resume and run_dir is None:
         raise GenadError("--resume needs --run-dir: the folder of the run to continue")
     params = max_tokens_option(parse_params(param), max_tokens)
+    from genad.io.datasets import data_kind
+
+    kind = data_kind(data_dir)  # images (as below), or series, point clouds, videos
+    if kind != "images":
+        from genad.cli.eval_modalities import evaluate_modality
+
+        image_only = {"--categories": categories, "--csv": csv_out, "--markdown": markdown_out, "--report": report}
+        image_only["--ray"] = ray
+        evaluate_modality(
+            data_dir, kind, detector, params, model, image_only, shots, seed, limit, run_dir, resume, json_out, quiet
+        )
+        return
+    named, detector = detector, detector or registry.DEFAULT_BY_MODALITY["image"]
     picked = None if categories is None else categories.split(",")
     if _several_categories(data_dir, picked):
         if model is not None:
@@ -199,6 +244,7 @@ def evaluate(
             resume=resume,
             outputs=(json_out, csv_out, markdown_out, report),
             quiet=quiet,
+            ray=ray,
         )
         return
     if csv_out is not None or markdown_out is not None:
@@ -212,7 +258,7 @@ def evaluate(
     if model is not None:
         if shots:
             raise GenadError("--model is already fitted: give --shots (fit on the data's normals) or --model, not both")
-        chosen = saved_model(model, None if detector == "embedded" else detector, None, params, {})
+        chosen = saved_model(model, named, None, params, {})
         params = {}
 
     temp = run_dir is None
@@ -233,6 +279,7 @@ def evaluate(
                 run_dir=run_dir,
                 resume=resume,
                 progress=not quiet,
+                ray=ray,
             )
         except KeyboardInterrupt:
             keep = True
@@ -279,6 +326,7 @@ def _evaluate_root(
     resume: bool,
     outputs: tuple[Path | None, Path | None, Path | None, Path | None],
     quiet: bool,
+    ray: str | None = None,
 ) -> None:
     """`genad eval ROOT` for a root of categories: genad.evaluate_root.run_categories, each
     category's summary as it finishes, then the table, the files and the reports. `outputs`:
@@ -320,6 +368,7 @@ def _evaluate_root(
                 progress=not quiet,
                 on_start=started,
                 on_done=finished,
+                ray=ray,
             )
         except KeyboardInterrupt:
             keep = True

@@ -425,3 +425,88 @@ def read_organised_tiff(path: str | Path) -> tuple[np.ndarray, np.ndarray, tuple
     if idx.size == 0:
         raise GenadError(f"{path}: every pixel is zero (no points)")
     return flat[idx], idx, (h, w)
+
+
+# --- a labelled folder of clouds (for `genad eval`) ---------------------------------------
+
+#: the files a labelled point-cloud folder holds in test/<type>/ (train/good/)
+DATASET_SUFFIXES = {".ply", ".pcd", ".xyz", ".pts", ".npy"}
+NORMAL_DIRS = ("good", "ok", "normal")  # as genad.io.mvtec
+
+
+def cloud_files(type_dir: Path) -> list[Path]:
+    """The clouds of one test/<type>/ (or train/good/) folder: MVTec 3D-AD's xyz/*.tiff where
+    there is an xyz/ folder, else the point-cloud files in it (sorted)."""
+    if (type_dir / "xyz").is_dir():
+        return sorted(p for p in (type_dir / "xyz").iterdir() if p.suffix.lower() in (".tif", ".tiff"))
+    return sorted(
+        p
+        for p in type_dir.iterdir()
+        if p.is_file() and p.suffix.lower() in DATASET_SUFFIXES and not p.name.startswith(".")
+    )
+
+
+def is_pointcloud_dataset(root: Path) -> bool:
+    """True if `root` holds test/<type>/ folders of point clouds (see load_pointcloud_dataset)."""
+    test = root / "test"
+    if not test.is_dir():
+        return False
+    dirs = [d for d in test.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    return bool(dirs) and any(cloud_files(d) for d in dirs)
+
+
+def _gt_labels(type_dir: Path, cloud: Path, sample: PointCloudSample) -> np.ndarray | None:
+    """MVTec 3D-AD: the point labels of xyz/<stem>.tiff from gt/<stem>.png (> 0 = anomalous),
+    picked by the kept points' pixel index."""
+    gt = type_dir / "gt" / f"{cloud.stem}.png"
+    idx = sample.meta.get("pixel_index")
+    if not gt.is_file() or idx is None:
+        return None
+    from genad.io.images import read_mask
+
+    mask = read_mask(gt)
+    if tuple(mask.shape) != tuple(sample.meta["grid_shape"]):
+        raise GenadError(f"{gt} is {mask.shape[1]}x{mask.shape[0]} but its scan {cloud} is not: fix or remove it")
+    return np.asarray(mask, dtype=bool).ravel()[idx]
+
+
+def load_pointcloud_dataset(root: str | Path, split: str = "test") -> list[PointCloudSample]:
+    """A labelled folder of clouds, laid out as MVTec-style images are:
+
+        <root>/test/good/*.ply                 normal clouds (.ply, .pcd, .xyz, .pts, .npy)
+        <root>/test/<defect>/*.ply             anomalous clouds; point labels from a per-point
+                                               property `anomaly`, `label` or `is_anomaly` (PLY, PCD)
+        <root>/train/good/*.ply                optional normal references
+        MVTec 3D-AD: <root>/test/<type>/xyz/*.tiff with point labels from test/<type>/gt/<stem>.png
+
+    truth.label is 0 in the normal folder (good, ok, normal) and 1 elsewhere; the points of a
+    normal cloud are all normal; an anomalous cloud without point labels has an object label
+    only. Ids are paths below `root`. `split="train"` gives the normal references ([] when
+    there is no train/good)."""
+    root = Path(root)
+    split_dir = root / split
+    if not split_dir.is_dir():
+        if split == "test":
+            raise GenadError(f"{root} is not a point-cloud dataset: expected {root}/test/<type>/<clouds>")
+        return []
+    out: list[PointCloudSample] = []
+    for type_dir in sorted(d for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        normal = type_dir.name.lower() in NORMAL_DIRS
+        if split != "test" and not normal:
+            continue
+        for p in cloud_files(type_dir):
+            s = load_point_cloud(p)
+            s.id = p.relative_to(root).as_posix()
+            s.class_name = root.name
+            points = s.truth.point_labels if s.truth is not None else None
+            if normal:
+                points = np.zeros(len(s.points), dtype=bool)
+            elif points is None:
+                points = _gt_labels(type_dir, p, s)
+            s.truth = GroundTruth(
+                label=0 if normal else 1, defect_type="good" if normal else type_dir.name, point_labels=points
+            )
+            out.append(s)
+    if not out and split == "test":
+        raise GenadError(f"no point clouds found in {root}/test/<type>/: expected .ply, .pcd, .xyz, .pts or .npy files")
+    return out

@@ -293,3 +293,31 @@ def windows_to_ranges(timestamps: np.ndarray | None, windows: list[list[str]]) -
         if end > start:
             ranges.append((start, end))
     return ranges
+
+
+LABELLED_SUFFIXES = {".csv", ".tsv"}
+
+
+def load_labelled_series(path: str | Path) -> list[TimeSeriesSample]:
+    """A series file with a 0/1 label column (is_anomaly, anomaly, label), or a folder of such
+    .csv / .tsv files (every file must carry labels); ids are paths below the folder."""
+    path = Path(path)
+    if path.is_file():
+        files, root = [path], path.parent
+    else:
+        root = path
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in LABELLED_SUFFIXES)
+        files = [p for p in files if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    if not files:
+        raise GenadError(f"{path}: no .csv or .tsv series files")
+    out = []
+    for p in files:
+        s = load_series_file(p)
+        if s.truth is None:
+            raise GenadError(
+                f"{p} has no label column: evaluating needs a 0/1 column named "
+                f"{', '.join(sorted(_LABEL_NAMES))} (1 = anomalous point)"
+            )
+        s.id = p.name if path.is_file() else p.relative_to(root).as_posix()
+        out.append(s)
+    return out

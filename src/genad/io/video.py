@@ -17,7 +17,7 @@ from PIL import Image
 
 from genad.errors import GenadError
 from genad.io.images import is_image_file, read_image
-from genad.types import VideoSample, set_reader
+from genad.types import GroundTruth, VideoSample, set_reader
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 # Refuse to hold more than this many bytes of frames: ask for a lower rate instead.
@@ -208,3 +208,108 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 25.0, codec: 
         for pkt in st.encode():
             out.mux(pkt)
     return path
+
+
+# --- a labelled folder of videos (for `genad eval`) ---------------------------------------
+
+FRAME_LABELS_DIR = "frame_labels"
+FRAME_LABELS_JSON = "frame_labels.json"
+
+
+def _clips(folder: Path) -> list[tuple[str, Path]]:
+    """(name, path) of each clip in `folder`: a video file, or a sub-folder of frame images."""
+    if not folder.is_dir():
+        return []
+    out = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES:
+            out.append((p.stem, p))
+        elif p.is_dir() and any(is_image_file(f) for f in p.iterdir() if f.is_file()):
+            out.append((p.name, p))
+    return out
+
+
+def is_video_dataset(root: Path) -> bool:
+    """True if `root` holds test/ clips with frame labels (see load_video_dataset)."""
+    test = root / "test"
+    if not test.is_dir() or not ((root / FRAME_LABELS_DIR).is_dir() or (root / FRAME_LABELS_JSON).is_file()):
+        return False
+    return bool(_clips(test))
+
+
+def _read_frame_labels(path: Path) -> np.ndarray:
+    """0/1 per source frame: a .npy array, or text with one number per line (or separated by
+    commas or spaces)."""
+    try:
+        if path.suffix.lower() == ".npy":
+            lab = np.load(path, allow_pickle=False)
+        else:
+            text = path.read_text(encoding="utf-8-sig").replace(",", " ").split()
+            lab = np.array([float(v) for v in text])
+    except (ValueError, OSError) as e:
+        raise GenadError(f"cannot read the frame labels {path}: {e} (expected one 0/1 per frame)") from e
+    lab = np.asarray(lab).ravel()
+    if lab.size == 0 or not np.isin(lab, (0, 1)).all():
+        raise GenadError(f"{path}: frame labels must be 0 or 1, one per frame of the clip")
+    return lab.astype(bool)
+
+
+def load_video_dataset(root: str | Path, split: str = "test") -> list[VideoSample]:
+    """Labelled clips, read lazily (frames are decoded when a detector scores the clip):
+
+        <root>/test/<clip>.mp4 | <root>/test/<clip>/<frames>.png   clips to score
+        <root>/frame_labels/<clip>.npy | .txt | .csv               0/1 per source frame, or
+        <root>/frame_labels.json          {"<clip>": [[start, end], ...]}: anomalous frames,
+                                          0-based, end excluded ([] for a normal clip)
+        <root>/train/<clip>.mp4 | <root>/train/<clip>/             optional normal clips
+
+    truth.label is 1 when any frame of the clip is anomalous; every test clip needs labels.
+    `split="train"` gives the normal clips ([] when there is no train/)."""
+    root = Path(root)
+    clips = _clips(root / split)
+    if split != "test":
+        return [
+            VideoSample(id=f"{split}/{name}", path=p, frame_paths=_frame_files(p), truth=GroundTruth(label=0))
+            for name, p in clips
+        ]
+    if not clips:
+        raise GenadError(f"no clips found in {root}/test: expected video files or folders of frame images")
+    ranges: dict[str, list] = {}
+    json_path = root / FRAME_LABELS_JSON
+    if json_path.is_file():
+        import json
+
+        try:
+            ranges = json.loads(json_path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:
+            raise GenadError(f"cannot read {json_path}: {e}") from e
+        if not isinstance(ranges, dict):
+            raise GenadError(f"{json_path} must map each clip's name to a list of [start, end] frame ranges")
+    out = []
+    for name, p in clips:
+        truth: GroundTruth | None = None
+        files = [root / FRAME_LABELS_DIR / f"{name}{suffix}" for suffix in (".npy", ".txt", ".csv")]
+        label_file = next((f for f in files if f.is_file()), None)
+        if label_file is not None:
+            lab = _read_frame_labels(label_file)
+            truth = GroundTruth(label=int(lab.any()), frame_labels=lab)
+        elif name in ranges:
+            try:
+                rs = [(int(a), int(b)) for a, b in ranges[name]]
+            except (TypeError, ValueError) as e:
+                raise GenadError(f"{json_path}: {name!r} must be a list of [start, end] frame ranges") from e
+            truth = GroundTruth(label=int(any(b > a for a, b in rs)), ranges=rs)
+        if truth is None:
+            raise GenadError(
+                f"clip {name!r} in {root}/test has no frame labels: add {root}/{FRAME_LABELS_DIR}/{name}.npy "
+                f"(or .txt, one 0/1 per frame) or an entry in {json_path}"
+            )
+        out.append(VideoSample(id=f"test/{name}", path=p, frame_paths=_frame_files(p), truth=truth))
+    return out
+
+
+def _frame_files(clip: Path) -> list[Path] | None:
+    """The frame images of a clip folder, in name order (None for a video file)."""
+    return sorted(f for f in clip.iterdir() if f.is_file() and is_image_file(f)) if clip.is_dir() else None

@@ -3,7 +3,8 @@
     run_dir/
       config.json      what was run (detector, public parameters, data, references...)
       results.jsonl    one JSON line per scored sample, appended as soon as it is scored
-      maps/<n>.npz     the anomaly map of sample n (float16, compressed), when it has one
+      maps/<n>.npz     the anomaly map of sample n, when it has one (compressed; an image's
+                       map as float16, a per-point or per-frame (1-D) map at full precision)
       summary.json     the figures (evaluation runs)
       curves.json      ROC / PR / PRO curves behind those figures (evaluation runs)
 
@@ -39,7 +40,15 @@ MAPS_DIR = "maps"
 
 
 def write_map(path: Path, amap: np.ndarray) -> None:
-    """An anomaly map as float16 npz, atomically (a crash never leaves half a map)."""
+    """An anomaly map as npz, atomically (a crash never leaves half a map): an image's (2-D)
+    map as float16; a 1-D map (per point of a series or cloud, per frame of a video) as
+    float32, or float64 when it is that, so that the figures computed from the stored scores
+    (genad.evaluate_modalities) are those of the detector's own."""
+    raw = np.asarray(amap)
+    if raw.ndim == 1:
+        one_d = np.nan_to_num(raw.astype(np.float64 if raw.dtype == np.float64 else np.float32))
+        atomic_write(path, lambda f: np.savez_compressed(f, map=one_d))
+        return
     a = np.asarray(amap, dtype=np.float32)
     info = np.finfo(np.float16)
     # float16 halves the disk cost; clip so that a huge score does not become inf.
@@ -49,8 +58,10 @@ def write_map(path: Path, amap: np.ndarray) -> None:
 
 
 def read_map(path: Path) -> np.ndarray:
+    """A stored map: float32, or float64 where it was stored so (see write_map)."""
     with np.load(path) as z:
-        return z["map"].astype(np.float32)
+        m = z["map"]
+        return m if m.dtype == np.float64 else m.astype(np.float32)
 
 
 def pending(samples: Sequence[Sample], done: dict[str, dict[str, Any]]) -> list[Sample]:

@@ -114,18 +114,26 @@ def _predict(det: Detector, batch: list[Sample]) -> list[Result]:
 
 
 def run_into(
-    folder: RunFolder, det: Detector, samples: Sequence[Sample], done: dict[str, dict[str, Any]], **options: Any
+    folder: RunFolder,
+    det: Detector,
+    samples: Sequence[Sample],
+    done: dict[str, dict[str, Any]],
+    *,
+    runner: Callable[..., Iterator[tuple[Sample, Result]]] | None = None,
+    **options: Any,
 ) -> list[dict[str, Any]]:
     """Score into `folder` the samples that `done` (its records by id, from RunFolder.start)
     lacks or has failed; `done` gains each new record as it is written. Returns the records
-    in sample order. `options` as for run_detector (refs, on_progress, stop, progress_bar...)."""
+    in sample order. `options` as for run_detector (refs, on_progress, stop, progress_bar...);
+    `runner`: run_detector's twin that scores elsewhere (genad.run.ray_backend.runner)."""
     index = {s.id: n for n, s in enumerate(samples)}
 
     def keep(s: Sample, r: Result) -> None:
         done[s.id] = folder.append(s, r, index[s.id])
 
+    run = run_detector if runner is None else runner
     with folder:
-        for _ in run_detector(det, samples, todo=pending(samples, done), sink=keep, **options):
+        for _ in run(det, samples, todo=pending(samples, done), sink=keep, **options):
             pass
     return [done[s.id] for s in samples]
 

@@ -14,7 +14,8 @@ the images (its prompt-token count against genad's estimate, InputIgnored), an o
 cache, retries with backoff that honour Retry-After (our own loop: a timeout is retried once,
 a 429/5xx or a malformed reply up to max_retries times), a stop after max_failures failed
 requests in a row (ServerFailing), a requests-per-minute limiter, a budget cap, and token/cost
-accounting. The API key is never logged, cached or written anywhere.
+accounting. The limiter, the budget and the cache are each client's own, or shared by every
+client of a run across processes and machines (`share_limits`: genad.run.ray_backend). The API key is never logged, cached or written anywhere.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -60,6 +61,10 @@ __all__ = [
     "ServerFailing",
     "InputIgnored",
     "LMMRequestError",
+    "Budget",
+    "Limits",
+    "own_limits",
+    "share_limits",
     "user",
     "system",
     "assistant",
@@ -188,7 +193,7 @@ def _data_url_size(url: str) -> tuple[int, int] | None:
         return None
 
 
-# --------------------------------------------------------------------------- rate limit
+# --------------------------------------------------------------------------- rate, budget, cache
 
 
 class RateLimiter:
@@ -210,6 +215,86 @@ class RateLimiter:
             time.sleep(start - now)
 
 
+def budget_exceeded(budget: float, spent: float, estimate: float) -> BudgetExceeded:
+    return BudgetExceeded(
+        f"budget ${budget:.4f} reached: spent ${spent:.4f}, next call would cost about "
+        f"${estimate:.4f}; raise the budget (--budget) to go on (answers so far are cached)"
+    )
+
+
+class Budget:
+    """Spending against a cap in USD (None: no cap), thread-safe: a call reserves its estimated
+    cost before it is sent (so calls in parallel respect the cap) and settles with what it cost."""
+
+    def __init__(self, budget_usd: float | None) -> None:
+        self.budget_usd = budget_usd
+        self.spent = 0.0
+        self._reserved = 0.0
+        self._lock = threading.Lock()
+
+    def reserve(self, estimate: float) -> None:
+        """Reserve `estimate`, or raise BudgetExceeded when it would take spending past the cap."""
+        if self.budget_usd is None:
+            return
+        with self._lock:
+            if self.spent + self._reserved + estimate > self.budget_usd:
+                raise budget_exceeded(self.budget_usd, self.spent, estimate)
+            self._reserved += estimate
+
+    def settle(self, estimate: float, cost: float) -> None:
+        """A call reserved with `estimate` (0 for one that reserved nothing) is over: it cost `cost`."""
+        with self._lock:
+            if self.budget_usd is not None:
+                self._reserved -= estimate
+            self.spent += cost
+
+
+class Rate(Protocol):
+    def wait(self) -> None: ...
+
+
+class Ledger(Protocol):
+    def reserve(self, estimate: float) -> None: ...
+    def settle(self, estimate: float, cost: float) -> None: ...
+
+
+class Cache(Protocol):
+    def get(self, key: str) -> dict[str, Any] | None: ...
+    def put(self, key: str, entry: dict[str, Any]) -> None: ...
+    def discard(self, key: str) -> None: ...
+
+
+@dataclass
+class Limits:
+    """What a client's calls go through: the rate limit, the budget and the response cache."""
+
+    rate: Rate
+    budget: Ledger
+    cache: Cache | None
+
+
+def own_limits(config: LMMConfig) -> Limits:
+    """A client's own rate limit, budget and cache (the on-disk cache at config.cache_dir)."""
+    return Limits(
+        RateLimiter(config.requests_per_minute),
+        Budget(config.budget_usd),
+        ResponseCache(config.cache_dir) if config.cache_dir is not None else None,
+    )
+
+
+_limits_factory: Callable[[LMMConfig], Limits] | None = None
+
+
+def share_limits(factory: Callable[[LMMConfig], Limits] | None) -> Callable[[LMMConfig], Limits] | None:
+    """Make every LMMClient built from now on in this process take its rate limit, budget and
+    cache from `factory(config)` (None: each its own again, `own_limits`); returns the factory
+    it replaces. genad.run.ray_backend plugs in limits held by a Ray actor, so that the clients
+    of every task of a run share one rate, one budget and one cache."""
+    global _limits_factory
+    before, _limits_factory = _limits_factory, factory
+    return before
+
+
 # --------------------------------------------------------------------------- client
 
 
@@ -220,17 +305,18 @@ class LMMClient:
         self.config = config
         self.prices = PriceTable(config.price_table)
         self.price_note = self.prices.note(config.model)
-        self.cache = ResponseCache(config.cache_dir) if config.cache_dir is not None else None
+        limits = (_limits_factory or own_limits)(config)
+        self.cache = limits.cache
+        self.budget = limits.budget
         self.usage_total = Usage()
         self.retries_total = 0
         self.traits = traits_for(config.base_url, config.model)
         self._sleep = sleep
         self._lock = threading.Lock()
-        self._reserved = 0.0  # estimated cost of calls in flight, so parallel calls respect the budget
         self._failures = 0  # requests failed in a row
         self._failing: ServerFailing | None = None
         self._ignored: InputIgnored | None = None
-        self._limiter = RateLimiter(config.requests_per_minute)
+        self._limiter = limits.rate
         self._sdk = OpenAI(
             api_key=config.api_key,
             base_url=config.base_url,
@@ -307,14 +393,7 @@ class LMMClient:
                 f"a budget is set but no price is known for model {self.config.model!r}: "
                 "add it to a price file (price_table / --prices) or drop the budget"
             )
-        with self._lock:
-            spent = self.usage_total.cost_usd
-            if spent + self._reserved + estimate > budget:
-                raise BudgetExceeded(
-                    f"budget ${budget:.4f} reached: spent ${spent:.4f}, next call would cost about "
-                    f"${estimate:.4f}; raise the budget (--budget) to go on (answers so far are cached)"
-                )
-            self._reserved += estimate
+        self.budget.reserve(estimate)
 
     # -- the call
     def chat(
@@ -410,18 +489,18 @@ class LMMClient:
             raise stopped
         estimate = self.estimate_cost(msgs, max_tokens)
         self._reserve(estimate)
+        cost = 0.0
         try:
-            got = self._call_with_retries(msgs, schema, temperature, max_tokens)
-        except LMMRequestError as e:
-            self._failed(e)
-            raise
+            try:
+                got = self._call_with_retries(msgs, schema, temperature, max_tokens)
+            except LMMRequestError as e:
+                self._failed(e)
+                raise
+            cost = self.prices.cost(cfg.model, got.prompt_tokens, got.completion_tokens)
         finally:
-            if cfg.budget_usd is not None:
-                with self._lock:
-                    self._reserved -= estimate
+            self.budget.settle(estimate if cfg.budget_usd is not None else 0.0, cost)
         with self._lock:
             self._failures = 0
-        cost = self.prices.cost(cfg.model, got.prompt_tokens, got.completion_tokens)
         usage = Usage(got.prompt_tokens, got.completion_tokens, cost, calls=1)
         with self._lock:
             self.usage_total = self.usage_total + usage
@@ -502,6 +581,7 @@ class LMMClient:
         except GenadError:
             return None
         cost = self.prices.cost(self.config.model, got.prompt_tokens, got.completion_tokens)
+        self.budget.settle(0.0, cost)
         with self._lock:
             self.usage_total = self.usage_total + Usage(got.prompt_tokens, got.completion_tokens, cost, calls=1)
         return got.prompt_tokens or None

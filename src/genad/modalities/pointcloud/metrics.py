@@ -73,3 +73,26 @@ def _prf(labels: np.ndarray, flagged: np.ndarray) -> tuple[float | None, float |
     recall = tp / (tp + fn) if tp + fn else None
     f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
     return precision, recall, f1
+
+
+def pointcloud_per_type(samples: Sequence[PointCloudSample], results: Sequence[Result]) -> dict[str, dict[str, object]]:
+    """Per defect type (truth.defect_type, "good" for normal clouds): the number of clouds,
+    how many failed, their mean score and the object AUROC of that type against the good clouds."""
+    by_type: dict[str, list[tuple[PointCloudSample, Result]]] = {}
+    for s, r in zip(samples, results):
+        t = (s.truth.defect_type if s.truth is not None else None) or ("good" if s.label == 0 else "anomalous")
+        by_type.setdefault(t, []).append((s, r))
+    good = [float(r.score) for _, r in by_type.get("good", []) if r.ok]  # type: ignore[arg-type]
+    out: dict[str, dict[str, object]] = {}
+    for t in sorted(by_type):
+        scores = [float(r.score) for _, r in by_type[t] if r.ok]  # type: ignore[arg-type]
+        auroc = None
+        if t != "good" and scores and good:
+            auroc = image_auroc([0] * len(good) + [1] * len(scores), good + scores)
+        out[t] = {
+            "n": len(by_type[t]),
+            "n_failed": len(by_type[t]) - len(scores),
+            "mean_score": float(np.mean(scores)) if scores else None,
+            "object_auroc": auroc,
+        }
+    return out

@@ -180,7 +180,7 @@ def test_detector_reference_scores_are_explicit_leave_one_out(tmp_path: Path) ->
     for i in order:
         others = [feats[j] for j in order if j != i] + [v for j in order if j != i for v in views[j]]
         bank = MemoryBank(det.bank_cap, det.seed).build(others)
-        expected.append(det._finish(feats[i], bank.score(feats[i]))[1])
+        expected.append(det.image_map(feats[i], bank.score(feats[i]))[1])
     np.testing.assert_allclose(det.reference_scores_, expected, rtol=1e-6)
 
 

@@ -18,6 +18,7 @@ from genad.errors import GenadError
 _BUILTIN: dict[str, str] = {
     "baseline": "genad.engines.baseline:BaselineDetector",
     "embedded": "genad.engines.embedded.detector:EmbeddedDetector",
+    "oneclass": "genad.engines.oneclass.detector:OneClassDetector",
     "lmm": "genad.engines.lmm.detector:LMMDetector",
     "lmm+embedded": "genad.engines.lmm.hybrid:LookTwiceDetector",
     "ts-matrix-profile": "genad.modalities.timeseries.detectors:MatrixProfileDetector",

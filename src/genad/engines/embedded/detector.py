@@ -165,6 +165,29 @@ def choose_normalization(samples: Sequence[Sample], max_images: int = 16) -> str
     return "imagenet" if float(np.median(shares)) >= DARK_SHARE else "own"
 
 
+def map_result(
+    det: Detector,
+    s: Sample,
+    m: np.ndarray,
+    score: float,
+    calibration: Calibration,
+    extra: dict,
+    timings: dict[str, float],
+    max_regions: int,
+    min_area: float,
+) -> Result:
+    """The Result of an image scored by a map: decided by `det`'s calibration and threshold
+    options, with up to `max_regions` region proposals (of at least `min_area` of the image)
+    when anomalous."""
+    r = Result(sample_id=s.id, score=score, anomaly_map=m, timings=timings, extra=extra)
+    det.decide(r, calibration)
+    if r.decision and r.threshold is not None:  # regions follow the decision
+        r.regions = propose_regions(m, max_regions, min_area, threshold=r.threshold)
+        if not r.regions:  # a smoothed image score can pass the boundary while no pixel does
+            r.regions = propose_regions(m, max_regions, min_area)
+    return r
+
+
 #: few-shot: boundary = mean + this many sd of the references' leave-one-out scores (measured:
 #: README, decisions table)
 FEW_SHOT_K = 0.5
@@ -427,6 +450,22 @@ class EmbeddedDetector(Detector):
                 cache.put(entry[i], f)
             yield i, f
 
+    def image_features(
+        self, samples: Sequence[Sample], scale: float | None = None, cache: bool = False
+    ) -> Iterator[tuple[int, ImageFeatures | str]]:
+        """Patch features of `samples` with this detector's backbone and settings, for engines
+        built on them (genad.engines.oneclass): (index, features or that sample's error
+        message), batched by working size, each image a progress step. `scale`: the resize
+        factor (None: from these images); `cache`: look images read from files up in the
+        feature cache, and keep what is computed there."""
+        self._cache = FeatureCache() if cache else None
+        try:
+            yield from self._features(samples, scale, cached=cache)
+        finally:
+            if self._cache is not None and self._cache.writes:
+                self._cache.evict()
+            self._cache = None
+
     def _augmentations(self, n_refs: int) -> list[str]:
         if self.augment == "auto":
             return ["hflip", "vflip"] if n_refs < 8 else []
@@ -434,8 +473,9 @@ class EmbeddedDetector(Detector):
             return []
         return list(self.augment)
 
-    def _finish(self, f: ImageFeatures, patch: np.ndarray) -> tuple[np.ndarray, float]:
-        """Patch scores -> (map at the input's size, image score)."""
+    def image_map(self, f: ImageFeatures, patch: np.ndarray) -> tuple[np.ndarray, float]:
+        """Patch scores (h, w) of an image -> (its map at the input's size, image score), with
+        this detector's `sigma` and `image_score`."""
         m = patch_map_to_image(patch, f.work, f.orig, self.sigma)
         if self.image_score == "max":
             score = float(m.max())
@@ -448,19 +488,8 @@ class EmbeddedDetector(Detector):
     def _result(
         self, s: Sample, m: np.ndarray, score: float, calibration: Calibration, mode: str, t: dict[str, float]
     ) -> Result:
-        r = Result(
-            sample_id=s.id,
-            score=score,
-            anomaly_map=m,
-            timings=t,
-            extra={"mode": mode, "backbone": self.backbone},
-        )
-        self.decide(r, calibration)
-        if r.decision and r.threshold is not None:  # regions follow the decision
-            r.regions = propose_regions(m, self.max_regions, self.min_area_frac, threshold=r.threshold)
-            if not r.regions:  # a smoothed image score can pass the boundary while no pixel does
-                r.regions = propose_regions(m, self.max_regions, self.min_area_frac)
-        return r
+        extra = {"mode": mode, "backbone": self.backbone}
+        return map_result(self, s, m, score, calibration, extra, t, self.max_regions, self.min_area_frac)
 
     # -- few-shot -----------------------------------------------------------------------------
     def fit(self, normal_samples: Sequence[Sample]) -> EmbeddedDetector:
@@ -554,10 +583,10 @@ class EmbeddedDetector(Detector):
         if len(feats) >= 2:
             assert self.bank_ is not None
             for i in range(min(len(feats), 8)):
-                scores.append(self._finish(feats[i], self.bank_.score(feats[i], exclude=i))[1])
+                scores.append(self.image_map(feats[i], self.bank_.score(feats[i], exclude=i))[1])
         else:
             bank = MemoryBank(self.bank_cap, self.seed).build(feats)
-            scores = [self._finish(a, bank.score(a))[1] for a in aug_feats[0]]
+            scores = [self.image_map(a, bank.score(a))[1] for a in aug_feats[0]]
         return [float(v) for v in scores]
 
     # -- predict ------------------------------------------------------------------------------
@@ -577,7 +606,7 @@ class EmbeddedDetector(Detector):
                 results[i] = Result(samples[i].id, error=f)
                 continue
             t1 = time.perf_counter()
-            m, score = self._finish(f, self.bank_.score(f))
+            m, score = self.image_map(f, self.bank_.score(f))
             t2 = time.perf_counter()
             results[i] = self._result(
                 samples[i],
@@ -613,7 +642,7 @@ class EmbeddedDetector(Detector):
         maps, raw = [], []
         for k, (f, p) in enumerate(zip(fl, patches)):
             step("maps", k, len(fl))
-            m, s = self._finish(f, p)
+            m, s = self.image_map(f, p)
             maps.append(m)
             raw.append(s)
         scores = neighbour_smooth(

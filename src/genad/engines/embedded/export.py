@@ -304,7 +304,7 @@ def _smooth(b: _Builder, m: str, sigma: float) -> str:
 
 def _with_postprocessing(model: Any, det: Any) -> Any:
     """Patch scores -> map at the working size, smoothed -> map at the input's size -> image
-    score, normalised score and decision (EmbeddedDetector._finish and decide)."""
+    score, normalised score and decision (EmbeddedDetector.image_map and decide)."""
     from onnx import TensorProto, helper
 
     g = model.graph

@@ -1,0 +1,1 @@
+"""The trained one-class engine on frozen patch features (see detector.py, docs/oneclass.md)."""

@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,110 +24,37 @@ import numpy as np
 import pytest
 from PIL import Image
 
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+from genad.run.ray_backend import LOOPBACK_ENV, _free_port
+
 # before Ray is imported: it reads them once (for this process, the driver, as for the head)
 os.environ.update(LOOPBACK_ENV)
 try:
     import ray
-except ImportError:  # the tests of a cluster are skipped; the one of its absence runs
+except ImportError:  # Ray is part of genad[all]: the tests of a cluster fail, saying so
     ray = None
 
-from fake_openai import FakeOpenAI, reply  # noqa: E402
-from foundation_helpers import make_mvtec, run_cli  # noqa: E402
-from lmm_helpers import KEY, grep_tree  # noqa: E402
+from fake_openai import FakeOpenAI, reply
+from foundation_helpers import make_mvtec, run_cli
+from lmm_helpers import KEY, grep_tree
 
 FIGURES = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "aupro")
 # what differs between two runs of the same thing
 VOLATILE = {"seconds", "fit_seconds", "predict_seconds", "images_per_second", "peak_rss_mb", "run_dir", "data_dir"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop_head(proc: subprocess.Popen) -> None:
-    """End the head we started: its `ray start` process first (it stops what it started), then
-    its process group (only that one), by force if it lingers."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pass
-    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
-        try:
-            os.killpg(proc.pid, sig)  # start_new_session: the group is the head's own
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-    if proc.poll() is None:
-        proc.wait(timeout=5)
-
-
 @pytest.fixture(scope="module")
 def head():
     """A Ray head with 2 CPUs on 127.0.0.1, started once for the module; this process joins it."""
     if ray is None:
-        pytest.skip("Ray is not installed: pip install 'genad[ray]'")
-    temp = Path(tempfile.mkdtemp(prefix="genad-ray-", dir="/tmp"))  # short: Ray's socket paths
-    port = _free_port()
-    ray_cli = Path(sys.executable).parent / "ray"
-    cmd = [
-        str(ray_cli),
-        "start",
-        "--head",
-        "--block",
-        "--port",
-        str(port),
-        "--num-cpus",
-        "2",
-        "--disable-usage-stats",
-        "--include-dashboard=false",
-        "--node-ip-address",
-        "127.0.0.1",
-        "--dashboard-port",
-        str(_free_port()),
-        "--dashboard-agent-listen-port",
-        str(_free_port()),
-        "--temp-dir",
-        str(temp),
-    ]
-    log = (temp / "head.log").open("w")
-    env = {**os.environ, **LOOPBACK_ENV, "GENAD_CACHE_DIR": str(temp / "cache")}
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    address = f"127.0.0.1:{port}"
-    try:
-        from genad.run.ray_backend import connect
+        pytest.fail("Ray is not installed, and it is part of genad[all]: pip install 'genad[ray]'")
+    from genad.run.ray_backend import local_head
 
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"ray start ended ({proc.returncode}): {(temp / 'head.log').read_text()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the Ray head did not open its port within 90 s") from None
-                time.sleep(0.5)
-        connect(address)
-        while ray.cluster_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        yield address
+    cache = Path(tempfile.mkdtemp(prefix="genad-ray-cache-"))
+    try:
+        with local_head(2, {"GENAD_CACHE_DIR": str(cache)}) as address:
+            yield address
     finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        _stop_head(proc)
-        log.close()
-        shutil.rmtree(temp, ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
@@ -343,7 +268,6 @@ def test_without_ray_installed_one_line_says_how_to_install_it(tmp_path, capsys,
         assert not (tmp_path / "w" / "results.jsonl").exists()
 
 
-@pytest.mark.skipif(ray is None, reason="Ray is not installed")
 def test_a_head_that_is_not_there_is_one_line(tmp_path):
     data = make_mvtec(tmp_path / "w", n_train=2, n_good=3, defects={"scratch": 2}, seed=1)
     env = {**os.environ, **LOOPBACK_ENV}

@@ -581,3 +581,114 @@ def run_detector_ray(
                 ray.kill(actor)
         if display is not None:
             display.stop()
+
+
+# --------------------------------------------------------------------------- a local head
+
+#: what keeps a head on loopback and offline (set before Ray is imported, for head and driver)
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _stop_head(proc: Any) -> None:
+    """End a head started by local_head: its `ray start` process first (it stops what it
+    started), then its process group (only that one), by force if it lingers."""
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
+        try:
+            os.killpg(proc.pid, sig)  # start_new_session: the group is the head's own
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+    if proc.poll() is None:
+        proc.wait(timeout=5)
+
+
+@contextlib.contextmanager
+def local_head(cpus: int = 2, env: dict[str, str] | None = None, connect_here: bool = True) -> Iterator[str]:
+    """A Ray head on 127.0.0.1 with `cpus` CPUs (so that many workers), started as a child
+    process (`ray start --head --block`, its own process group, usage statistics off) and
+    ended by its pid when the block ends; yields its address. `connect_here`: this process
+    joins it too. For tests and benchmarks; LOOPBACK_ENV must be in this process's environment
+    before Ray is imported (it is set here for the head)."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    temp = Path(tempfile.mkdtemp(prefix="genad-ray-", dir="/tmp"))  # short: Ray's socket paths
+    port = _free_port()
+    cmd = [
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--port",
+        str(port),
+        "--num-cpus",
+        str(cpus),
+        "--disable-usage-stats",
+        "--include-dashboard=false",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(_free_port()),
+        "--dashboard-agent-listen-port",
+        str(_free_port()),
+        "--temp-dir",
+        str(temp),
+    ]
+    log_file = (temp / "head.log").open("w")
+    proc = subprocess.Popen(
+        cmd,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **LOOPBACK_ENV, **(env or {})},
+        start_new_session=True,
+    )
+    address = f"127.0.0.1:{port}"
+    ray = None
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                tail = (temp / "head.log").read_text()[-2000:]
+                raise GenadError(f"ray start ended ({proc.returncode}): {tail}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise GenadError("the Ray head did not open its port within 90 s") from None
+                time.sleep(0.5)
+        if connect_here:
+            connect(address)
+            ray = ray_module()
+            while ray.cluster_resources().get("CPU", 0) < cpus and time.monotonic() < deadline:
+                time.sleep(0.2)
+        yield address
+    finally:
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
+        _stop_head(proc)
+        log_file.close()
+        shutil.rmtree(temp, ignore_errors=True)

@@ -4,7 +4,9 @@ boundary from held-out references, and saves and loads like any other model."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,3 +152,30 @@ def test_early_stopping_on_a_plateau_keeps_the_best_epoch() -> None:
     assert report.epochs_run == 6 and report.stopped_early
     assert seen_val == [5.0, 3.0, 2.0, 2.5, 2.4, 2.3]
     assert math.isclose(min(report.val_losses), 2.0)
+
+
+def test_cli_fit_saves_a_trained_model_that_detect_uses(data, tmp_path, capsys) -> None:
+    from PIL import Image
+
+    from foundation_helpers import run_cli
+
+    golden, parts = tmp_path / "golden", tmp_path / "parts"
+    golden.mkdir()
+    parts.mkdir()
+    for s in data["normals"]:
+        Image.fromarray(s.load()).save(golden / f"{s.id}.png")
+    for s in data["test"][:4]:
+        Image.fromarray(s.load()).save(parts / f"{s.id}.png")
+    model = tmp_path / "oc.genad"
+    opts = [x for k, v in {**FAST, "epochs": 2}.items() for x in ("-p", f"{k}={v}")]
+    code, out, err = run_cli(["fit", golden, "-d", "oneclass", *opts, "--save", model], capsys)
+    assert code == 0, err
+    code, out, err = run_cli(["info", model], capsys)
+    assert code == 0 and "oneclass" in out
+    code, out, err = run_cli(["detect", parts, "--model", model, "--format", "jsonl", "--out", tmp_path / "o"], capsys)
+    assert code == 0, err
+    rows = [json.loads(line) for line in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
+    by_id = {Path(r["id"]).stem: r for r in rows}
+    expected = genad.load(model).predict(data["test"][:4])
+    for r in expected:
+        assert by_id[r.sample_id]["score"] == pytest.approx(r.score, rel=1e-5)

@@ -48,8 +48,8 @@ from typing import Any
 
 from genad.detector import Detector
 from genad.errors import GenadError
-from genad.run.display import Phase, ProgressDisplay
-from genad.run.runner import _check, _predict, chunks, fit_detector
+from genad.run.display import Phase
+from genad.run.runner import Reporter, _check, _predict, chunks, fit_detector
 from genad.types import Result, Sample
 
 log = logging.getLogger(__name__)
@@ -481,34 +481,17 @@ def run_detector_ray(
     ray = ray_module()
     samples = list(samples)
     todo = samples if todo is None else list(todo)
-    total = len(samples)
-    done = total - len(todo)
-    display = ProgressDisplay(desc) if progress_bar else None
-
-    def progress(d: int, t: int) -> None:
-        if on_progress is not None:
-            on_progress(d, t)
-        if display is not None:
-            display.on_progress(d, t)
-
-    def phase(p: Phase) -> None:
-        p.scored, p.samples = done, total
-        if on_phase is not None:
-            on_phase(p)
-        if display is not None:
-            display.on_phase(p)
-
+    rep = Reporter(len(samples), len(samples) - len(todo), on_progress, on_phase, progress_bar, desc)
     if not todo:
-        progress(done, total)
+        rep.progress()
         return
     _check(stop)
-    if display is not None:
-        display.start()
+    rep.start()
     in_flight: dict[Any, tuple[list[Sample], set[str]]] = {}
     actor = None
     try:
         if refs:
-            fit_detector(det, refs, on_phase=phase, stop=stop)
+            fit_detector(det, refs, on_phase=rep.phase, stop=stop)
         from genad.model_file import model_bytes
 
         try:
@@ -527,7 +510,7 @@ def run_detector_ray(
         cpus = _node_cpus() if det.capabilities().whole_batch else 1
         task = ray.remote(_predict_task).options(num_cpus=cpus, max_retries=0, runtime_env=_forwarded_env())
         most = max(1, max_in_flight or _in_flight_default())
-        phase(Phase("scoring", None, done, total))
+        rep.phase(Phase("scoring", None, rep.done, rep.total))
         batches = chunks(det, samples, todo)
         stopped: GenadError | None = None
         more = True
@@ -565,8 +548,7 @@ def run_detector_ray(
                 r.sample_id = s.id
                 if sink is not None:
                     sink(s, r)
-                done += 1
-                progress(done, total)
+                rep.advance()
                 yield s, r
                 if stopped is None:
                     _check(stop)
@@ -579,8 +561,7 @@ def run_detector_ray(
         if actor is not None:
             with contextlib.suppress(Exception):
                 ray.kill(actor)
-        if display is not None:
-            display.stop()
+        rep.stop()
 
 
 # --------------------------------------------------------------------------- a local head

@@ -138,6 +138,50 @@ def run_into(
     return [done[s.id] for s in samples]
 
 
+class Reporter:
+    """A run's progress, as its caller and an optional progress bar hear it: `done` of `total`
+    samples; `phase(p)` stamps a Phase with them; `advance()` after each result. One home for
+    the local loop (run_detector) and the Ray one (genad.run.ray_backend)."""
+
+    def __init__(
+        self,
+        total: int,
+        done: int,
+        on_progress: Callable[[int, int], None] | None,
+        on_phase: Callable[[Phase], None] | None,
+        progress_bar: bool,
+        desc: str,
+    ) -> None:
+        self.total, self.done = total, done
+        self.on_progress, self.on_phase = on_progress, on_phase
+        self.display = ProgressDisplay(desc) if progress_bar else None
+
+    def progress(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.done, self.total)
+        if self.display is not None:
+            self.display.on_progress(self.done, self.total)
+
+    def advance(self) -> None:
+        self.done += 1
+        self.progress()
+
+    def phase(self, p: Phase) -> None:
+        p.scored, p.samples = self.done, self.total
+        if self.on_phase is not None:
+            self.on_phase(p)
+        if self.display is not None:
+            self.display.on_phase(p)
+
+    def start(self) -> None:
+        if self.display is not None:
+            self.display.start()
+
+    def stop(self) -> None:
+        if self.display is not None:
+            self.display.stop()
+
+
 def run_detector(
     det: Detector,
     samples: Sequence[Sample],
@@ -156,34 +200,17 @@ def run_detector(
     detector compares the samples of it with each other)."""
     samples = list(samples)
     todo = samples if todo is None else list(todo)
-    total = len(samples)
-    done = total - len(todo)
-    display = ProgressDisplay(desc) if progress_bar else None
-
-    def progress(d: int, t: int) -> None:
-        if on_progress is not None:
-            on_progress(d, t)
-        if display is not None:
-            display.on_progress(d, t)
-
-    def phase(p: Phase) -> None:
-        p.scored, p.samples = done, total
-        if on_phase is not None:
-            on_phase(p)
-        if display is not None:
-            display.on_phase(p)
-
+    rep = Reporter(len(samples), len(samples) - len(todo), on_progress, on_phase, progress_bar, desc)
     if not todo:
-        progress(done, total)
+        rep.progress()
         return
     _check(stop)
-    if display is not None:
-        display.start()
+    rep.start()
     try:
         if refs:
-            fit_detector(det, refs, on_phase=phase, stop=stop)
-        phase(Phase("scoring", None, done, total))
-        on_step = _steps("scoring", phase)
+            fit_detector(det, refs, on_phase=rep.phase, stop=stop)
+        rep.phase(Phase("scoring", None, rep.done, rep.total))
+        on_step = _steps("scoring", rep.phase)
         for batch, want in chunks(det, samples, todo):
             _check(stop)
             stopped: GenadError | None = None
@@ -201,13 +228,11 @@ def run_detector(
                     continue
                 if sink is not None:
                     sink(s, r)
-                done += 1
-                progress(done, total)
+                rep.advance()
                 yield s, r
                 if stopped is None:
                     _check(stop)
             if stopped is not None:
                 raise stopped
     finally:
-        if display is not None:
-            display.stop()
+        rep.stop()

@@ -4,14 +4,10 @@ run folder, interrupt and resume handling as images, and a table of the summary'
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import typer
-
-from genad.cli.evaluate import _count_results, _fmt, _resume_command, _write
+from genad.cli.evaluate import _fmt, _write, fitted_model, in_run_folder
 from genad.detector import Detector
 from genad.errors import GenadError
 
@@ -40,7 +36,6 @@ def evaluate_modality(
     written; exit code 1 when every sample failed, 130 when interrupted (the run folder kept).
     `image_only`: the options that apply to MVTec-style images only, by flag (refused when
     given); `model`: a saved model to score with (no fitting)."""
-    from genad.cli.detect import saved_model
     from genad.evaluate_modalities import run_modality_benchmark
 
     given = [flag for flag, value in image_only.items() if value is not None]
@@ -52,45 +47,28 @@ def evaluate_modality(
         )
     chosen: str | Detector | None = detector
     if model is not None:
-        if shots:
-            raise GenadError("--model is already fitted: give --shots (fit on the data's normals) or --model, not both")
-        chosen, params = saved_model(model, detector, None, params, {}), {}
-    temp = run_dir is None
-    if run_dir is None:  # as for images: results go to disk, a temporary folder unless named
-        run_dir = Path(tempfile.mkdtemp(prefix="genad-run-"))
-    keep = False
-    try:
-        try:
-            run = run_modality_benchmark(
-                data_dir,
-                chosen,
-                params,
-                shots=shots,
-                seed=seed,
-                limit=limit,
-                run_dir=run_dir,
-                resume=resume,
-                progress=not quiet,
-                kind=kind,
-            )
-        except KeyboardInterrupt:
-            keep = True
-            typer.secho(
-                f"interrupted: {_count_results(run_dir)} result(s) so far are kept in {run_dir}"
-                + (" (a temporary folder)" if temp else ""),
-                err=True,
-            )
-            typer.secho(f"to continue: {_resume_command(data_dir, run_dir)}", err=True)
-            raise typer.Exit(130) from None
+        chosen, params = fitted_model(model, detector, params, shots), {}
+
+    def go(folder: Path) -> Any:
+        return run_modality_benchmark(
+            data_dir,
+            chosen,
+            params,
+            shots=shots,
+            seed=seed,
+            limit=limit,
+            run_dir=folder,
+            resume=resume,
+            progress=not quiet,
+            kind=kind,
+        )
+
+    def finish(run: Any) -> None:
         print_modality_summary(run.summary)
         if json_out is not None:
             _write(json_out, json.dumps(run.summary, indent=2), "summary")
-        typer.echo(f"run dir: {run.run_dir}" if not temp else "run dir: not kept (pass --run-dir DIR to keep it)")
-    finally:
-        if temp and not keep:
-            shutil.rmtree(run_dir, ignore_errors=True)
-    if run.summary["n_samples"] and run.summary["n_failed"] == run.summary["n_samples"]:
-        raise typer.Exit(1)
+
+    in_run_folder(data_dir, run_dir, go, finish, "n_samples")
 
 
 def _figures_table(s: dict[str, Any], keys: tuple[str, ...]) -> Any:

@@ -7,6 +7,7 @@ import json
 import shlex
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -256,47 +257,60 @@ def evaluate(
 
     chosen: str | Detector = detector
     if model is not None:
-        if shots:
-            raise GenadError("--model is already fitted: give --shots (fit on the data's normals) or --model, not both")
-        chosen = saved_model(model, named, None, params, {})
-        params = {}
+        chosen, params = fitted_model(model, named, params, shots), {}
 
+    def go(folder: Path) -> Any:
+        return run_benchmark(
+            data_dir,
+            detector=chosen,
+            detector_params=params,
+            shots=shots,
+            seed=seed,
+            limit=limit,
+            run_dir=folder,
+            resume=resume,
+            progress=not quiet,
+            ray=ray,
+        )
+
+    in_run_folder(data_dir, run_dir, go, lambda run: _finish(run, json_out, report), "n_images")
+
+
+def fitted_model(model: Path, named: str | None, params: dict[str, Any], shots: int) -> Detector:
+    """The saved model `--model` names, for scoring without a fit (--shots is refused)."""
+    if shots:
+        raise GenadError("--model is already fitted: give --shots (fit on the data's normals) or --model, not both")
+    return saved_model(model, named, None, params, {})
+
+
+def in_run_folder(
+    data_dir: Path, run_dir: Path | None, go: Callable[[Path], Any], finish: Callable[[Any], None], count_key: str
+) -> None:
+    """`run = go(folder)` then `finish(run)`, in `run_dir` or, without one, a temporary folder
+    removed at the end (results always go to disk: maps stay out of memory, an interrupted run
+    can resume). Ctrl-C keeps the folder, says how many results it holds and how to continue,
+    and exits 130; exit code 1 when every one of the summary's `count_key` failed."""
     temp = run_dir is None
-    if run_dir is None:
-        # Results always go to disk (maps stay out of memory; an interrupted run can resume):
-        # a temporary folder, removed at the end unless the run is interrupted.
-        run_dir = Path(tempfile.mkdtemp(prefix="genad-run-"))
+    folder = Path(tempfile.mkdtemp(prefix="genad-run-")) if run_dir is None else run_dir
     keep = False
     try:
         try:
-            run = run_benchmark(
-                data_dir,
-                detector=chosen,
-                detector_params=params,
-                shots=shots,
-                seed=seed,
-                limit=limit,
-                run_dir=run_dir,
-                resume=resume,
-                progress=not quiet,
-                ray=ray,
-            )
+            run = go(folder)
         except KeyboardInterrupt:
             keep = True
-            done = _count_results(run_dir)
             typer.secho(
-                f"interrupted: {done} result(s) so far are kept in {run_dir}"
+                f"interrupted: {_count_results(folder)} result(s) so far are kept in {folder}"
                 + (" (a temporary folder)" if temp else ""),
                 err=True,
             )
-            typer.secho(f"to continue: {_resume_command(data_dir, run_dir)}", err=True)
+            typer.secho(f"to continue: {_resume_command(data_dir, folder)}", err=True)
             raise typer.Exit(130) from None
-        _finish(run, json_out, report)
+        finish(run)
         typer.echo(f"run dir: {run.run_dir}" if not temp else "run dir: not kept (pass --run-dir DIR to keep it)")
     finally:
         if temp and not keep:
-            shutil.rmtree(run_dir, ignore_errors=True)
-    if run.summary["n_images"] and run.summary["n_failed"] == run.summary["n_images"]:
+            shutil.rmtree(folder, ignore_errors=True)
+    if run.summary[count_key] and run.summary["n_failed"] == run.summary[count_key]:
         raise typer.Exit(1)
 
 

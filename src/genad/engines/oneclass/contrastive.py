@@ -44,18 +44,18 @@ class StagedHead(nn.Module):
         self.probes = nn.ModuleList([nn.Linear(width, out, bias=False) for _ in range(stages)])
         self.register_buffer("centres", torch.zeros(stages, out))
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(n, D) -> one (n, out) tensor per stage."""
+    def forward(self, x: torch.Tensor, stages: int | None = None) -> list[torch.Tensor]:
+        """(n, D) -> one (n, out) tensor per stage (the first `stages` only, when given)."""
         h = self.inp(x)
         outs = []
-        for blk, probe in zip(self.blocks, self.probes):
+        for blk, probe in list(zip(self.blocks, self.probes))[:stages]:
             h = h + blk(h)
             outs.append(probe(h))
         return outs
 
-    def distances(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def distances(self, x: torch.Tensor, stages: int | None = None) -> list[torch.Tensor]:
         """(n, D) -> per stage (n,) squared distance to that stage's centre."""
-        return [((z - c) ** 2).sum(dim=1) for z, c in zip(self(x), self.centres)]
+        return [((z - c) ** 2).sum(dim=1) for z, c in zip(self(x, stages), self.centres)]
 
     @torch.no_grad()
     def set_centres(self, x: torch.Tensor) -> None:
@@ -100,7 +100,7 @@ def contrastive_loss(head: StagedHead, x: torch.Tensor, g: torch.Generator) -> t
         d = d_in[s]
         w = torch.exp(-d.detach() / d.detach().mean().clamp_min(1e-6))
         inlier = (w * d).sum() / w.sum()
-        d_out = head.distances(virtual_outliers(x, s, stages, g))[s]
+        d_out = head.distances(virtual_outliers(x, s, stages, g), s + 1)[s]  # stage s needs no deeper one
         outlier = -torch.log(-torch.expm1(-d_out.clamp_min(1e-6))).mean()
         total = total + inlier + outlier
     return total / stages

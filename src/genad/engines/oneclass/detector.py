@@ -276,7 +276,7 @@ class OneClassDetector(Detector):
                 **common,  # type: ignore[arg-type]
             )
         assert isinstance(model, StagedHead)
-        per_image = 256
+        per_image = 128  # patches drawn per image and step
 
         def patches(feats: list[ImageFeatures], gen: torch.Generator) -> torch.Tensor:
             pick = torch.randint(len(feats), (self.batch,), generator=gen).tolist()

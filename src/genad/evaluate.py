@@ -246,6 +246,47 @@ def load_run(run_dir: Path | str) -> EvalRun:
     return EvalRun(summary, samples, results, Path(run_dir), [], records, folder.curves())
 
 
+def timed_run_into(
+    folder: RunFolder,
+    det: Detector,
+    samples: Sequence[Sample],
+    done: Any,
+    *,
+    refs: Sequence[Sample],
+    runner: Any = None,
+    on_progress: Any = None,
+    on_phase: Callable[[Phase], None] | None = None,
+    stop: Any = None,
+    progress: bool = False,
+) -> tuple[list[dict[str, Any]], float, float]:
+    """genad.run.run_into for a benchmark: (the run's records, the fit's seconds, the
+    scoring's seconds), each timed from when its phase began."""
+    began: dict[str, float] = {}
+
+    def phase(p: Phase) -> None:
+        began.setdefault(p.name, time.perf_counter())
+        if on_phase is not None:
+            on_phase(p)
+
+    records = run_into(
+        folder,
+        det,
+        samples,
+        done,
+        refs=list(refs),
+        runner=runner,
+        on_progress=on_progress,
+        on_phase=phase,
+        stop=stop,
+        progress_bar=progress,
+        desc=f"genad eval {det.name}",
+    )
+    t_end = time.perf_counter()
+    t_fit = began["scoring"] - began["fitting"] if "fitting" in began and "scoring" in began else 0.0
+    t_pred = t_end - began["scoring"] if "scoring" in began else 0.0
+    return records, t_fit, t_pred
+
+
 def run_benchmark(
     data_dir: Path | str,
     detector: str | Detector = "embedded",
@@ -313,14 +354,7 @@ def run_benchmark(
     todo = pending(test, done)
     n_resumed = len(test) - len(todo)
 
-    began: dict[str, float] = {}  # when each phase began: the fit's and predict's seconds
-
-    def phase(p: Phase) -> None:
-        began.setdefault(p.name, time.perf_counter())
-        if on_phase is not None:
-            on_phase(p)
-
-    records = run_into(
+    records, t_fit, t_pred = timed_run_into(
         folder,
         det,
         test,
@@ -328,14 +362,10 @@ def run_benchmark(
         refs=refs,  # fitted only when something is left to score
         runner=runner,
         on_progress=on_progress,
-        on_phase=phase,
+        on_phase=on_phase,
         stop=stop,
-        progress_bar=progress,
-        desc=f"genad eval {det.name}",
+        progress=progress,
     )
-    t_end = time.perf_counter()
-    t_fit = began["scoring"] - began["fitting"] if "fitting" in began and "scoring" in began else 0.0
-    t_pred = t_end - began["scoring"] if "scoring" in began else 0.0
 
     own = det.params.get("threshold", BOUNDARY)
     own_t = float(own) if isinstance(own, (int, float)) and 0.0 <= float(own) <= 1.0 else BOUNDARY

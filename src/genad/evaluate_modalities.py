@@ -43,8 +43,8 @@ import numpy as np
 from genad import registry
 from genad.detector import Detector
 from genad.errors import GenadError
-from genad.evaluate import EvalRun, build_detector, check_settings, public_params, stratified_subset
-from genad.run import Phase, RunFolder, pending, run_into
+from genad.evaluate import EvalRun, build_detector, check_settings, public_params, stratified_subset, timed_run_into
+from genad.run import Phase, RunFolder, pending
 from genad.types import Result, Sample, Usage, jsonable
 
 #: settings that must match for a run folder to be resumed
@@ -230,34 +230,23 @@ def evaluate_samples(
         folder = RunFolder(folder_path)
         done = folder.start(config, resume=resume, must_match=RESUME_KEYS)
         todo = pending(samples, done)
-        began: dict[str, float] = {}
-
-        def phase(p: Phase) -> None:
-            began.setdefault(p.name, time.perf_counter())
-            if on_phase is not None:
-                on_phase(p)
-
-        records = run_into(
+        records, t_fit, t_pred = timed_run_into(
             folder,
             det,
             samples,
             done,
-            refs=list(refs),
+            refs=refs,
             on_progress=on_progress,
-            on_phase=phase,
+            on_phase=on_phase,
             stop=stop,
-            progress_bar=progress,
-            desc=f"genad eval {det.name}",
+            progress=progress,
         )
-        t_end = time.perf_counter()
         results = []
         for rec in records:
             r = folder.result(rec)
             r.anomaly_map = folder.load_map(rec)
             results.append(r)
         figures = modality_figures(modality, samples, results)
-        t_fit = began["scoring"] - began["fitting"] if "fitting" in began and "scoring" in began else 0.0
-        t_pred = t_end - began["scoring"] if "scoring" in began else 0.0
         usage: Usage | None = None
         for r in results:
             if r.usage is not None:

@@ -49,7 +49,7 @@ from typing import Any
 from genad.detector import Detector
 from genad.errors import GenadError
 from genad.run.display import Phase
-from genad.run.runner import Reporter, _check, _predict, chunks, fit_detector
+from genad.run.runner import Reporter, _check, _predict, chunks, fit_detector, hand_on
 from genad.types import Result, Sample
 
 log = logging.getLogger(__name__)
@@ -543,15 +543,8 @@ def run_detector_ray(
                     msg = _error_line(cause)
                     results = [Result(s.id, error=f"Ray task failed: {msg}") for s in batch]
             for s, r in zip(batch, results or []):
-                if s.id not in want:
-                    continue
                 r.sample_id = s.id
-                if sink is not None:
-                    sink(s, r)
-                rep.advance()
-                yield s, r
-                if stopped is None:
-                    _check(stop)
+            yield from hand_on(batch, want, results or [], sink, rep, None if stopped else stop)
         if stopped is not None:
             raise stopped
     finally:

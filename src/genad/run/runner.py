@@ -223,16 +223,28 @@ def run_detector(
                 if partial is None or len(partial) != len(batch):
                     raise
                 results, stopped = partial, e
-            for s, r in zip(batch, results):
-                if s.id not in want:
-                    continue
-                if sink is not None:
-                    sink(s, r)
-                rep.advance()
-                yield s, r
-                if stopped is None:
-                    _check(stop)
+            yield from hand_on(batch, want, results, sink, rep, None if stopped else stop)
             if stopped is not None:
                 raise stopped
     finally:
         rep.stop()
+
+
+def hand_on(
+    batch: Sequence[Sample],
+    want: set[str],
+    results: Sequence[Result],
+    sink: Callable[[Sample, Result], None] | None,
+    rep: Reporter,
+    stop: StopFn | None,
+) -> Iterator[tuple[Sample, Result]]:
+    """A chunk's results that the run wants (`want`: ids not done before): each to `sink`,
+    counted, yielded; `stop()` asked after each (None: the run is already stopping)."""
+    for s, r in zip(batch, results):
+        if s.id not in want:
+            continue
+        if sink is not None:
+            sink(s, r)
+        rep.advance()
+        yield s, r
+        _check(stop)

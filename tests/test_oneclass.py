@@ -179,3 +179,24 @@ def test_cli_fit_saves_a_trained_model_that_detect_uses(data, tmp_path, capsys) 
     expected = genad.load(model).predict(data["test"][:4])
     for r in expected:
         assert by_id[r.sample_id]["score"] == pytest.approx(r.score, rel=1e-5)
+
+
+def test_the_time_limit_ends_training_and_keeps_the_best_epoch(data, monkeypatch) -> None:
+    import time
+
+    from genad.engines.oneclass import detector as mod
+
+    real = mod.cosine_error
+
+    def slow(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # each loss call: 0.25 s
+        time.sleep(0.25)
+        return real(pred, target)
+
+    monkeypatch.setattr(mod, "cosine_error", slow)
+    # an epoch: 6 steps + 2 held-out batches = 8 calls, >= 2 s; the limit: 6 s, so no 4th epoch
+    det = genad.create("oneclass", **{**FAST, "epochs": 50, "patience": 50, "max_minutes": 0.1})
+    det.fit(data["normals"])
+    t = det.training_
+    assert t["out_of_time"] and not t["stopped_early"]
+    assert 1 <= t["epochs_run"] <= 3
+    assert 1 <= t["best_epoch"] <= t["epochs_run"]

@@ -73,6 +73,7 @@ class OneClassDetector(Detector):
       steps           optimiser steps per epoch (each a batch of `batch` crops)
       width, depth, memory, mask_ratio, passes, crop: the masked autoencoder
       heads_out, stages: the contrastive head
+      max_minutes     a guard: no epoch starts after this long (30; defaults finish in a few)
       val_share       share of the references held out (>= 3, <= 48)
       k               boundary = mean + k sd of the held-out references' image scores
       sigma, image_score, threshold, raw_threshold, max_regions, min_area_frac: maps and decisions
@@ -104,6 +105,7 @@ class OneClassDetector(Detector):
     crop: int = param(16, low=4, high=64, doc="mae: training crop of the patch grid, in patches a side")
     heads_out: int = param(64, low=4, high=512, doc="contrastive: output dimensions per stage")
     stages: int = param(3, low=1, high=8, doc="contrastive: stages (weak to strong outliers)")
+    max_minutes: float = param(30.0, low=0.05, high=720.0, doc="training stops (best epoch kept) after this long")
     val_share: float = param(0.15, low=0.05, high=0.5, doc="share of references held out")
     k: float = param(2.0, low=-10.0, high=100.0, doc="boundary: mean + k sd of held-out scores")
     sigma: float = param(4.0, low=0.0, high=64.0, doc="map smoothing, in working pixels")
@@ -242,6 +244,7 @@ class OneClassDetector(Detector):
             patience=self.patience,
             progress=self.progress,
             desc=f"training ({self.method})",
+            time_limit=60.0 * self.max_minutes,
         )
         if isinstance(model, MemoryMAE):
             c = max(2, min(self.crop, *(min(f.grid) for f in train + val)))

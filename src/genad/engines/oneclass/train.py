@@ -55,6 +55,7 @@ class TrainReport:
     epochs_run: int = 0
     best_epoch: int = 0
     stopped_early: bool = False
+    out_of_time: bool = False  # ended by the time limit
     seconds: float = 0.0
     train_losses: list[float] = field(default_factory=list)
     val_losses: list[float] = field(default_factory=list)
@@ -64,6 +65,7 @@ class TrainReport:
             "epochs_run": self.epochs_run,
             "best_epoch": self.best_epoch,
             "stopped_early": self.stopped_early,
+            "out_of_time": self.out_of_time,
             "seconds": round(self.seconds, 3),
             "train_losses": [round(v, 6) for v in self.train_losses],
             "val_losses": [round(v, 6) for v in self.val_losses],
@@ -92,12 +94,14 @@ def fit_model(
     progress: bool = True,
     desc: str = "training",
     callback: Callable[[EpochInfo], Any] | None = None,
+    time_limit: float | None = None,
 ) -> TrainReport:
     """Train `model` (in place) with AdamW and a cosine learning rate after a short warm-up.
 
     `epoch_batches(epoch)` yields the batches of one epoch (0-based); `loss(model, batch)` is
-    the mean loss of a batch (a scalar tensor). Returns how it went; the model ends with the
-    weights of its best validation epoch."""
+    the mean loss of a batch (a scalar tensor). `time_limit`: seconds after which no new epoch
+    starts (a guard; a run it ends depends on the machine's speed, and says so in the report).
+    Returns how it went; the model ends with the weights of its best validation epoch."""
     from tqdm.auto import tqdm
 
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -136,9 +140,11 @@ def fit_model(
                 best_state = copy.deepcopy(model.state_dict())
             else:
                 wait += 1
-            stopping = wait >= patience or epoch + 1 == epochs
-            report.stopped_early = wait >= patience and epoch + 1 < epochs
             report.seconds = time.perf_counter() - t0
+            out_of_time = time_limit is not None and report.seconds >= time_limit and epoch + 1 < epochs
+            stopping = wait >= patience or epoch + 1 == epochs or out_of_time
+            report.stopped_early = wait >= patience and epoch + 1 < epochs
+            report.out_of_time = out_of_time and not report.stopped_early
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{val_loss:.4f}", best=report.best_epoch)
             if callback is not None:

@@ -37,7 +37,6 @@ from fake_openai import FakeOpenAI, reply
 from foundation_helpers import make_mvtec, run_cli
 from lmm_helpers import KEY, grep_tree
 
-FIGURES = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "aupro")
 # what differs between two runs of the same thing
 VOLATILE = {"seconds", "fit_seconds", "predict_seconds", "images_per_second", "peak_rss_mb", "run_dir", "data_dir"}
 
@@ -64,6 +63,23 @@ def _own_feature_cache(tmp_path, monkeypatch):
 
 def _stable(summary: dict) -> dict:
     return {k: v for k, v in summary.items() if k not in VOLATILE}
+
+
+def _close(a, b, path: str = "") -> None:
+    """`a` equals `b` with floats equal to 1e-6 (relative): a Ray worker computes a backbone's
+    convolutions on 1 thread, this process on 2, and float sums differ in the last bits."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) or isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-9), path
+    else:
+        assert a == b, path
 
 
 def _records(run_dir: Path) -> list[dict]:
@@ -124,8 +140,7 @@ def test_embedded_few_shot_through_a_model_file_equals_a_local_run(head, tmp_pat
     base = [data, "-d", "embedded", "--shots", "2"]
     local = _eval([*base, "--run-dir", tmp_path / "local"], capsys)
     remote = _eval([*base, "--run-dir", tmp_path / "ray", "--ray", head], capsys)
-    assert {k: remote[k] for k in FIGURES} == {k: local[k] for k in FIGURES}
-    assert _stable(remote) == _stable(local)
+    _close(_stable(remote), _stable(local))  # the threshold, scores and figures to float precision
 
 
 def test_whole_batch_zero_shot_is_one_task_with_the_local_figures(head, tmp_path, capsys):

@@ -256,7 +256,8 @@ def test_eval_a_point_cloud_folder_matches_scikit_learn(tmp_path, capsys):
 
 
 def test_mvtec_3d_scans_take_their_point_labels_from_the_gt_masks(tmp_path):
-    tifffile = pytest.importorskip("tifffile")
+    import tifffile  # genad[pointcloud], in all
+
     from genad.io.datasets import data_kind
     from genad.io.pointcloud import load_pointcloud_dataset
 

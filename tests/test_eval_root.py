@@ -4,7 +4,6 @@ CSV / markdown / JSON tables, --categories, --resume per category, a failing cat
 finished ones, and the HTML overview."""
 
 import csv
-import importlib.util
 import json
 import statistics
 
@@ -207,7 +206,6 @@ def test_a_failing_category_is_reported_and_the_others_finish(tmp_path, capsys):
     assert "failed b: mask" in " ".join(out.split()) and "Traceback" not in err
 
 
-@pytest.mark.skipif(importlib.util.find_spec("genad.report.eval_report") is None, reason="no report in this install")
 def test_report_overview_links_every_category_report(tmp_path, capsys):
     root = make_root(tmp_path / "root")
     run, rep = tmp_path / "run", tmp_path / "rep"

@@ -122,15 +122,21 @@ def test_page_inspects_an_upload(server: str, tmp_path: Path) -> None:
     assert (tmp_path / "page.png").stat().st_size > 10_000
 
 
-def test_page_keeps_a_model_and_inspects_with_it(server: str, tmp_path: Path) -> None:
-    # Fit once from the page ("keep these references as a model"), then pick the stored model
-    # instead of uploading references: the history says which model scored the image.
-    test_img = tmp_path / "part 9.png"
-    Image.fromarray(texture(2, defect=True, size=160)).save(test_img)
+def _part_and_refs(tmp_path: Path, name: str, seed: int, ref_seed: int) -> tuple[Path, list[Path]]:
+    """A defective 160 px texture named `name` and three normal ones, written to tmp_path."""
+    test_img = tmp_path / name
+    Image.fromarray(texture(seed, defect=True, size=160)).save(test_img)
     refs = []
     for i in range(3):
         refs.append(tmp_path / f"good{i}.png")
-        Image.fromarray(texture(60 + i, size=160)).save(refs[-1])
+        Image.fromarray(texture(ref_seed + i, size=160)).save(refs[-1])
+    return test_img, refs
+
+
+def test_page_keeps_a_model_and_inspects_with_it(server: str, tmp_path: Path) -> None:
+    # Fit once from the page ("keep these references as a model"), then pick the stored model
+    # instead of uploading references: the history says which model scored the image.
+    test_img, refs = _part_and_refs(tmp_path, "part 9.png", 2, 60)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:
@@ -181,12 +187,7 @@ def test_api_docs_page_renders_without_internet(server: str) -> None:
 def test_page_with_a_token_asks_for_it_once_and_sends_it(token_server: str, tmp_path: Path) -> None:
     # `genad serve --token`: the page's calls are refused until it has the token; it asks for
     # it, keeps it in the tab (sessionStorage) and sends it with every call, pictures included.
-    test_img = tmp_path / "part.png"
-    Image.fromarray(texture(3, defect=True, size=160)).save(test_img)
-    refs = []
-    for i in range(3):
-        refs.append(tmp_path / f"good{i}.png")
-        Image.fromarray(texture(70 + i, size=160)).save(refs[-1])
+    test_img, refs = _part_and_refs(tmp_path, "part.png", 3, 70)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:

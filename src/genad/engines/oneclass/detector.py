@@ -24,7 +24,6 @@ scores (never trained on) set the decision boundary: mean + k sd. See docs/onecl
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -331,5 +330,4 @@ class OneClassDetector(Detector):
 
     def _features(self, samples: list[Sample]) -> Iterator[tuple[int, ImageFeatures | str]]:
         assert self.embedder_ is not None
-        scale = self.embedder_.scale_
-        return self.embedder_.image_features(samples, scale if scale is not None and math.isfinite(scale) else None)
+        return self.embedder_.image_features(samples, self.embedder_.scale_)  # the references' pixel scale

@@ -200,3 +200,26 @@ def test_the_time_limit_ends_training_and_keeps_the_best_epoch(data, monkeypatch
     assert t["out_of_time"] and not t["stopped_early"]
     assert 1 <= t["epochs_run"] <= 3
     assert 1 <= t["best_epoch"] <= t["epochs_run"]
+
+
+def test_one_small_reference_does_not_shrink_every_training_crop(data, monkeypatch) -> None:
+    from genad.engines.oneclass import detector as mod
+
+    seen: list[int] = []
+    real = mod.random_split
+
+    def spy(n: int, n_visible: int, g: torch.Generator, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        seen.append(n)
+        return real(n, n_visible, g, batch)
+
+    monkeypatch.setattr(mod, "random_split", spy)
+    rng = np.random.default_rng(3)
+    small = [ImageSample(id=f"s{i}", array=texture(rng)[:24, :24]) for i in range(2)]
+    crop = 12  # the references' grids are 16 x 16, the small ones' 8 x 8 (a 64 px floor)
+    det = genad.create("oneclass", **{**FAST, "epochs": 2, "patience": 10, "crop": crop})
+    det.fit([*data["normals"], *small])
+    small_grids = [f.grid for _, f in det.embedder_.image_features(small, det.embedder_.scale_)]
+    assert min(min(g) for g in small_grids) < crop, small_grids
+    crop_tokens = crop**2
+    assert crop_tokens in seen  # full crops from the large references
+    assert all(n <= crop_tokens for n in seen)

@@ -246,22 +246,26 @@ class OneClassDetector(Detector):
             time_limit=60.0 * self.max_minutes,
         )
         if isinstance(model, MemoryMAE):
-            c = max(2, min(self.crop, *(min(f.grid) for f in train + val)))
-            nv = n_visible(c * c, self.mask_ratio)
 
             def mae_batch(feats: list[ImageFeatures], gen: torch.Generator) -> tuple[torch.Tensor, ...]:
-                pick = torch.randint(len(feats), (self.batch,), generator=gen).tolist()
+                # the crop's shape follows a lead image (up to crop x crop, within its grid), and
+                # the batch is drawn from the images that hold that shape: one small image does not
+                # shrink every crop (magnetic_tile's grids run from 8 to 40 patches a side)
+                lead = feats[int(torch.randint(len(feats), (1,), generator=gen))]
+                ch, cw = min(self.crop, lead.grid[0]), min(self.crop, lead.grid[1])
+                fits = [f for f in feats if f.grid[0] >= ch and f.grid[1] >= cw]
+                pick = torch.randint(len(fits), (self.batch,), generator=gen).tolist()
                 xs, ps = [], []
                 for i in pick:
-                    f = feats[i]
+                    f = fits[i]
                     h, w = f.grid
-                    r0 = int(torch.randint(h - c + 1, (1,), generator=gen))
-                    c0 = int(torch.randint(w - c + 1, (1,), generator=gen))
-                    rows = torch.arange(r0, r0 + c).repeat_interleave(c)
-                    cols = torch.arange(c0, c0 + c).repeat(c)
+                    r0 = int(torch.randint(h - ch + 1, (1,), generator=gen))
+                    c0 = int(torch.randint(w - cw + 1, (1,), generator=gen))
+                    rows = torch.arange(r0, r0 + ch).repeat_interleave(cw)
+                    cols = torch.arange(c0, c0 + cw).repeat(ch)
                     xs.append(f.by_r[R][rows * w + cols])
                     ps.append(positions(rows, cols, f.grid, model.width))
-                vis, msk = random_split(c * c, nv, gen, self.batch)
+                vis, msk = random_split(ch * cw, n_visible(ch * cw, self.mask_ratio), gen, self.batch)
                 return torch.stack(xs), torch.stack(ps), vis, msk
 
             def mae_loss(m: torch.nn.Module, b: tuple[torch.Tensor, ...]) -> torch.Tensor:
